@@ -1,0 +1,338 @@
+"""Typed experiment config: a YAML file plus dotted key=value overrides, validated all at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(Exception):
+    """One or more problems with a config, each a sentence that names its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def bounds(lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> dict:
+    """Field metadata: allowed numeric range (lo inclusive; hi inclusive unless hi_open)."""
+    return {"lo": lo, "hi": hi, "hi_open": hi_open}
+
+
+@dataclass
+class ModelConfig:
+    kind: Literal["dense", "conv"] = "conv"
+    # dense: sizes of the hidden layers; one hidden layer is the course's 2-layer network
+    hidden: list[int] = field(default_factory=lambda: [256])
+    activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
+    dropout: float = field(default=0.0, metadata=bounds(0, 1, hi_open=True))
+    # conv: two conv layers (channels of each), then one dense layer to the classes
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kernel_size: int = field(default=5, metadata=bounds(1, 15))
+    pool: Literal["max", "avg", "none"] = "max"
+    batch_norm: bool = True
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw", "adadelta", "rmsprop"] = "adamw"
+    lr: float = field(default=3e-3, metadata=bounds(0, None))
+    momentum: float = field(default=0.9, metadata=bounds(0, 1, hi_open=True))
+    nesterov: bool = False
+    weight_decay: float = field(default=0.0, metadata=bounds(0, None))
+    schedule: Literal["none", "step", "cosine", "onecycle"] = "onecycle"
+    step_size: int = field(default=1, metadata=bounds(1, None))  # epochs between decays (step)
+    gamma: float = field(default=0.7, metadata=bounds(0, 1))  # decay factor (step)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=3, metadata=bounds(1, None))
+    batch_size: int = field(default=128, metadata=bounds(1, None))
+    eval_batch_size: int = field(default=1000, metadata=bounds(1, None))
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = field(default=0, metadata=bounds(0, None))  # 0: all cores
+    val_split: float = field(default=0.1, metadata=bounds(0, 1, hi_open=True))
+    label_smoothing: float = field(default=0.0, metadata=bounds(0, 1, hi_open=True))
+    log_every: int = field(default=100, metadata=bounds(0, None))  # steps; 0: epochs only
+
+
+@dataclass
+class DataConfig:
+    name: Literal["mnist", "fashion-mnist", "kmnist", "idx"] = "mnist"
+    root: str | None = None  # None: ~/.cache/mnistlab, and Debian's dataset packages
+    download: bool = True
+    mirror: str | None = None  # base URL tried before torchvision's mirrors
+    train_samples: int = field(default=0, metadata=bounds(0, None))  # 0: all
+    test_samples: int = field(default=0, metadata=bounds(0, None))  # 0: all
+
+
+@dataclass
+class Config:
+    name: str | None = None  # run name; default: the config file's stem
+    runs_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})" if value is not None else "null"
+
+
+def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    """Check one value against a type hint; return it converted, or record a problem."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, path, problems)
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        allowed = ", ".join(str(a) for a in args)
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [str(a) for a in args], n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(f"{path}: {_describe(value)} is not allowed; choose one of: {allowed}{hint}")
+        return None
+    if origin is list:
+        (inner,) = args
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, e.g. [32, 64], got {_describe(value)}")
+            return None
+        return [_convert(inner, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{path}: expected true or false, got {_describe(value)}")
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{path}: expected an integer, got {_describe(value)}")
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{path}: expected a number, got {_describe(value)}")
+        return None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{path}: expected a string, got {_describe(value)}")
+        return None
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, path: str, problems: list[str]) -> None:
+    if "lo" not in f.metadata or not isinstance(value, (int, float)):
+        return
+    lo, hi, hi_open = f.metadata["lo"], f.metadata["hi"], f.metadata["hi_open"]
+    if (lo is not None and value < lo) or (
+        hi is not None and (value >= hi if hi_open else value > hi)
+    ):
+        high = "" if hi is None else (f" and below {hi}" if hi_open else f" and at most {hi}")
+        problems.append(f"{path}: {value!r} is out of range; allowed: at least {lo}{high}")
+
+
+def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{path or 'config'}: expected a mapping of keys, got {_describe(raw)}")
+        return cls()
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key in fields:
+            continue
+        full = _join(path, str(key))
+        close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+        hint = f"did you mean {_join(path, close[0])}?" if close else (
+            "valid keys here: " + ", ".join(fields))
+        where = " (from the command line)" if full in cli_keys else ""
+        problems.append(f"{full}: unknown key{where}, {hint}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        full = _join(path, name)
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], full, problems, cli_keys)
+            continue
+        value = _convert(tp, raw[name], full, problems)
+        if value is not None:
+            _check_bounds(f, value, full, problems)
+            values[name] = value
+        elif raw[name] is None and type(None) in typing.get_args(tp):
+            values[name] = None
+    return cls(**values)
+
+
+def _check_consistency(cfg: Config, problems: list[str]) -> None:
+    m = cfg.model
+    if len(m.channels) != 2 or any(c is not None and c < 1 for c in m.channels):
+        problems.append(
+            f"model.channels: the conv network has exactly two conv layers, so give two "
+            f"positive channel counts such as [32, 64]; got {m.channels!r}")
+    if any(h is not None and h < 1 for h in m.hidden):
+        problems.append(f"model.hidden: hidden layer sizes must be positive; got {m.hidden!r}")
+    if m.kernel_size % 2 == 0:
+        problems.append(
+            f"model.kernel_size: {m.kernel_size} is even; use an odd size (3, 5, 7) so the "
+            "image keeps its size before pooling")
+    if cfg.data.name == "idx" and not cfg.data.root:
+        problems.append(
+            "data.root: data.name is idx (your own MNIST-format files), so data.root must "
+            "name the directory that holds them")
+
+
+def config_from_dict(raw: Any, cli_keys: set[str] = frozenset()) -> Config:
+    """Validate a plain mapping into a Config, raising ConfigError with every problem."""
+    problems: list[str] = []
+    cfg = _build(Config, raw, "", problems, set(cli_keys))
+    _check_consistency(cfg, problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+# ---------------------------------------------------------------- files and overrides
+
+_KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=1e-3' -> ('optim.lr', '1e-3' read as a YAML scalar)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.match(key):
+        raise ConfigError([
+            f"{text!r}: an override is key=value with a dotted key, e.g. optim.lr=0.01 "
+            "or model.channels=[16,32]"])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{text!r}: the value is not valid YAML ({_yaml_problem(e)})"]) from None
+    return key, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> tuple[dict, set[str]]:
+    """Return a copy of raw with each key=value set (later ones win), and the keys set."""
+    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    problems, keys = [], set()
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        node, parts = out, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(
+                    f"{text!r}: {'.'.join(parts[:i + 1])} is a value, not a section, "
+                    "so it has no sub-keys")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+            keys.add(key)
+    if problems:
+        raise ConfigError(problems)
+    return out, keys
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    return str(getattr(e, "problem", None) or e).strip()
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file; give the path of a YAML config, "
+                           "e.g. configs/cnn.yaml"]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot be read as a YAML config ({e.__class__.__name__})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: invalid YAML: {_yaml_problem(e)}"]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections "
+                           f"(model:, optim:, train:, data:), got {type(raw).__name__}"])
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """YAML file, then overrides (the command line wins), then validation."""
+    raw = read_yaml(path)
+    raw, keys = apply_overrides(raw, list(overrides))
+    if raw.get("name") is None:
+        raw["name"] = Path(path).stem
+    return config_from_dict(raw, keys)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Sections as blocks, lists inline: channels: [32, 64]."""
+
+
+_Dumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
+def config_hash(cfg: Config) -> str:
+    """Short stable hash of everything that affects the result (the run name excluded)."""
+    d = to_dict(cfg)
+    d.pop("name", None)
+    d.pop("runs_dir", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,270 @@
+"""The MNIST family as in-memory tensors: find or download the IDX files, check them, load once."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+
+from .config import DataConfig
+
+# torchvision's dataset classes give the file names, the checksums of the .gz files and the mirrors
+TORCHVISION = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
+               "kmnist": datasets.KMNIST}
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+ALL_FILES = FILES["train"] + FILES["test"]
+# md5 of the decompressed files, for copies recompressed by a distribution (Debian's Fashion-MNIST)
+RAW_MD5 = {"fashion-mnist": {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}}
+# where distributions install these data sets (Debian: apt-get install dataset-fashion-mnist)
+SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
+DEFAULT_ROOT = Path("~/.cache/mnistlab").expanduser()
+
+
+class DataError(Exception):
+    """A data problem, told as one paragraph that names the file and the fix."""
+
+
+@dataclass
+class Splits:
+    """Normalised float images [N, C, H, W] and int64 labels for each split, plus what describes them."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: float
+    std: float
+    num_classes: int
+    class_names: list[str]
+    source: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return {"train": (self.train_x, self.train_y), "val": (self.val_x, self.val_y),
+                "test": (self.test_x, self.test_y)}[name]
+
+
+# ---------------------------------------------------------------- IDX files
+
+
+def _read_bytes(path: Path) -> tuple[bytes, bytes]:
+    """Return (bytes on disk, decompressed bytes)."""
+    try:
+        disk = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}).") from None
+    if not path.name.endswith(".gz"):
+        return disk, disk
+    try:
+        return disk, gzip.decompress(disk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{path}: is not a complete gzip file ({e}); it is probably truncated or corrupt. "
+            "Delete it and download it again, or replace it with a good copy.") from None
+
+
+def parse_idx(path: Path, raw: bytes, ndim: int) -> torch.Tensor:
+    """Parse IDX bytes of unsigned bytes with the expected number of dimensions."""
+    fix = "Delete it and download it again, or replace it with a good copy."
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: is not an IDX file (bad magic number). {fix}")
+    if raw[2] != 0x08:
+        raise DataError(f"{path}: holds IDX data of type 0x{raw[2]:02x}; only unsigned bytes "
+                        f"(0x08), as in MNIST, are supported. {fix}")
+    if raw[3] != ndim:
+        kind = "images (3 dimensions)" if ndim == 3 else "labels (1 dimension)"
+        raise DataError(f"{path}: has {raw[3]} dimensions where {kind} were expected; "
+                        f"is it the right file? {fix}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: is truncated inside its header. {fix}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    size = 1
+    for d in dims:
+        size *= d
+    if len(raw) != header + size:
+        what = "truncated" if len(raw) < header + size else "longer than its header says"
+        raise DataError(f"{path}: is {what}: its header announces {size} values "
+                        f"({' x '.join(map(str, dims))}) but it holds {len(raw) - header}. {fix}")
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _find_file(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _candidate_dirs(cfg: DataConfig) -> list[Path]:
+    if cfg.name == "idx":
+        return [Path(cfg.root).expanduser()]
+    folder = TORCHVISION[cfg.name].__name__
+    if cfg.root:
+        root = Path(cfg.root).expanduser()
+        return [root, root / folder / "raw", root / cfg.name]
+    return [DEFAULT_ROOT / folder / "raw", *SYSTEM_DIRS.get(cfg.name, [])]
+
+
+def _download_dir(cfg: DataConfig) -> Path:
+    root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_ROOT
+    return root / TORCHVISION[cfg.name].__name__ / "raw"
+
+
+def locate(cfg: DataConfig) -> Path:
+    """The directory holding the four IDX files, downloading them if allowed and needed."""
+    candidates = _candidate_dirs(cfg)
+    for d in candidates:
+        if all(_find_file(d, stem) for stem in ALL_FILES):
+            return d
+    if cfg.name != "idx" and cfg.download:
+        return download(cfg)
+    raise DataError(_missing_message(cfg, candidates))
+
+
+def _missing_message(cfg: DataConfig, candidates: list[Path], reason: str = "") -> str:
+    looked = ", ".join(str(d) for d in candidates)
+    partial = [d for d in candidates if any(_find_file(d, s) for s in ALL_FILES)]
+    missing = ""
+    if partial:
+        lacking = [s for s in ALL_FILES if not _find_file(partial[0], s)]
+        missing = f" {partial[0]} holds only some of them; it lacks {', '.join(lacking)}."
+    files = ", ".join(ALL_FILES)
+    msg = (f"The {cfg.name} data set was not found: looked in {looked} for the four files "
+           f"{files} (each may end in .gz).{missing}{reason} ")
+    if cfg.name == "idx":
+        return msg + "Put the four files in data.root, or point data.root=DIR at the directory that holds them."
+    target = _download_dir(cfg)
+    msg += (f"Put the four files in {target} (or any directory and pass data.root=DIR)")
+    if cfg.name == "fashion-mnist":
+        msg += ", or install Debian's copy with 'apt-get install dataset-fashion-mnist', which is found without configuration"
+    if not cfg.download:
+        msg += ", or allow the download with data.download=true"
+    return msg + "."
+
+
+def download(cfg: DataConfig) -> Path:
+    """Fetch the four .gz files from the first mirror that serves them, verified, atomically."""
+    cls = TORCHVISION[cfg.name]
+    target = _download_dir(cfg)
+    target.mkdir(parents=True, exist_ok=True)
+    mirrors = ([cfg.mirror.rstrip("/") + "/"] if cfg.mirror else []) + list(cls.mirrors)
+    for filename, md5 in cls.resources:
+        if (target / filename).is_file():
+            continue
+        errors = []
+        for mirror in mirrors:
+            try:
+                _fetch(mirror + filename, target / filename, md5)
+                break
+            except (OSError, urllib.error.URLError, ValueError) as e:
+                errors.append(f"{mirror + filename}: {getattr(e, 'reason', e)}")
+        else:
+            reason = " Download failed (" + "; ".join(errors) + ")."
+            raise DataError(_missing_message(cfg, _candidate_dirs(cfg), reason))
+    return target
+
+
+def _fetch(url: str, dest: Path, md5: str) -> None:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(response, f)
+            digest = hashlib.md5(Path(tmp).read_bytes()).hexdigest()
+            if digest != md5:
+                raise ValueError(f"checksum mismatch (md5 {digest}, expected {md5})")
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _verify(name: str, path: Path, disk: bytes, raw: bytes) -> None:
+    stem = path.name.removesuffix(".gz")
+    gz_md5 = dict(TORCHVISION[name].resources).get(stem + ".gz")
+    if path.name.endswith(".gz") and hashlib.md5(disk).hexdigest() == gz_md5:
+        return
+    known = RAW_MD5.get(name, {}).get(stem)
+    if known and hashlib.md5(raw).hexdigest() != known:
+        raise DataError(
+            f"{path}: its content does not match the published {name} file (md5 differs). "
+            "Delete it and download it again, or, if it is your own MNIST-format data, "
+            "use data.name=idx with data.root pointing at its directory.")
+
+
+def read_split(name: str, directory: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [N, H, W] and int64 labels [N] of one split, checked."""
+    out = []
+    for stem, ndim in zip(FILES[split], (3, 1)):
+        path = _find_file(directory, stem)
+        disk, raw = _read_bytes(path)
+        if name != "idx":
+            _verify(name, path, disk, raw)
+        out.append(parse_idx(path, raw, ndim))
+    images, labels = out
+    if len(images) != len(labels):
+        raise DataError(f"{directory}: the {split} split has {len(images)} images but "
+                        f"{len(labels)} labels; the two files do not belong together.")
+    return images, labels.long()
+
+
+# ---------------------------------------------------------------- splits in memory
+
+
+def load_data(cfg: DataConfig, val_split: float, seed: int,
+              stats: tuple[float, float] | None = None) -> Splits:
+    """Load train/val/test into memory, normalised once; stats=(mean, std) reuses a model's own."""
+    directory = locate(cfg)
+    train_u8, train_y = read_split(cfg.name, directory, "train")
+    test_u8, test_y = read_split(cfg.name, directory, "test")
+    if cfg.train_samples:
+        train_u8, train_y = train_u8[: cfg.train_samples], train_y[: cfg.train_samples]
+    if cfg.test_samples:
+        test_u8, test_y = test_u8[: cfg.test_samples], test_y[: cfg.test_samples]
+    if len(train_u8) < 2 or len(test_u8) < 1:
+        raise DataError(f"{directory}: the data set is too small to train on "
+                        f"({len(train_u8)} training and {len(test_u8)} test images).")
+    if train_u8.shape[1:] != test_u8.shape[1:]:
+        raise DataError(f"{directory}: training images are {tuple(train_u8.shape[1:])} but test "
+                        f"images are {tuple(test_u8.shape[1:])}; they must have the same size.")
+    if stats is None:
+        scaled = train_u8.float().div_(255)
+        stats = (scaled.mean().item(), max(scaled.std().item(), 1e-6))
+    mean, std = stats
+
+    def normalise(u8: torch.Tensor) -> torch.Tensor:
+        return u8.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+
+    n_val = int(round(len(train_u8) * val_split))
+    perm = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    train_x = normalise(train_u8)
+    if cfg.name == "idx":
+        class_names = [str(i) for i in range(int(max(train_y.max(), test_y.max())) + 1)]
+    else:
+        class_names = [c.split(" - ")[-1] for c in TORCHVISION[cfg.name].classes]
+    return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
+                  normalise(test_u8), test_y, mean, std, len(class_names), class_names,
+                  str(directory))

@@ -1,0 +1,99 @@
+"""What a training run shows: a Rich live display on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def epoch_line(train: dict, val: dict | None, epochs: int) -> str:
+    text = (f"epoch {train['epoch']}/{epochs}  train loss {train['loss']:.4f} "
+            f"acc {_pct(train['accuracy'])}")
+    if val:
+        text += f"  val loss {val['loss']:.4f} acc {_pct(val['accuracy'])}"
+    return text + f"  {train['elapsed']:.1f}s  {train['images_per_s']:.0f} img/s"
+
+
+def summary_line(s: dict) -> str:
+    test = (s.get("final") or {}).get("test")
+    best = s.get("best") or {}
+    parts = [f"{s['status']}: {s['run_dir']}"]
+    if test:
+        parts.append(f"test acc {_pct(test['accuracy'])} (loss {test['loss']:.4f})")
+    if best.get("val_accuracy") is not None:
+        parts.append(f"best val acc {_pct(best['val_accuracy'])} at epoch {best['epoch']}")
+    parts.append(f"{s['epochs_completed']}/{s['epochs']} epochs, {s['train_seconds']:.1f}s training, "
+                 f"{s['params']:,} parameters")
+    return "; ".join(parts)
+
+
+class Plain:
+    """One line per epoch and a final summary, for pipes and CI logs; quiet keeps only the summary."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.quiet = quiet
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.epochs = 0
+
+    def start(self, info: dict) -> None:
+        self.epochs = info["epochs"]
+        if not self.quiet:
+            self.console.print(
+                f"run {info['run_dir']}: {info['params']:,} parameters, {info['device']}, "
+                f"{info['threads']} threads, {info['train_samples']} training and "
+                f"{info['val_samples']} validation images from {info['data']}")
+
+    def step(self, *args) -> None:
+        pass
+
+    def epoch(self, train: dict, val: dict | None) -> None:
+        if not self.quiet:
+            self.console.print(epoch_line(train, val, self.epochs))
+
+    def finish(self, summary: dict) -> None:
+        self.console.print(summary_line(summary))
+
+
+class Live(Plain):
+    """A Rich progress bar per epoch with loss, accuracy and images/s; epoch lines above it."""
+
+    def __init__(self, console: Console | None = None):
+        super().__init__(False, console)
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
+                       "{task.fields[ips]:.0f} img/s"),
+            TimeElapsedColumn(), console=self.console, transient=True)
+        self.task = None
+
+    def start(self, info: dict) -> None:
+        super().start(info)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=info["steps_per_epoch"],
+                                           epoch=f"{info['start_epoch'] + 1}/{self.epochs}",
+                                           loss=0.0, acc=0.0, ips=0.0)
+
+    def step(self, epoch, step, steps, loss, accuracy, images_per_s) -> None:
+        self.progress.update(self.task, completed=step, epoch=f"{epoch}/{self.epochs}",
+                             loss=loss, acc=accuracy, ips=images_per_s)
+
+    def epoch(self, train: dict, val: dict | None) -> None:
+        self.progress.console.print(epoch_line(train, val, self.epochs))
+        self.progress.reset(self.task)
+
+    def finish(self, summary: dict) -> None:
+        self.progress.stop()
+        super().finish(summary)
+
+
+def reporter(quiet: bool):
+    """Live display on a terminal; plain lines when stdout is a pipe or file."""
+    if quiet:
+        return Plain(quiet=True)
+    return Live() if sys.stdout.isatty() else Plain()

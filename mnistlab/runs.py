@@ -1,0 +1,168 @@
+"""The run directory: config.yaml, metrics.jsonl, summary.json, env.json, checkpoints/, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = "mnistlab-checkpoint"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used, told as one paragraph."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside path, then rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+
+
+def create_run_dir(runs_dir: str | Path, name: str, now: datetime | None = None) -> Path:
+    """Make runs_dir/<date-time>-<name>/ anew; a name already taken gets a -2, -3... suffix."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    base = f"{(now or datetime.now()):%Y%m%d-%H%M%S}-{slug(name)}"
+    for i in range(1, 1000):
+        path = runs_dir / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / "checkpoints").mkdir()
+        return path
+    raise FileExistsError(f"{runs_dir}: too many runs named {base}")
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line, flushed as written."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Every complete record of a metrics.jsonl (a line cut short by a kill is skipped)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def git_commit(directory: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=directory, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment(device: torch.device, seed: int) -> dict:
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "git_commit": git_commit(Path.cwd()),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "argv": sys.argv,
+    }
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """torch.save to a temporary file, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a mnistlab checkpoint without running any code it may hold (weights_only)."""
+    path = Path(path)
+    fix = ("Point at a run directory or at checkpoints/last.pt or best.pt of a run made by "
+           "'mnistlab train'.")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint. {fix}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, TypeError,
+            AttributeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: cannot be loaded as a checkpoint: it is truncated, corrupt, or holds "
+            f"objects other than tensors and plain data, which are refused so that loading "
+            f"cannot run code ({first}). {fix}") from None
+    except Exception as e:  # the unpickler raises its own classes for refused globals
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and plain data "
+            f"({type(e).__name__}), so loading it could run code. {fix}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: is a PyTorch file but not a mnistlab checkpoint "
+                              f"(it has no mnistlab format marker). {fix}")
+    return ckpt

@@ -1,0 +1,338 @@
+"""The one shared loop: fit() trains, evaluates each epoch and writes the run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import runs
+from .config import Config, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
+from .data import Splits, load_data
+from .models import build_model, count_parameters
+
+
+class TrainError(Exception):
+    """A run that cannot start or go on, told as one paragraph."""
+
+
+class Diverged(TrainError):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: the run stopped after saving its state."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        super().__init__(str(run_dir))
+
+
+class Reporter(Protocol):
+    def start(self, info: dict) -> None: ...
+    def step(self, epoch: int, step: int, steps: int, loss: float, accuracy: float,
+             images_per_s: float) -> None: ...
+    def epoch(self, train: dict, val: dict | None) -> None: ...
+    def finish(self, summary: dict) -> None: ...
+
+
+class Silent:
+    """A reporter that shows nothing."""
+
+    def start(self, info): pass
+    def step(self, *args): pass
+    def epoch(self, train, val): pass
+    def finish(self, summary): pass
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM stops the run like Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError("train.device is cuda but PyTorch sees no CUDA GPU on this machine; "
+                         "use train.device=cpu (or auto, which picks the GPU when there is one).")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adadelta":
+        return torch.optim.Adadelta(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def build_scheduler(cfg: OptimConfig, optimizer, epochs: int, steps_per_epoch: int):
+    """The schedule, stepped after every batch (step decays every step_size epochs)."""
+    total = epochs * steps_per_epoch
+    if cfg.schedule == "none":
+        return None
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.step_size * steps_per_epoch, cfg.gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    if cfg.schedule == "onecycle":
+        if cfg.name == "adadelta":
+            # adadelta has no momentum to cycle; onecycle still shapes its lr
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total,
+                                                       cycle_momentum=False)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             device: torch.device, num_classes: int | None = None) -> dict:
+    """Mean cross-entropy and accuracy on (x, y); with num_classes also the confusion matrix."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        logits = model(xb)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        pred = logits.argmax(1)
+        correct += (pred == yb).sum().item()
+        if num_classes:
+            confusion += torch.bincount(yb.cpu() * num_classes + pred.cpu(),
+                                        minlength=num_classes ** 2).view(num_classes, num_classes)
+    model.train(was_training)
+    out = {"loss": loss_sum / max(len(x), 1), "accuracy": correct / max(len(x), 1), "n": len(x)}
+    if num_classes:
+        out["confusion"] = confusion.tolist()
+    return out
+
+
+def data_info(data: Splits, dataset: str) -> dict:
+    """What a checkpoint needs to rebuild the model and prepare inputs as in training."""
+    return {"dataset": dataset, "mean": data.mean, "std": data.std,
+            "image_shape": list(data.image_shape), "num_classes": data.num_classes,
+            "class_names": data.class_names}
+
+
+def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
+        source: dict | None = None) -> dict:
+    """Train cfg into a new run directory (or continue the run at resume); return its summary.
+
+    Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
+    """
+    with sigterm_as_interrupt():
+        return _fit(cfg, reporter, resume, source)
+
+
+def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None) -> dict:
+    reporter = reporter or Silent()
+    t_start = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    data = load_data(cfg.data, cfg.train.val_split, cfg.train.seed)
+    model = build_model(cfg.model, data.image_shape, data.num_classes).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    batch = cfg.train.batch_size
+    n_train = len(data.train_x)
+    steps_per_epoch = math.ceil(n_train / batch)
+    scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs, steps_per_epoch)
+    shuffle = torch.Generator().manual_seed(cfg.train.seed)
+
+    start_epoch, skip_steps, best, train_seconds = 0, 0, None, 0.0
+    if resume is None:
+        run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
+        header = f"# resolved config of this run; train it again with: mnistlab train {run_dir}/config.yaml\n"
+        if source and source.get("overrides"):
+            header += f"# made from {source.get('config')} with overrides: {' '.join(source['overrides'])}\n"
+        runs.atomic_write_text(run_dir / "config.yaml", header + to_yaml(cfg))
+        started = datetime.now().isoformat(timespec="seconds")
+    else:
+        run_dir = Path(resume)
+        ckpt = runs.load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, skip_steps = ckpt["epoch"], ckpt["step"]
+        shuffle.set_state(ckpt["shuffle_state"])
+        torch.set_rng_state(ckpt["rng_state"])
+        best, train_seconds = ckpt.get("best"), ckpt.get("train_seconds", 0.0)
+        started = runs.read_json(run_dir / "summary.json").get("started")
+
+    env = runs.environment(device, cfg.train.seed)
+    runs.write_json(run_dir / "env.json", env)
+    log = runs.MetricsLog(run_dir / "metrics.jsonl")
+    summary = {
+        "name": cfg.name, "run_dir": str(run_dir), "status": "running", "started": started,
+        "ended": None, "config_hash": config_hash(cfg), "source": source or {},
+        "params": count_parameters(model), "device": str(device), "epochs": cfg.train.epochs,
+        "epochs_completed": start_epoch, "train_samples": n_train, "val_samples": len(data.val_x),
+        "test_samples": len(data.test_x), "final": {}, "best": best, "error": None,
+        "wall_seconds": None, "train_seconds": train_seconds,
+    }
+    runs.write_json(run_dir / "summary.json", summary)
+    reporter.start({"run_dir": str(run_dir), "params": summary["params"], "device": str(device),
+                    "threads": torch.get_num_threads(), "train_samples": n_train,
+                    "val_samples": len(data.val_x), "epochs": cfg.train.epochs,
+                    "steps_per_epoch": steps_per_epoch, "start_epoch": start_epoch,
+                    "data": data.source, "name": cfg.name})
+
+    def checkpoint(epoch: int, step: int, epoch_state: torch.Tensor) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "epoch": epoch, "step": step, "shuffle_state": epoch_state,
+                "rng_state": torch.get_rng_state(), "best": best, "train_seconds": train_seconds,
+                "config": to_dict(cfg), "data": data_info(data, cfg.data.name)}
+
+    def finish(status: str, error: str | None = None) -> dict:
+        summary.update(status=status, error=error, best=best, train_seconds=train_seconds,
+                       ended=datetime.now().isoformat(timespec="seconds"),
+                       wall_seconds=round(time.perf_counter() - t_start, 3))
+        runs.write_json(run_dir / "summary.json", summary)
+        log.close()
+        reporter.finish(summary)
+        return summary
+
+    epoch, step, epoch_state = start_epoch, skip_steps, shuffle.get_state()
+    global_step = start_epoch * steps_per_epoch + skip_steps
+    model.train()
+    try:
+        for epoch in range(start_epoch, cfg.train.epochs):
+            epoch_state = shuffle.get_state()
+            perm = torch.randperm(n_train, generator=shuffle)
+            first = skip_steps if epoch == start_epoch else 0
+            t_epoch = time.perf_counter()
+            loss_sum = correct = seen = 0
+            w_loss = w_correct = w_seen = 0
+            t_window = t_epoch
+            for step in range(first, steps_per_epoch):
+                idx = perm[step * batch:(step + 1) * batch]
+                xb, yb = data.train_x[idx].to(device), data.train_y[idx].to(device)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.train.label_smoothing)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise Diverged(
+                        f"the training loss became {loss_value} at epoch {epoch + 1}, step "
+                        f"{step + 1} (optim.lr={cfg.optim.lr:g}); the run stopped as failed. "
+                        f"Try a lower learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                global_step += 1
+                n = len(idx)
+                hits = (logits.argmax(1) == yb).sum().item()
+                loss_sum += loss_value * n; correct += hits; seen += n
+                w_loss += loss_value * n; w_correct += hits; w_seen += n
+                if cfg.train.log_every and (step + 1) % cfg.train.log_every == 0:
+                    now = time.perf_counter()
+                    log.write({"event": "step", "epoch": epoch + 1, "step": global_step,
+                               "split": "train", "loss": w_loss / w_seen,
+                               "accuracy": w_correct / w_seen,
+                               "lr": optimizer.param_groups[0]["lr"],
+                               "elapsed": round(train_seconds + now - t_epoch, 3),
+                               "images_per_s": round(w_seen / max(now - t_window, 1e-9), 1)})
+                    w_loss = w_correct = w_seen = 0
+                    t_window = now
+                if step % 10 == 0 or step == steps_per_epoch - 1:
+                    elapsed = time.perf_counter() - t_epoch
+                    reporter.step(epoch + 1, step + 1, steps_per_epoch, loss_sum / seen,
+                                  correct / seen, seen / max(elapsed, 1e-9))
+            epoch_seconds = time.perf_counter() - t_epoch
+            train_seconds += epoch_seconds
+            skip_steps = 0
+            train_rec = {"event": "epoch", "epoch": epoch + 1, "step": global_step, "split": "train",
+                         "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+                         "lr": optimizer.param_groups[0]["lr"], "elapsed": round(train_seconds, 3),
+                         "images_per_s": round(seen / max(epoch_seconds, 1e-9), 1)}
+            log.write(train_rec)
+            val_rec = None
+            if len(data.val_x):
+                t_eval = time.perf_counter()
+                val = evaluate(model, data.val_x, data.val_y, cfg.train.eval_batch_size, device)
+                val_rec = {"event": "epoch", "epoch": epoch + 1, "step": global_step, "split": "val",
+                           "loss": val["loss"], "accuracy": val["accuracy"],
+                           "lr": train_rec["lr"], "elapsed": round(train_seconds, 3),
+                           "eval_seconds": round(time.perf_counter() - t_eval, 3)}
+                log.write(val_rec)
+            summary["final"] = {"train": _metrics(train_rec), "val": _metrics(val_rec)}
+            summary["epochs_completed"] = epoch + 1
+            summary["train_seconds"] = train_seconds
+            improved = best is None or (val_rec is None) or val_rec["accuracy"] > best["val_accuracy"]
+            if improved:
+                best = {"epoch": epoch + 1,
+                        "val_accuracy": val_rec["accuracy"] if val_rec else None,
+                        "val_loss": val_rec["loss"] if val_rec else None}
+            state = checkpoint(epoch + 1, 0, shuffle.get_state())
+            runs.save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
+            if improved:
+                runs.save_checkpoint(run_dir / "checkpoints" / "best.pt", state)
+            summary["best"] = best
+            runs.write_json(run_dir / "summary.json", summary)
+            reporter.epoch(train_rec, val_rec)
+    except KeyboardInterrupt:
+        # the epoch in progress resumes from this very batch: same permutation, same RNG
+        done = global_step - epoch * steps_per_epoch
+        runs.save_checkpoint(run_dir / "checkpoints" / "last.pt",
+                             checkpoint(epoch, done, epoch_state))
+        finish("interrupted", "interrupted by a signal (Ctrl-C or SIGTERM); continue with "
+               f"'mnistlab train --resume {run_dir}'")
+        raise Interrupted(run_dir) from None
+    except Diverged as e:
+        finish("failed", str(e))
+        raise
+    except BaseException as e:
+        finish("failed", f"{type(e).__name__}: {e}")
+        raise
+
+    test = evaluate(model, data.test_x, data.test_y, cfg.train.eval_batch_size, device)
+    log.write({"event": "final", "epoch": cfg.train.epochs, "step": global_step, "split": "test",
+               "loss": test["loss"], "accuracy": test["accuracy"],
+               "elapsed": round(train_seconds, 3)})
+    summary["final"]["test"] = {"loss": test["loss"], "accuracy": test["accuracy"]}
+    return finish("completed")
+
+
+def _metrics(rec: dict | None) -> dict | None:
+    return None if rec is None else {"loss": rec["loss"], "accuracy": rec["accuracy"]}
+
+
+def resume_config(run_dir: Path) -> Config:
+    """The resolved config a run was started with, read back from its last checkpoint."""
+    ckpt = runs.load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
+    return config_from_dict(ckpt["config"])

@@ -1,0 +1,72 @@
+"""Shared fixtures: synthetic MNIST-format data written by the tests, and tiny configs on it."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, tensor: torch.Tensor) -> Path:
+    """Write a uint8 tensor as an IDX file (gzipped when the name ends in .gz)."""
+    header = bytes([0, 0, 0x08, tensor.dim()]) + struct.pack(f">{tensor.dim()}I", *tensor.shape)
+    data = header + tensor.to(torch.uint8).contiguous().numpy().tobytes()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+def synthetic_split(n: int, size: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable images: each class lights its own horizontal band, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    images = torch.randint(0, 150, (n, size, size), generator=g)
+    band = max(size // classes, 1)
+    for c in range(classes):
+        rows = slice((c * band) % size, (c * band) % size + band)
+        images[labels == c, rows, :] += 70
+    return images.clamp(0, 255).to(torch.uint8), labels.to(torch.uint8)
+
+
+def write_dataset(directory: Path, n_train: int = 256, n_test: int = 64, size: int = 12,
+                  classes: int = 4, gz: bool = False) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for split, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = synthetic_split(n, size, classes, seed)
+        write_idx(directory / f"{split}-images-idx3-ubyte{suffix}", images)
+        write_idx(directory / f"{split}-labels-idx1-ubyte{suffix}", labels)
+    return directory
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """A directory with the four IDX files of a small synthetic 4-class data set of 12x12 images."""
+    return write_dataset(tmp_path / "tiny")
+
+
+def tiny_config_dict(data_dir: Path, runs_dir: Path, **sections) -> dict:
+    cfg = {
+        "name": "tiny",
+        "runs_dir": str(runs_dir),
+        "model": {"kind": "conv", "channels": [4, 8], "kernel_size": 3},
+        "optim": {"name": "adam", "lr": 0.01, "schedule": "none"},
+        "train": {"epochs": 2, "batch_size": 32, "seed": 0, "threads": 1, "log_every": 2},
+        "data": {"name": "idx", "root": str(data_dir)},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_data) -> Path:
+    """A YAML config training a small conv net for 2 epochs on tiny_data, runs under tmp_path/runs."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(tiny_data, tmp_path / "runs")))
+    return path
