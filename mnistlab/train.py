@@ -55,20 +55,27 @@ class Silent:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Within the block, SIGTERM stops the run like Ctrl-C does."""
+def stop_on_signals():
+    """Ctrl-C and SIGTERM set the yielded event; the loop stops at the next batch boundary.
+
+    A second signal raises KeyboardInterrupt at once.
+    """
+    stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,11 +158,12 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
 
     Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
     """
-    with sigterm_as_interrupt():
-        return _fit(cfg, reporter, resume, source)
+    with stop_on_signals() as stop:
+        return _fit(cfg, reporter, resume, source, stop)
 
 
-def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None) -> dict:
+def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None,
+         stop: threading.Event) -> dict:
     reporter = reporter or Silent()
     t_start = time.perf_counter()
     if cfg.train.threads:
@@ -239,6 +247,8 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
             w_loss = w_correct = w_seen = 0
             t_window = t_epoch
             for step in range(first, steps_per_epoch):
+                if stop.is_set():
+                    raise KeyboardInterrupt
                 idx = perm[step * batch:(step + 1) * batch]
                 xb, yb = data.train_x[idx].to(device), data.train_y[idx].to(device)
                 logits = model(xb)

@@ -1,0 +1,112 @@
+"""Config loading, overrides and the errors a user sees."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mnistlab.cli import app
+from mnistlab.config import ConfigError, apply_overrides, config_hash, load_config, to_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(path, overrides=()) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(overrides))
+    return info.value.problems
+
+
+def test_file_then_overrides_command_line_wins(tmp_path):
+    path = write(tmp_path, "optim: {lr: 0.5}\ntrain: {epochs: 7}\n")
+    cfg = load_config(path, ["optim.lr=1e-3", "model.kind=dense", "model.channels=[8, 16]",
+                             "data.download=false", "optim.lr=2e-3"])
+    assert cfg.optim.lr == 0.002 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.epochs == 7
+    assert cfg.model.kind == "dense" and cfg.model.channels == [8, 16]
+    assert cfg.data.download is False
+    assert cfg.name == "c"  # the file's stem when the YAML gives none
+
+
+def test_unknown_keys_suggest_the_closest_valid_key(tmp_path):
+    path = write(tmp_path, "optim:\n  lrr: 0.1\nmodle:\n  kind: conv\n")
+    found = problems(path, ["train.epoch=3"])
+    assert "optim.lrr: unknown key, did you mean optim.lr?" in found
+    assert "modle: unknown key, did you mean model?" in found
+    assert "train.epoch: unknown key (from the command line), did you mean train.epochs?" in found
+
+
+def test_wrong_types_and_choices_name_key_value_and_what_is_allowed(tmp_path):
+    path = write(tmp_path, "model: {kind: cnn, channels: [32]}\ntrain: {epochs: three, val_split: 1.5}\n"
+                           "optim: {name: adamw, nesterov: maybe}\n")
+    found = "\n".join(problems(path))
+    assert "model.kind: 'cnn' (str) is not allowed; choose one of: dense, conv; did you mean conv?" in found
+    assert "train.epochs: expected an integer, got 'three' (str)" in found
+    assert "train.val_split: 1.5 is out of range" in found
+    assert "optim.nesterov: expected true or false, got 'maybe' (str)" in found
+    assert "model.channels: the conv network has exactly two conv layers" in found
+
+
+def test_invalid_yaml_reports_file_line_and_column(tmp_path):
+    path = write(tmp_path, "model:\n  kind: conv\n  channels: [32, 64\n")
+    (message,) = problems(path)
+    assert message.startswith(f"{path}:4:1: invalid YAML")
+
+
+def test_override_syntax_errors_are_all_reported(tmp_path):
+    path = write(tmp_path, "optim: {lr: 0.1}\n")
+    found = problems(path, ["optim.lr", "=3", "train.epochs=[1", "optim.lr.x=1"])
+    assert len(found) == 4
+    assert any("'optim.lr': an override is key=value" in p for p in found)
+    assert any("'optim.lr.x=1': optim.lr is a value, not a section" in p for p in found)
+
+
+def test_overrides_do_not_modify_the_loaded_mapping():
+    raw = {"optim": {"lr": 1.0}}
+    out, keys = apply_overrides(raw, ["optim.lr=2"])
+    assert raw == {"optim": {"lr": 1.0}} and out == {"optim": {"lr": 2}} and keys == {"optim.lr"}
+
+
+def test_resolved_yaml_round_trips_and_hash_ignores_name(tmp_path):
+    cfg = load_config(write(tmp_path, "model: {kind: dense, hidden: [64, 32]}\n"))
+    again = load_config(write(tmp_path, to_yaml(cfg)))
+    assert again == cfg
+    renamed = load_config(tmp_path / "c.yaml", ["name=other", "runs_dir=elsewhere"])
+    assert config_hash(renamed) == config_hash(cfg)
+    assert config_hash(load_config(tmp_path / "c.yaml", ["optim.lr=0.1"])) != config_hash(cfg)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_documents_itself_and_validates(path):
+    text = path.read_text()
+    assert text.startswith("#"), "each config starts with a comment"
+    assert f"mnistlab {'sweep' if 'sweep' in path.name else 'train'} configs/{path.name}" in text
+    if "base" not in yaml.safe_load(text):  # sweep files are checked by the sweep tests
+        load_config(path)
+
+
+def test_cli_print_config_shows_resolved_values_and_exits():
+    result = runner.invoke(app, ["train", str(ROOT / "configs/cnn.yaml"), "optim.lr=0.05",
+                                 "--print-config"])
+    assert result.exit_code == 0
+    printed = yaml.safe_load(result.stdout)
+    assert printed["optim"]["lr"] == 0.05 and printed["model"]["kind"] == "conv"
+    assert printed["train"]["val_split"] == 0.1  # defaults are shown too
+
+
+def test_cli_config_errors_exit_2_without_traceback(tmp_path):
+    result = runner.invoke(app, ["train", str(ROOT / "configs/cnn.yaml"), "optim.lrr=0.1",
+                                 "model.kind=mlp"])
+    assert result.exit_code == 2
+    assert "2 problems" in result.stderr and "did you mean optim.lr?" in result.stderr
+    assert "Traceback" not in result.output
+    missing = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "no such file" in missing.stderr

@@ -1,0 +1,146 @@
+"""The loop and the run directory, end to end through the CLI on tiny synthetic data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import FASHION_DIR
+from mnistlab.cli import app
+from mnistlab.config import load_config
+from mnistlab.runs import load_checkpoint, read_metrics
+from mnistlab.train import fit
+
+runner = CliRunner()
+
+
+def only_run(runs_dir: Path) -> Path:
+    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    return run
+
+
+def test_train_through_the_cli_writes_a_complete_run_directory(tiny_config, tmp_path):
+    result = runner.invoke(app, ["train", str(tiny_config), "train.epochs=3", "optim.lr=0.02"])
+    assert result.exit_code == 0, result.output
+    run = only_run(tmp_path / "runs")
+    assert run.name.endswith("-tiny")
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints", "config.yaml", "env.json", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    # plain lines when stdout is not a terminal: one per epoch, then the summary
+    assert result.stdout.count("\nepoch ") == 3 and "completed:" in result.stdout
+
+    config_text = (run / "config.yaml").read_text()
+    assert "train.epochs=3 optim.lr=0.02" in config_text  # the overrides as typed
+    resolved = yaml.safe_load(config_text)
+    assert resolved["optim"]["lr"] == 0.02 and resolved["train"]["epochs"] == 3
+    assert resolved["train"]["val_split"] == 0.1  # fully resolved, defaults included
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 3
+    assert summary["params"] == (9 * 4 + 2 * 4) + (4 * 8 * 9 + 2 * 8) + (8 * 3 * 3 * 4 + 4)
+    assert summary["final"]["test"]["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    assert summary["best"]["epoch"] in (1, 2, 3) and summary["wall_seconds"] > 0
+    assert summary["source"]["overrides"] == ["train.epochs=3", "optim.lr=0.02"]
+
+    records = read_metrics(run / "metrics.jsonl")
+    keys = {"event", "epoch", "step", "split", "loss", "accuracy", "lr", "elapsed", "images_per_s"}
+    steps = [r for r in records if r["event"] == "step"]
+    assert steps and all(keys <= set(r) for r in steps)
+    epochs = [(r["epoch"], r["split"]) for r in records if r["event"] == "epoch"]
+    assert epochs == [(e, s) for e in (1, 2, 3) for s in ("train", "val")]
+    (final,) = [r for r in records if r["event"] == "final"]
+    assert final["split"] == "test" and final["accuracy"] == summary["final"]["test"]["accuracy"]
+
+    env = json.loads((run / "env.json").read_text())
+    assert {"python", "torch", "torchvision", "device", "threads", "seed", "git_commit", "host"} <= set(env)
+    assert env["threads"] == 1 and env["seed"] == 0
+
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 3 and ckpt["config"]["optim"]["lr"] == 0.02
+    assert {"model", "optimizer", "scheduler", "data"} <= set(ckpt)
+    assert ckpt["data"]["num_classes"] == 4 and ckpt["data"]["image_shape"] == [1, 12, 12]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == summary["best"]["epoch"]
+
+
+def test_runs_never_overwrite_each_other(tiny_config, tmp_path):
+    for _ in range(2):
+        assert runner.invoke(app, ["train", str(tiny_config), "train.epochs=1", "-q"]).exit_code == 0
+    assert len({p.name for p in (tmp_path / "runs").iterdir()}) == 2
+
+
+def test_same_config_and_seed_give_identical_metrics(tiny_config):
+    cfg = load_config(tiny_config, ["model.dropout=0.3", "optim.schedule=onecycle"])
+    first, second = fit(cfg), fit(cfg)
+    assert first["final"] == second["final"]
+    metrics = [read_metrics(Path(s["run_dir"]) / "metrics.jsonl") for s in (first, second)]
+    strip = lambda rs: [(r["loss"], r["accuracy"]) for r in rs]  # noqa: E731
+    assert strip(metrics[0]) == strip(metrics[1])
+    other = fit(load_config(tiny_config, ["model.dropout=0.3", "optim.schedule=onecycle",
+                                          "train.seed=1"]))
+    assert other["final"] != first["final"]
+
+
+def test_diverging_loss_fails_the_run_with_advice(tiny_config, tmp_path):
+    result = runner.invoke(app, ["train", str(tiny_config), "model.kind=dense", "optim.name=sgd",
+                                 "optim.lr=1e12"])
+    assert result.exit_code == 1
+    assert "lower learning rate" in result.stderr and "optim.lr=1e+11" in result.stderr
+    summary = json.loads((only_run(tmp_path / "runs") / "summary.json").read_text())
+    assert summary["status"] == "failed" and "became nan" in summary["error"]
+
+
+def test_missing_data_is_a_clear_error_and_writes_nothing(tiny_config, tmp_path):
+    result = runner.invoke(app, ["train", str(tiny_config), f"data.root={tmp_path / 'nowhere'}"])
+    assert result.exit_code == 2
+    assert "was not found" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_saves_a_resumable_run_that_finishes_like_an_uninterrupted_one(tiny_config, tmp_path):
+    overrides = ["train.epochs=40", "optim.schedule=onecycle", "model.dropout=0.2"]
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", str(tiny_config), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs_dir = tmp_path / "runs"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until the first epoch is logged, then stop it mid-run
+        logs = list(runs_dir.glob("*/metrics.jsonl"))
+        if logs and '"event": "epoch"' in logs[0].read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "mnistlab train --resume" in err and "Traceback" not in err
+    run = only_run(runs_dir)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] < 40
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["train"]["epochs"] == 40
+    assert not [p for p in run.rglob(".*.tmp")], "no temporary file is left behind"
+
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 40
+    reference = fit(load_config(tiny_config, overrides + [f"runs_dir={tmp_path / 'ref'}"]))
+    assert summary["final"] == reference["final"]
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_subset_trains_well_above_chance(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    result = runner.invoke(app, [
+        "train", str(root / "configs" / "cnn.yaml"), "data.name=fashion-mnist",
+        "data.train_samples=6000", "data.test_samples=2000", "train.epochs=1",
+        f"runs_dir={tmp_path}", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((only_run(tmp_path) / "summary.json").read_text())
+    assert summary["final"]["test"]["accuracy"] > 0.7  # chance is 0.1
