@@ -45,7 +45,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adam", "adamw", "adadelta", "rmsprop"] = "adamw"
+    # manual: x <- x - lr * x.grad written out by hand (the course's gradient descent)
+    name: Literal["sgd", "adam", "adamw", "adadelta", "rmsprop", "manual"] = "adamw"
     lr: float = field(default=3e-3, metadata=bounds(0, None))
     momentum: float = field(default=0.9, metadata=bounds(0, 1, hi_open=True))
     nesterov: bool = False
@@ -79,13 +80,33 @@ class DataConfig:
 
 
 @dataclass
+class QuadraticConfig:
+    x0: list[float] = field(default_factory=lambda: [3.0, -2.0])  # start point, any dimension
+
+
+@dataclass
+class LinregConfig:
+    in_dim: int = field(default=10, metadata=bounds(1, None))
+    out_dim: int = field(default=3, metadata=bounds(1, None))
+    n: int = field(default=1000, metadata=bounds(2, None))  # synthetic samples
+    noise: float = field(default=0.1, metadata=bounds(0, None))  # std of the Gaussian noise
+    csv: str | None = None  # a CSV file with a header row instead of synthetic data
+    x_columns: list[str] = field(default_factory=list)
+    y_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     name: str | None = None  # run name; default: the config file's stem
     runs_dir: str = "runs"
+    # classify: the MNIST family; quadratic: minimise sum(x^2); linreg: fit Y = AX + B
+    task: Literal["classify", "quadratic", "linreg"] = "classify"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    quadratic: QuadraticConfig = field(default_factory=QuadraticConfig)
+    linreg: LinregConfig = field(default_factory=LinregConfig)
 
 
 # ---------------------------------------------------------------- conversion
@@ -212,7 +233,9 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
         problems.append(
             f"model.kernel_size: {m.kernel_size} is even; use an odd size (3, 5, 7) so the "
             "image keeps its size before pooling")
-    if cfg.data.name == "idx" and not cfg.data.root:
+    if cfg.task == "quadratic" and not cfg.quadratic.x0:
+        problems.append("quadratic.x0: give the start point as a list, e.g. [3.0, -2.0]")
+    if cfg.task == "classify" and cfg.data.name == "idx" and not cfg.data.root:
         problems.append(
             "data.root: data.name is idx (your own MNIST-format files), so data.root must "
             "name the directory that holds them")

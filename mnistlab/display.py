@@ -12,11 +12,15 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _scores(rec: dict) -> str:
+    text = f"loss {rec['loss']:.4g}"
+    return text + (f" acc {_pct(rec['accuracy'])}" if rec.get("accuracy") is not None else "")
+
+
 def epoch_line(train: dict, val: dict | None, epochs: int) -> str:
-    text = (f"epoch {train['epoch']}/{epochs}  train loss {train['loss']:.4f} "
-            f"acc {_pct(train['accuracy'])}")
+    text = f"epoch {train['epoch']}/{epochs}  train {_scores(train)}"
     if val:
-        text += f"  val loss {val['loss']:.4f} acc {_pct(val['accuracy'])}"
+        text += f"  val {_scores(val)}"
     return text + f"  {train['elapsed']:.1f}s  {train['images_per_s']:.0f} img/s"
 
 
@@ -25,7 +29,14 @@ def summary_line(s: dict) -> str:
     best = s.get("best") or {}
     parts = [f"{s['status']}: {s['run_dir']}"]
     if test:
-        parts.append(f"test acc {_pct(test['accuracy'])} (loss {test['loss']:.4f})")
+        parts.append(f"test {_scores(test)}")
+    result = s.get("result") or {}
+    if "f" in result:
+        parts.append(f"f(x) = {result['f']:.4g} at |x| = {result['norm']:.4g}")
+    if "lstsq_gap" in result:
+        parts.append(f"train MSE {result['train_mse']:.4g}, {result['lstsq_gap']:.2g} above least squares")
+    if "A_max_error" in result:
+        parts.append(f"max error of A {result['A_max_error']:.2g}, of B {result['B_max_error']:.2g}")
     if best.get("val_accuracy") is not None:
         parts.append(f"best val acc {_pct(best['val_accuracy'])} at epoch {best['epoch']}")
     parts.append(f"{s['epochs_completed']}/{s['epochs']} epochs, {s['train_seconds']:.1f}s training, "
@@ -47,7 +58,7 @@ class Plain:
             self.console.print(
                 f"run {info['run_dir']}: {info['params']:,} parameters, {info['device']}, "
                 f"{info['threads']} threads, {info['train_samples']} training and "
-                f"{info['val_samples']} validation images from {info['data']}")
+                f"{info['val_samples']} validation samples from {info['data']}")
 
     def step(self, *args) -> None:
         pass
@@ -67,8 +78,7 @@ class Live(Plain):
         super().__init__(False, console)
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
-                       "{task.fields[ips]:.0f} img/s"),
+            TextColumn("{task.fields[scores]}  {task.fields[ips]:.0f} img/s"),
             TimeElapsedColumn(), console=self.console, transient=True)
         self.task = None
 
@@ -77,11 +87,12 @@ class Live(Plain):
         self.progress.start()
         self.task = self.progress.add_task("train", total=info["steps_per_epoch"],
                                            epoch=f"{info['start_epoch'] + 1}/{self.epochs}",
-                                           loss=0.0, acc=0.0, ips=0.0)
+                                           scores="", ips=0.0)
 
     def step(self, epoch, step, steps, loss, accuracy, images_per_s) -> None:
+        scores = _scores({"loss": loss, "accuracy": accuracy})
         self.progress.update(self.task, completed=step, epoch=f"{epoch}/{self.epochs}",
-                             loss=loss, acc=accuracy, ips=images_per_s)
+                             scores=scores, ips=images_per_s)
 
     def epoch(self, train: dict, val: dict | None) -> None:
         self.progress.console.print(epoch_line(train, val, self.epochs))

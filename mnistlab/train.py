@@ -17,8 +17,8 @@ from torch import nn
 
 from . import runs
 from .config import Config, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
-from .data import Splits, load_data
-from .models import build_model, count_parameters
+from .models import count_parameters
+from .tasks import build_task, final_result, step_extras
 
 
 class TrainError(Exception):
@@ -87,7 +87,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class HandWrittenGD(torch.optim.Optimizer):
+    """x <- x - lr * x.grad, written out: gradient descent as the course does it by hand."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p -= group["lr"] * p.grad
+
+
 def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    if cfg.name == "manual":
+        return HandWrittenGD(params, cfg.lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
@@ -113,43 +129,43 @@ def build_scheduler(cfg: OptimConfig, optimizer, epochs: int, steps_per_epoch: i
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     if cfg.schedule == "onecycle":
-        if cfg.name == "adadelta":
-            # adadelta has no momentum to cycle; onecycle still shapes its lr
-            return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total,
-                                                       cycle_momentum=False)
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total)
+        # cycle the momentum only where there is one: never turn plain SGD into momentum SGD
+        cycle = cfg.name in ("adam", "adamw") or (cfg.name in ("sgd", "rmsprop") and cfg.momentum > 0)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total,
+                                                   cycle_momentum=cycle)
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             device: torch.device, num_classes: int | None = None) -> dict:
-    """Mean cross-entropy and accuracy on (x, y); with num_classes also the confusion matrix."""
+             device: torch.device, num_classes: int | None = None, loss_fn=None) -> dict:
+    """Mean loss and accuracy on (x, y); with num_classes also the confusion matrix.
+
+    With loss_fn (regression) only the mean loss is computed.
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
     confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        logits = model(xb)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-        pred = logits.argmax(1)
+        out = model(xb)
+        if loss_fn is not None:
+            loss_sum += loss_fn(out, yb).item() * len(xb)
+            continue
+        loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
+        pred = out.argmax(1)
         correct += (pred == yb).sum().item()
         if num_classes:
             confusion += torch.bincount(yb.cpu() * num_classes + pred.cpu(),
                                         minlength=num_classes ** 2).view(num_classes, num_classes)
     model.train(was_training)
-    out = {"loss": loss_sum / max(len(x), 1), "accuracy": correct / max(len(x), 1), "n": len(x)}
+    out = {"loss": loss_sum / max(len(x), 1), "n": len(x)}
+    if loss_fn is None:
+        out["accuracy"] = correct / max(len(x), 1)
     if num_classes:
         out["confusion"] = confusion.tolist()
     return out
-
-
-def data_info(data: Splits, dataset: str) -> dict:
-    """What a checkpoint needs to rebuild the model and prepare inputs as in training."""
-    return {"dataset": dataset, "mean": data.mean, "std": data.std,
-            "image_shape": list(data.image_shape), "num_classes": data.num_classes,
-            "class_names": data.class_names}
 
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
@@ -170,8 +186,9 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    data = load_data(cfg.data, cfg.train.val_split, cfg.train.seed)
-    model = build_model(cfg.model, data.image_shape, data.num_classes).to(device)
+    task = build_task(cfg)
+    data, model = task.data, task.model.to(device)
+    loss_fn = None if task.classify else task.loss  # for evaluate()
     optimizer = build_optimizer(cfg.optim, model.parameters())
     batch = cfg.train.batch_size
     n_train = len(data.train_x)
@@ -204,12 +221,12 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     runs.write_json(run_dir / "env.json", env)
     log = runs.MetricsLog(run_dir / "metrics.jsonl")
     summary = {
-        "name": cfg.name, "run_dir": str(run_dir), "status": "running", "started": started,
-        "ended": None, "config_hash": config_hash(cfg), "source": source or {},
+        "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
+        "started": started, "ended": None, "config_hash": config_hash(cfg), "source": source or {},
         "params": count_parameters(model), "device": str(device), "epochs": cfg.train.epochs,
         "epochs_completed": start_epoch, "train_samples": n_train, "val_samples": len(data.val_x),
-        "test_samples": len(data.test_x), "final": {}, "best": best, "error": None,
-        "wall_seconds": None, "train_seconds": train_seconds,
+        "test_samples": len(data.test_x), "final": {}, "best": best, "result": None,
+        "error": None, "wall_seconds": None, "train_seconds": train_seconds,
     }
     runs.write_json(run_dir / "summary.json", summary)
     reporter.start({"run_dir": str(run_dir), "params": summary["params"], "device": str(device),
@@ -223,7 +240,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch, "step": step, "shuffle_state": epoch_state,
                 "rng_state": torch.get_rng_state(), "best": best, "train_seconds": train_seconds,
-                "config": to_dict(cfg), "data": data_info(data, cfg.data.name)}
+                "config": to_dict(cfg), "data": task.info}
 
     def finish(status: str, error: str | None = None) -> dict:
         summary.update(status=status, error=error, best=best, train_seconds=train_seconds,
@@ -236,6 +253,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
 
     epoch, step, epoch_state = start_epoch, skip_steps, shuffle.get_state()
     global_step = start_epoch * steps_per_epoch + skip_steps
+    first_loss = None
     model.train()
     try:
         for epoch in range(start_epoch, cfg.train.epochs):
@@ -251,63 +269,66 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
                     raise KeyboardInterrupt
                 idx = perm[step * batch:(step + 1) * batch]
                 xb, yb = data.train_x[idx].to(device), data.train_y[idx].to(device)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.train.label_smoothing)
+                out = model(xb)
+                loss = task.loss(out, yb)
                 loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise Diverged(
-                        f"the training loss became {loss_value} at epoch {epoch + 1}, step "
-                        f"{step + 1} (optim.lr={cfg.optim.lr:g}); the run stopped as failed. "
-                        f"Try a lower learning rate, e.g. optim.lr={cfg.optim.lr / 10:g}.")
+                first_loss = loss_value if first_loss is None else first_loss
+                check_divergence(cfg, loss_value, first_loss, epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                log_now = cfg.train.log_every and (step + 1) % cfg.train.log_every == 0
+                extras = step_extras(cfg, task) if log_now else {}
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 global_step += 1
                 n = len(idx)
-                hits = (logits.argmax(1) == yb).sum().item()
+                hits = (out.argmax(1) == yb).sum().item() if task.classify else 0
                 loss_sum += loss_value * n; correct += hits; seen += n
                 w_loss += loss_value * n; w_correct += hits; w_seen += n
-                if cfg.train.log_every and (step + 1) % cfg.train.log_every == 0:
+                if log_now:
                     now = time.perf_counter()
                     log.write({"event": "step", "epoch": epoch + 1, "step": global_step,
                                "split": "train", "loss": w_loss / w_seen,
-                               "accuracy": w_correct / w_seen,
+                               **({"accuracy": w_correct / w_seen} if task.classify else {}),
                                "lr": optimizer.param_groups[0]["lr"],
                                "elapsed": round(train_seconds + now - t_epoch, 3),
-                               "images_per_s": round(w_seen / max(now - t_window, 1e-9), 1)})
+                               "images_per_s": round(w_seen / max(now - t_window, 1e-9), 1),
+                               **extras})
                     w_loss = w_correct = w_seen = 0
                     t_window = now
                 if step % 10 == 0 or step == steps_per_epoch - 1:
                     elapsed = time.perf_counter() - t_epoch
                     reporter.step(epoch + 1, step + 1, steps_per_epoch, loss_sum / seen,
-                                  correct / seen, seen / max(elapsed, 1e-9))
+                                  correct / seen if task.classify else None,
+                                  seen / max(elapsed, 1e-9))
             epoch_seconds = time.perf_counter() - t_epoch
             train_seconds += epoch_seconds
             skip_steps = 0
             train_rec = {"event": "epoch", "epoch": epoch + 1, "step": global_step, "split": "train",
-                         "loss": loss_sum / max(seen, 1), "accuracy": correct / max(seen, 1),
+                         "loss": loss_sum / max(seen, 1),
+                         **({"accuracy": correct / max(seen, 1)} if task.classify else {}),
                          "lr": optimizer.param_groups[0]["lr"], "elapsed": round(train_seconds, 3),
                          "images_per_s": round(seen / max(epoch_seconds, 1e-9), 1)}
             log.write(train_rec)
             val_rec = None
             if len(data.val_x):
                 t_eval = time.perf_counter()
-                val = evaluate(model, data.val_x, data.val_y, cfg.train.eval_batch_size, device)
+                val = evaluate(model, data.val_x, data.val_y, cfg.train.eval_batch_size, device,
+                               loss_fn=loss_fn)
                 val_rec = {"event": "epoch", "epoch": epoch + 1, "step": global_step, "split": "val",
-                           "loss": val["loss"], "accuracy": val["accuracy"],
-                           "lr": train_rec["lr"], "elapsed": round(train_seconds, 3),
+                           **_metrics(val), "lr": train_rec["lr"], "elapsed": round(train_seconds, 3),
                            "eval_seconds": round(time.perf_counter() - t_eval, 3)}
                 log.write(val_rec)
             summary["final"] = {"train": _metrics(train_rec), "val": _metrics(val_rec)}
             summary["epochs_completed"] = epoch + 1
             summary["train_seconds"] = train_seconds
-            improved = best is None or (val_rec is None) or val_rec["accuracy"] > best["val_accuracy"]
+            improved = is_better(val_rec or train_rec, best)
             if improved:
                 best = {"epoch": epoch + 1,
-                        "val_accuracy": val_rec["accuracy"] if val_rec else None,
-                        "val_loss": val_rec["loss"] if val_rec else None}
+                        "val_accuracy": val_rec.get("accuracy") if val_rec else None,
+                        "val_loss": val_rec["loss"] if val_rec else None,
+                        "loss": (val_rec or train_rec)["loss"]}
             state = checkpoint(epoch + 1, 0, shuffle.get_state())
             runs.save_checkpoint(run_dir / "checkpoints" / "last.pt", state)
             if improved:
@@ -330,16 +351,40 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         finish("failed", f"{type(e).__name__}: {e}")
         raise
 
-    test = evaluate(model, data.test_x, data.test_y, cfg.train.eval_batch_size, device)
-    log.write({"event": "final", "epoch": cfg.train.epochs, "step": global_step, "split": "test",
-               "loss": test["loss"], "accuracy": test["accuracy"],
-               "elapsed": round(train_seconds, 3)})
-    summary["final"]["test"] = {"loss": test["loss"], "accuracy": test["accuracy"]}
+    if len(data.test_x):
+        test = evaluate(model, data.test_x, data.test_y, cfg.train.eval_batch_size, device,
+                        loss_fn=loss_fn)
+        log.write({"event": "final", "epoch": cfg.train.epochs, "step": global_step,
+                   "split": "test", **_metrics(test), "elapsed": round(train_seconds, 3)})
+        summary["final"]["test"] = _metrics(test)
+    summary["result"] = final_result(cfg, task)
     return finish("completed")
 
 
+def check_divergence(cfg: Config, loss: float, first_loss: float, epoch: int, step: int) -> None:
+    """A NaN or infinite loss, or one grown a million-fold, ends the run as failed."""
+    where = f"at epoch {epoch + 1}, step {step + 1} (optim.lr={cfg.optim.lr:g})"
+    if not math.isfinite(loss):
+        what = f"the training loss became {loss} {where}"
+    elif loss > 1e6 * max(first_loss, 1e-6):
+        what = f"the training loss grew from {first_loss:.4g} to {loss:.4g} {where}"
+    else:
+        return
+    raise Diverged(f"{what}: the run diverged and stopped as failed. Try a lower learning rate, "
+                   f"e.g. optim.lr={cfg.optim.lr / 10:g}.")
+
+
+def is_better(rec: dict, best: dict | None) -> bool:
+    """Higher accuracy when there is one, else lower loss."""
+    if best is None:
+        return True
+    if "accuracy" in rec and best.get("val_accuracy") is not None:
+        return rec["accuracy"] > best["val_accuracy"]
+    return rec["loss"] < best["loss"]
+
+
 def _metrics(rec: dict | None) -> dict | None:
-    return None if rec is None else {"loss": rec["loss"], "accuracy": rec["accuracy"]}
+    return None if rec is None else {k: rec[k] for k in ("loss", "accuracy") if k in rec}
 
 
 def resume_config(run_dir: Path) -> Config:

@@ -95,7 +95,7 @@ def test_diverging_loss_fails_the_run_with_advice(tiny_config, tmp_path):
     assert result.exit_code == 1
     assert "lower learning rate" in result.stderr and "optim.lr=1e+11" in result.stderr
     summary = json.loads((only_run(tmp_path / "runs") / "summary.json").read_text())
-    assert summary["status"] == "failed" and "became nan" in summary["error"]
+    assert summary["status"] == "failed" and "the run diverged" in summary["error"]
 
 
 def test_missing_data_is_a_clear_error_and_writes_nothing(tiny_config, tmp_path):

@@ -1,0 +1,95 @@
+"""The course's first exercises: autograd, gradient descent on x^2, linear regression."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mnistlab.cli import app
+from mnistlab.config import load_config
+from mnistlab.runs import read_metrics
+from mnistlab.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def quadratic(tmp_path, *overrides):
+    cfg = load_config(ROOT / "configs/quadratic.yaml", [f"runs_dir={tmp_path}", *overrides])
+    summary = fit(cfg)
+    return summary, [r for r in read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
+                     if r["event"] == "step"]
+
+
+def test_autograd_gives_the_course_gradient():
+    x = torch.tensor(5.0, requires_grad=True)
+    (x ** 2).backward()
+    assert x.grad.item() == 10.0
+
+
+def test_quadratic_logs_x_f_and_an_autograd_gradient_equal_to_2x(tmp_path):
+    summary, steps = quadratic(tmp_path, "quadratic.x0=[3.0, -2.0, 0.5]")
+    assert len(steps) == 50
+    assert steps[0]["x"] == [3.0, -2.0, 0.5] and steps[0]["loss"] == pytest.approx(13.25)
+    for r in steps:
+        assert r["grad"] == pytest.approx([2 * v for v in r["x"]])
+        assert r["grad_error"] < 1e-6
+    assert summary["status"] == "completed"
+    assert summary["result"]["norm"] < 1e-3  # lr = 0.1: |x| shrinks by 0.8 a step
+
+
+def test_hand_written_update_follows_the_same_trajectory_as_torch_sgd(tmp_path):
+    _, torch_sgd = quadratic(tmp_path, "optim.lr=0.3")
+    _, manual = quadratic(tmp_path, "optim.lr=0.3", "optim.name=manual")
+    torch.testing.assert_close(torch.tensor([r["x"] for r in manual]),
+                               torch.tensor([r["x"] for r in torch_sgd]))
+    assert manual[1]["x"][0] == pytest.approx(3.0 * (1 - 2 * 0.3))
+
+
+def test_lr_one_oscillates_between_x0_and_minus_x0(tmp_path):
+    summary, steps = quadratic(tmp_path, "optim.lr=1.0", "train.epochs=6")
+    assert [r["x"][0] for r in steps] == [3.0, -3.0, 3.0, -3.0, 3.0, -3.0]
+    assert summary["status"] == "completed" and summary["result"]["f"] == 13.0
+
+
+def test_lr_above_one_diverges_and_fails_with_a_clear_message(tmp_path):
+    result = runner.invoke(app, ["train", str(ROOT / "configs/quadratic.yaml"), "optim.lr=1.5",
+                                 f"runs_dir={tmp_path}"])
+    assert result.exit_code == 1
+    assert "the run diverged" in result.stderr and "optim.lr=0.15" in result.stderr
+    (run,) = tmp_path.iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "grew from 13" in summary["error"]
+
+
+def test_noise_free_linreg_recovers_a_and_b_and_matches_least_squares(tmp_path):
+    cfg = load_config(ROOT / "configs/linreg.yaml", ["linreg.noise=0", f"runs_dir={tmp_path}"])
+    result = fit(cfg)["result"]
+    assert result["A_max_error"] < 1e-3 and result["B_max_error"] < 1e-3
+    assert abs(result["lstsq_gap"]) < 1e-6
+    assert torch.tensor(result["A"]).shape == (3, 10) and len(result["B"]) == 3
+
+
+def test_linreg_from_csv(tmp_path):
+    xs = torch.linspace(-2, 2, 40)
+    rows = "\n".join(f"{x:.6f},{3 * x - 1:.6f}" for x in xs.tolist())
+    (tmp_path / "d.csv").write_text("height,weight\n" + rows + "\n")
+    cfg = load_config(ROOT / "configs/linreg.yaml", [
+        f"linreg.csv={tmp_path / 'd.csv'}", "linreg.x_columns=[height]", "linreg.y_columns=[weight]",
+        "train.batch_size=8", "train.epochs=150", f"runs_dir={tmp_path / 'runs'}"])
+    result = fit(cfg)["result"]
+    assert result["A"][0][0] == pytest.approx(3.0, abs=1e-3)
+    assert result["B"][0] == pytest.approx(-1.0, abs=1e-3)
+    assert "A_max_error" not in result  # no true A and B for a file
+
+
+def test_csv_with_a_wrong_column_name_is_a_clear_error(tmp_path):
+    (tmp_path / "d.csv").write_text("height,weight\n1,2\n2,4\n3,6\n")
+    result = runner.invoke(app, [
+        "train", str(ROOT / "configs/linreg.yaml"), f"linreg.csv={tmp_path / 'd.csv'}",
+        "linreg.x_columns=[heigth]", "linreg.y_columns=[weight]", f"runs_dir={tmp_path / 'runs'}"])
+    assert result.exit_code == 2
+    assert "has no column 'heigth'" in result.stderr and "height, weight" in result.stderr
+    assert not (tmp_path / "runs").exists()
