@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision import datasets
 
 from .config import DataConfig
+from .errors import DataError
+from .runs import atomic_torch_save
 
-# torchvision's dataset classes give the file names, the checksums of the .gz files and the mirrors
-TORCHVISION = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST,
-               "kmnist": datasets.KMNIST}
+# the folder names of torchvision's dataset classes, which also give checksums, mirrors and classes
+FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 ALL_FILES = FILES["train"] + FILES["test"]
@@ -33,11 +33,18 @@ RAW_MD5 = {"fashion-mnist": {
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965"}}
 # where distributions install these data sets (Debian: apt-get install dataset-fashion-mnist)
 SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
-DEFAULT_ROOT = Path("~/.cache/mnistlab").expanduser()
 
 
-class DataError(Exception):
-    """A data problem, told as one paragraph that names the file and the fix."""
+def torchvision_class(name: str):
+    """torchvision's dataset class for a name: file names, .gz checksums, mirrors, classes."""
+    from torchvision import datasets  # imported only when needed: it takes a second
+
+    return getattr(datasets, FOLDERS[name])
+
+
+def default_root() -> Path:
+    """Where downloads and the parsed-tensor cache go: $XDG_CACHE_HOME/mnistlab or ~/.cache/mnistlab."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mnistlab"
 
 
 @dataclass
@@ -120,16 +127,16 @@ def _find_file(directory: Path, stem: str) -> Path | None:
 def _candidate_dirs(cfg: DataConfig) -> list[Path]:
     if cfg.name == "idx":
         return [Path(cfg.root).expanduser()]
-    folder = TORCHVISION[cfg.name].__name__
+    folder = FOLDERS[cfg.name]
     if cfg.root:
         root = Path(cfg.root).expanduser()
         return [root, root / folder / "raw", root / cfg.name]
-    return [DEFAULT_ROOT / folder / "raw", *SYSTEM_DIRS.get(cfg.name, [])]
+    return [default_root() / folder / "raw", *SYSTEM_DIRS.get(cfg.name, [])]
 
 
 def _download_dir(cfg: DataConfig) -> Path:
-    root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_ROOT
-    return root / TORCHVISION[cfg.name].__name__ / "raw"
+    root = Path(cfg.root).expanduser() if cfg.root else default_root()
+    return root / FOLDERS[cfg.name] / "raw"
 
 
 def locate(cfg: DataConfig) -> Path:
@@ -166,7 +173,7 @@ def _missing_message(cfg: DataConfig, candidates: list[Path], reason: str = "") 
 
 def download(cfg: DataConfig) -> Path:
     """Fetch the four .gz files from the first mirror that serves them, verified, atomically."""
-    cls = TORCHVISION[cfg.name]
+    cls = torchvision_class(cfg.name)
     target = _download_dir(cfg)
     target.mkdir(parents=True, exist_ok=True)
     mirrors = ([cfg.mirror.rstrip("/") + "/"] if cfg.mirror else []) + list(cls.mirrors)
@@ -208,7 +215,7 @@ def _fetch(url: str, dest: Path, name: str) -> None:
 def _checksum_ok(name: str, filename: str, disk: bytes, raw: bytes, strict: bool) -> bool:
     """Does the file match a published checksum? Without one, strict (downloads) says no."""
     stem = filename.removesuffix(".gz")
-    gz_md5 = dict(TORCHVISION[name].resources).get(stem + ".gz")
+    gz_md5 = dict(torchvision_class(name).resources).get(stem + ".gz")
     if filename.endswith(".gz") and hashlib.md5(disk).hexdigest() == gz_md5:
         return True
     known = RAW_MD5.get(name, {}).get(stem)
@@ -242,6 +249,38 @@ def read_split(name: str, directory: Path, split: str) -> tuple[torch.Tensor, to
     return images, labels.long()
 
 
+def read_all(name: str, directory: Path) -> dict:
+    """Both splits as uint8 tensors and the class names, through a cache of the parsed files.
+
+    Parsing and checking the files takes about a second; the cache makes it a few milliseconds.
+    It is keyed on the files' paths, sizes and modification times, so a changed file is read anew.
+    """
+    files = [_find_file(directory, stem) for stem in ALL_FILES]
+    stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache = default_root() / "cache" / (
+        f"{name}-{hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]}.pt")
+    try:
+        entry = torch.load(cache, weights_only=True)
+        if entry.get("stamp") == stamp:
+            return entry
+    except Exception:  # a missing, stale or damaged cache is simply rebuilt
+        pass
+    train_x, train_y = read_split(name, directory, "train")
+    test_x, test_y = read_split(name, directory, "test")
+    if name == "idx":
+        class_names = [str(i) for i in range(int(max(train_y.max(), test_y.max())) + 1)]
+    else:
+        class_names = [c.split(" - ")[0] for c in torchvision_class(name).classes]
+    entry = {"stamp": stamp, "train": (train_x, train_y), "test": (test_x, test_y),
+             "class_names": class_names}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(cache, entry)
+    except (OSError, RuntimeError):  # a read-only or full disk only costs the speed-up
+        pass
+    return entry
+
+
 # ---------------------------------------------------------------- splits in memory
 
 
@@ -249,8 +288,9 @@ def load_data(cfg: DataConfig, val_split: float, seed: int,
               stats: tuple[float, float] | None = None) -> Splits:
     """Load train/val/test into memory, normalised once; stats=(mean, std) reuses a model's own."""
     directory = locate(cfg)
-    train_u8, train_y = read_split(cfg.name, directory, "train")
-    test_u8, test_y = read_split(cfg.name, directory, "test")
+    entry = read_all(cfg.name, directory)
+    (train_u8, train_y), (test_u8, test_y) = entry["train"], entry["test"]
+    class_names = entry["class_names"]
     if cfg.train_samples:
         train_u8, train_y = train_u8[: cfg.train_samples], train_y[: cfg.train_samples]
     if cfg.test_samples:
@@ -273,10 +313,6 @@ def load_data(cfg: DataConfig, val_split: float, seed: int,
     perm = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     train_x = normalise(train_u8)
-    if cfg.name == "idx":
-        class_names = [str(i) for i in range(int(max(train_y.max(), test_y.max())) + 1)]
-    else:
-        class_names = [c.split(" - ")[0] for c in TORCHVISION[cfg.name].classes]
     return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
                   normalise(test_u8), test_y, mean, std, len(class_names), class_names,
                   str(directory))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -15,13 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
+from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "mnistlab-checkpoint"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used, told as one paragraph."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -110,13 +107,13 @@ def git_commit(directory: Path) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def environment(device: torch.device, seed: int) -> dict:
-    import torchvision
+def environment(device, seed: int) -> dict:
+    import torch
 
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": importlib.metadata.version("torchvision"),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "seed": seed,
@@ -128,13 +125,15 @@ def environment(device: torch.device, seed: int) -> dict:
     }
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """torch.save to a temporary file, then rename."""
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """torch.save to a temporary file beside path, then rename."""
+    import torch
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -142,8 +141,14 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         raise
 
 
+def save_checkpoint(path: Path, payload: dict) -> None:
+    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, **payload})
+
+
 def load_checkpoint(path: Path) -> dict:
     """Load a mnistlab checkpoint without running any code it may hold (weights_only)."""
+    import torch
+
     path = Path(path)
     fix = ("Point at a run directory or at checkpoints/last.pt or best.pt of a run made by "
            "'mnistlab train'.")

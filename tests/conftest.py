@@ -44,6 +44,12 @@ def write_dataset(directory: Path, n_train: int = 256, n_test: int = 64, size: i
     return directory
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Downloads and the parsed-data cache go to a temporary directory, also in subprocesses."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """A directory with the four IDX files of a small synthetic 4-class data set of 12x12 images."""

@@ -4,6 +4,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import os
 import threading
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def test_own_idx_data_any_size_and_classes(tmp_path, gz):
     again = load_data(idx_cfg(tmp_path), val_split=0.2, seed=0)
     assert torch.equal(again.val_y, splits.val_y)
     assert sorted(torch.cat([splits.train_y, splits.val_y]).tolist()) == sorted(labels.long().tolist())
+
+
+def test_parsed_files_are_cached_and_the_cache_follows_file_changes(tmp_path):
+    write_dataset(tmp_path / "d", n_train=40, n_test=10)
+    first = load_data(idx_cfg(tmp_path / "d"), 0, 0)
+    (cache,) = (Path(os.environ["XDG_CACHE_HOME"]) / "mnistlab" / "cache").iterdir()
+    assert torch.load(cache, weights_only=True)["train"][0].shape == (40, 12, 12)
+    write_dataset(tmp_path / "d", n_train=30, n_test=10)  # the files change: read anew
+    assert len(load_data(idx_cfg(tmp_path / "d"), 0, 0).train_x) == 30
+    cache.write_bytes(b"garbage")  # a damaged cache is rebuilt, not trusted
+    assert len(load_data(idx_cfg(tmp_path / "d"), 0, 0).train_x) == 30
+    assert len(first.train_x) == 40
 
 
 def test_subsets_limit_the_splits(tmp_path):
@@ -122,8 +135,8 @@ def publish(monkeypatch, served: Path) -> None:
     """Make the synthetic .gz files in served the 'published' MNIST files (their md5s)."""
     resources = [(p, hashlib.md5((served / p).read_bytes()).hexdigest())
                  for p in (f + ".gz" for f in data.ALL_FILES)]
-    monkeypatch.setattr(data.TORCHVISION["mnist"], "resources", resources)
-    monkeypatch.setattr(data.TORCHVISION["mnist"], "mirrors", [])
+    monkeypatch.setattr(data.torchvision_class("mnist"), "resources", resources)
+    monkeypatch.setattr(data.torchvision_class("mnist"), "mirrors", [])
 
 
 def test_download_from_a_local_mirror(tmp_path, http_server, monkeypatch):
@@ -152,15 +165,11 @@ def test_download_refuses_a_file_that_does_not_match_its_checksum(tmp_path, http
     assert not [p for p in raw.iterdir() if p.name.startswith(".")], "no partial file is left"
 
 
-def test_download_failure_says_what_to_do(tmp_path):
+def test_download_failure_says_what_to_do(tmp_path, monkeypatch):
     cfg = DataConfig(name="mnist", root=str(tmp_path), mirror="http://127.0.0.1:9/")
-    data_mirrors = data.TORCHVISION["mnist"].mirrors
-    try:
-        data.TORCHVISION["mnist"].mirrors = []
-        with pytest.raises(DataError) as info:
-            locate(cfg)
-    finally:
-        data.TORCHVISION["mnist"].mirrors = data_mirrors
+    monkeypatch.setattr(data.torchvision_class("mnist"), "mirrors", [])
+    with pytest.raises(DataError) as info:
+        locate(cfg)
     message = str(info.value)
     assert "Download failed" in message and "127.0.0.1:9" in message
     assert f"Put the four files in {tmp_path / 'MNIST' / 'raw'}" in message
@@ -179,6 +188,5 @@ def test_real_fashion_mnist_served_locally_downloads_and_verifies(tmp_path, http
 
 
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
-def test_debian_fashion_mnist_is_found_without_configuration(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path)
+def test_debian_fashion_mnist_is_found_without_configuration():
     assert locate(DataConfig(name="fashion-mnist", download=False)) == FASHION_DIR

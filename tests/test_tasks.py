@@ -17,7 +17,7 @@ runner = CliRunner()
 
 
 def quadratic(tmp_path, *overrides):
-    cfg = load_config(ROOT / "configs/quadratic.yaml", [f"runs_dir={tmp_path}", *overrides])
+    cfg = load_config(ROOT / "configs/quadratic.yaml", [f"runs_dir={tmp_path / 'runs'}", *overrides])
     summary = fit(cfg)
     return summary, [r for r in read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
                      if r["event"] == "step"]
@@ -56,16 +56,16 @@ def test_lr_one_oscillates_between_x0_and_minus_x0(tmp_path):
 
 def test_lr_above_one_diverges_and_fails_with_a_clear_message(tmp_path):
     result = runner.invoke(app, ["train", str(ROOT / "configs/quadratic.yaml"), "optim.lr=1.5",
-                                 f"runs_dir={tmp_path}"])
+                                 f"runs_dir={tmp_path / 'runs'}"])
     assert result.exit_code == 1
     assert "the run diverged" in result.stderr and "optim.lr=0.15" in result.stderr
-    (run,) = tmp_path.iterdir()
+    (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "grew from 13" in summary["error"]
 
 
 def test_noise_free_linreg_recovers_a_and_b_and_matches_least_squares(tmp_path):
-    cfg = load_config(ROOT / "configs/linreg.yaml", ["linreg.noise=0", f"runs_dir={tmp_path}"])
+    cfg = load_config(ROOT / "configs/linreg.yaml", ["linreg.noise=0", f"runs_dir={tmp_path / 'runs'}"])
     result = fit(cfg)["result"]
     assert result["A_max_error"] < 1e-3 and result["B_max_error"] < 1e-3
     assert abs(result["lstsq_gap"]) < 1e-6

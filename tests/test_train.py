@@ -140,7 +140,7 @@ def test_real_fashion_mnist_subset_trains_well_above_chance(tmp_path):
     result = runner.invoke(app, [
         "train", str(root / "configs" / "cnn.yaml"), "data.name=fashion-mnist",
         "data.train_samples=6000", "data.test_samples=2000", "train.epochs=1",
-        f"runs_dir={tmp_path}", "-q"])
+        f"runs_dir={tmp_path / 'runs'}", "-q"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((only_run(tmp_path) / "summary.json").read_text())
+    summary = json.loads((only_run(tmp_path / "runs") / "summary.json").read_text())
     assert summary["final"]["test"]["accuracy"] > 0.7  # chance is 0.1
