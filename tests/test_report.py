@@ -1,0 +1,139 @@
+"""mnistlab runs, compare and plot on a few tiny real runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_config_dict, write_dataset
+from mnistlab import report, runs
+from mnistlab.cli import app
+from mnistlab.config import config_from_dict
+from mnistlab.train import TrainError, fit
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    """Two completed dense runs differing in optim.lr, one failed (diverged) and one interrupted."""
+    base = tmp_path_factory.mktemp("report")
+    data = write_dataset(base / "tiny")
+    out = base / "runs"
+    dense = {"kind": "dense", "hidden": [16]}
+    for name, lr in (("fast", 0.01), ("slow", 0.001)):
+        fit(config_from_dict(tiny_config_dict(data, out, name=name, model=dense,
+                                              optim={"lr": lr}, train={"epochs": 3})))
+    with pytest.raises(TrainError):
+        fit(config_from_dict(tiny_config_dict(data, out, name="boom", model=dense,
+                                              optim={"name": "sgd", "lr": 1e30})))
+    fast = next(out.glob("*-fast"))
+    stopped = out / (fast.name.replace("fast", "stopped"))
+    shutil.copytree(fast, stopped)  # as a Ctrl-C during epoch 2 leaves it
+    summary = runs.read_json(stopped / "summary.json")
+    summary.update(status="interrupted", epochs_completed=1, final={}, wall_seconds=None)
+    runs.write_json(stopped / "summary.json", summary)
+    return out
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_runs_json_shows_varying_columns_and_every_status(runs_dir):
+    result = cli("runs", runs_dir, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert sorted(r["status"] for r in rows) == ["completed", "completed", "failed", "interrupted"]
+    assert {"optim.lr", "optim.name"} <= set(rows[0])  # sgd for the run that diverged
+    assert "train.batch_size" not in rows[0] and "model.hidden" not in rows[0]
+    assert {r["optim.lr"] for r in rows} == {0.01, 0.001, 1e30}
+    everything = json.loads(cli("runs", runs_dir, "--format", "json", "--all-columns").output)
+    assert everything[0]["train.batch_size"] == 32 and everything[0]["model.hidden"] == [16]
+
+
+def test_runs_csv_parses_and_filters_sort(runs_dir):
+    result = cli("runs", runs_dir, "--format", "csv", "--status", "completed",
+                 "--sort", "test.accuracy")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert len(rows) == 2 and "optim.lr" in rows[0]
+    accs = [float(r["test.accuracy"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    slow = cli("runs", runs_dir, "--format", "json", "--filter", "optim.lr=0.001")
+    assert [r["run"].split("-")[-1] for r in json.loads(slow.output)] == ["slow"]
+
+
+def test_runs_table_is_whole_off_a_terminal(runs_dir):
+    result = cli("runs", runs_dir)
+    assert result.exit_code == 0, result.output
+    for run in runs_dir.iterdir():
+        assert run.name in result.output  # never cut to fit 80 columns
+    for word in ("optim.lr", "interrupted", "failed", "best val acc", "--all-columns"):
+        assert word in result.output
+    assert "train.batch_size" not in result.output
+    md = cli("runs", runs_dir, "--format", "markdown").output.splitlines()
+    assert md[0].startswith("| run |") and len(md) == 2 + 4
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--sort", "test.acuracy"], "did you mean test.accuracy"),
+    (["--filter", "model.knd=conv"], "did you mean model.kind"),
+    (["--format", "xml"], "not a format"),
+])
+def test_runs_bad_options(runs_dir, args, expected):
+    result = cli("runs", runs_dir, *args)
+    assert result.exit_code == 2 and expected in result.output
+
+
+def test_runs_missing_directory(tmp_path):
+    result = cli("runs", tmp_path / "nothing")
+    assert result.exit_code == 2 and "no such directory" in result.output
+
+
+def test_compare_shows_differences_and_metrics(runs_dir):
+    fast, slow = next(runs_dir.glob("*-fast")), next(runs_dir.glob("*-slow"))
+    result = cli("compare", fast, slow, "--format", "json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["config"]["optim.lr"] == [0.01, 0.001]
+    assert "train.epochs" not in out["config"]
+    tests = [runs.read_json(r / "summary.json")["final"]["test"]["accuracy"] for r in (fast, slow)]
+    assert out["metrics"]["test accuracy"] == tests
+    table = cli("compare", fast, slow)
+    assert "optim.lr" in table.output and "best val accuracy" in table.output
+    assert cli("compare", fast).exit_code == 2
+    assert cli("compare", fast, runs_dir / "nope").exit_code == 2
+
+
+def test_curves_figure_has_a_train_and_val_curve_per_run(runs_dir):
+    rows = [report.load_run(next(runs_dir.glob(f"*-{name}"))) for name in ("fast", "slow")]
+    fig = report.curves_figure(rows)
+    loss, acc = fig.axes[:2]
+    assert len(loss.get_lines()) == len(acc.get_lines()) == 4
+    assert len(loss.get_lines()[0].get_xdata()) == 3  # one point per epoch
+    assert acc.get_ylabel() == "accuracy (%)" and loss.get_xlabel() == "epoch"
+    labels = [t.get_text() for t in loss.get_legend().get_texts()]
+    assert labels == ["optim.lr=0.01", "optim.lr=0.001"]
+
+
+def test_plot_writes_png_and_svg(runs_dir, tmp_path):
+    fast, slow = next(runs_dir.glob("*-fast")), next(runs_dir.glob("*-slow"))
+    png, svg = tmp_path / "curves.png", tmp_path / "curves.svg"
+    result = cli("plot", fast, slow, "-o", png)
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert cli("plot", fast, "-o", svg).exit_code == 0
+    assert b"<svg" in svg.read_bytes()[:500]
+    conf = tmp_path / "confusion.png"
+    assert cli("plot", fast, "--confusion", "-o", conf).exit_code == 0
+    assert conf.stat().st_size > 5000
+    bad = cli("plot", fast, "-o", tmp_path / "curves.gif")
+    assert bad.exit_code == 2 and ".png" in bad.output
+    assert not (tmp_path / "curves.gif").exists()
