@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 
 from .config import ConfigError, load_config, to_yaml
-from .data import DataError
-from .runs import CheckpointError
+from .errors import CheckpointError, DataError
 
 app = typer.Typer(
     help="Train, sweep and evaluate dense and convolutional networks on the MNIST family.",
@@ -80,6 +79,256 @@ def train(
                    f"mnistlab train --resume {e.run_dir}", 130) from None
     except KeyboardInterrupt:
         raise fail("interrupted before the run started; nothing was written.", 130) from None
+
+
+@app.command("eval")
+def eval_(
+    target: Path = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT",
+                                  help="A run directory, or a checkpoint file (.pt) of one."),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, show_default=False,
+        help="Evaluation-only key=value overrides, e.g. data.name=kmnist data.root=DIR"),
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", metavar="best|last",
+                                       help="Checkpoint of a run directory: last (default) or best."),
+    split: str = typer.Option("test", "--split", metavar="test|val|train", help="Split to score."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Score a trained model: loss, accuracy, per-class accuracy, confusion matrix."""
+    import json
+
+    from . import report
+    from .evaluate import CKPTS, evaluate_run
+    from .train import TrainError
+
+    if ckpt is not None and ckpt not in CKPTS:
+        raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
+    try:
+        result = evaluate_run(target, ckpt, split, overrides or [])
+    except USER_ERRORS + (TrainError,) as e:
+        raise user_error(e) from None
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        report.eval_tables(result, report.console())
+
+
+FORMAT = typer.Option("table", "--format", metavar="table|csv|markdown|json", help="Output format.")
+
+
+def _format(fmt: str) -> str:
+    from .report import FORMATS
+
+    if fmt not in FORMATS:
+        raise fail(f"--format: {fmt!r} is not a format; choose one of: {', '.join(FORMATS)}")
+    return fmt
+
+
+@app.command("runs")
+def runs_(
+    runs_dir: Path = typer.Argument(Path("runs"), metavar="RUNS_DIR",
+                                    help="Directory holding the runs."),
+    sort: str = typer.Option("started", "--sort", metavar="KEY",
+                             help="Column or config key; accuracies sort best first."),
+    reverse: bool = typer.Option(False, "--reverse", help="Reverse the order."),
+    filters: Optional[List[str]] = typer.Option(None, "--filter", metavar="KEY=VALUE",
+                                                help="Keep matching runs, e.g. model.kind=conv (repeatable)."),
+    status: Optional[List[str]] = typer.Option(None, "--status", metavar="STATUS",
+                                               help="completed, running, interrupted or failed (repeatable)."),
+    all_columns: bool = typer.Option(False, "--all-columns",
+                                     help="Also show settings that are the same in every run."),
+    fmt: str = FORMAT,
+) -> None:
+    """List runs with the hyperparameters that differ and their accuracies."""
+    from . import report
+
+    fmt = _format(fmt)
+    try:
+        rows = report.find_runs(runs_dir)
+        rows = report.sort_rows(report.select(rows, filters or [], status or []), sort, reverse)
+    except report.RunError as e:
+        raise fail(str(e)) from None
+    if not rows and fmt == "table":
+        err.print(f"no runs{' match' if filters or status else ''} in {runs_dir}.")
+        return
+    report.runs_table(rows, fmt, all_columns, report.console())
+
+
+@app.command()
+def compare(
+    run_dirs: List[str] = typer.Argument(..., metavar="RUN RUN ...", help="Two or more run directories."),
+    all_keys: bool = typer.Option(False, "--all", help="Show every setting, not only those that differ."),
+    fmt: str = typer.Option("table", "--format", metavar="table|markdown|json", help="Output format."),
+) -> None:
+    """Show the config differences and the metrics of runs side by side."""
+    from . import report
+
+    if _format(fmt) == "csv":
+        raise fail("--format: compare prints table, markdown or json.")
+    if len(run_dirs) < 2:
+        raise fail("give two or more runs to compare, e.g. mnistlab compare runs/A runs/B")
+    try:
+        rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
+    except report.RunError as e:
+        raise fail(str(e)) from None
+    report.compare(rows, fmt, all_keys, report.console())
+
+
+@app.command()
+def plot(
+    run_dirs: List[str] = typer.Argument(..., metavar="RUN [RUN ...]", help="Run directories."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", metavar="FILE",
+                                          help="Figure file: .png, .svg or .pdf; learning-curves.png "
+                                               "or confusion.png when not given."),
+    confusion: bool = typer.Option(False, "--confusion",
+                                   help="Draw the run's test confusion matrix instead of curves."),
+    ckpt: str = typer.Option("last", "--ckpt", metavar="best|last",
+                             help="Checkpoint for --confusion."),
+) -> None:
+    """Draw learning curves of runs overlaid, or a run's confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from . import report
+    from .evaluate import saved_or_evaluate
+    from .train import TrainError
+
+    try:
+        rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
+        if confusion:
+            if ckpt not in ("best", "last"):
+                raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
+            if len(rows) != 1:
+                raise fail("--confusion draws one run's confusion matrix; give a single run.")
+            fig = report.confusion_figure(saved_or_evaluate(rows[0]["dir"], ckpt))
+            output = output or Path("confusion.png")
+        else:
+            fig = report.curves_figure(rows)
+            output = output or Path("learning-curves.png")
+        report.save_figure(fig, output)
+    except (report.RunError,) + USER_ERRORS + (TrainError,) as e:
+        raise user_error(e) from None
+    typer.echo(f"wrote {output}")
+
+
+@app.command()
+def predict(
+    target: Path = typer.Argument(..., metavar="RUN", help="A run directory or checkpoint file."),
+    images: List[Path] = typer.Argument(..., metavar="IMAGE [IMAGE ...]",
+                                        help="PNG or JPEG images, any size, either polarity."),
+    ckpt: Optional[str] = typer.Option(None, "--ckpt", metavar="best|last",
+                                       help="Checkpoint of a run directory: last (default) or best."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Classify your own images of digits or garments; print the top-3 classes."""
+    import json
+
+    from rich.table import Table
+
+    from . import report
+    from .predict import predict as run_predict
+
+    try:
+        results = run_predict(target, images, ckpt)
+    except USER_ERRORS as e:
+        raise user_error(e) from None
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        err.print(f"[bold red]error:[/] {r['error']}", markup=True)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    elif len(failed) < len(results):
+        table = Table(box=None, pad_edge=False)
+        for header in ("image", "1st", "2nd", "3rd"):
+            table.add_column(header)
+        for r in results:
+            if "top" in r:
+                table.add_row(r["file"], *[f"{t['name']} {100 * t['probability']:.1f}%"
+                                           for t in r["top"]])
+        report.console().print(table)
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., metavar="SWEEP_FILE_OR_CONFIG", show_default=False,
+                                help="A sweep file (base: and grid:/random:), e.g. "
+                                     "configs/sweep-lr.yaml, or a config with --grid/--seeds."),
+    overrides: Optional[List[str]] = typer.Argument(
+        None, show_default=False, help="key=value overrides for every trial, e.g. train.epochs=1"),
+    grid: Optional[List[str]] = typer.Option(
+        None, "--grid", metavar="KEY=V1,V2", show_default=False,
+        help="Sweep a key over values (YAML scalars); repeat for a cartesian product, "
+             "e.g. --grid optim.lr=0.1,0.01 --grid model.channels=[8,16],[16,32]."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", metavar="0,1,2", show_default=False,
+                                        help="Replicates of every point (train.seed=N)."),
+    name: Optional[str] = typer.Option(
+        None, "--name", show_default=False,
+        help="Sweep name, the directory under runs_dir (default: the file's name: or stem)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run in parallel; cores are "
+                                                            "split between them."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the trials and exit."),
+    report_only: bool = typer.Option(False, "--report", help="Write the summary and plots of "
+                                                             "what has completed, run nothing."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed trial."),
+    metric: str = typer.Option("val_accuracy", "--metric",
+                               help="Ranks the configurations: val_accuracy, val_loss, "
+                                    "best_val_accuracy, test_accuracy, test_loss, train_accuracy, "
+                                    "train_loss or train_seconds."),
+) -> None:
+    """Run a grid of trials, each an ordinary run; resume what is done, then compare them."""
+    import shlex
+    import sys
+
+    from . import sweep as sw
+
+    tty = sys.stdout.isatty()
+    out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty)
+    if metric not in sw.METRICS:
+        raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(sw.METRICS)}")
+    try:
+        definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
+        directory, trials = sw.build_trials(definition)
+        if dry_run:
+            out.print(sw.trial_table(definition, directory, trials))
+            out.print("Each trial is the command:")
+            for t in trials:
+                out.print("  " + shlex.join(sw.train_command(definition, t)), markup=False)
+            return
+        counts = None
+        if not report_only:
+            counts = sw.run_sweep(definition, directory, trials, jobs, fail_fast,
+                                  sw.progress_for(out))
+        rows = sw.summarize(definition, directory, trials, metric)
+        if any(r["mean"] is not None for r in rows):
+            out.print(sw.report_table(definition, rows, metric))
+            files = sw.write_report(definition, directory, rows, metric)
+            out.print(f"wrote {', '.join(str(p) for p in files)}", markup=False)
+        else:
+            out.print(f"sweep {definition.name}: no completed trial yet, so no summary.")
+    except USER_ERRORS as e:
+        raise user_error(e) from None
+    except sw.SweepError as e:
+        raise fail(str(e)) from None
+    except sw.SweepInterrupted:
+        raise fail("sweep interrupted; the running trials saved their state. Run the same "
+                   "command again to continue where it stopped.", 130) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; run the same command again to continue.", 130) from None
+    if counts is not None:
+        if counts["ran"]:
+            overhead = (counts["seconds"] * counts["jobs"] - counts["trial_seconds"]) / counts["ran"]
+            out.print(f"{counts['ran']} trials in {counts['seconds']:.1f}s: {counts['completed']} "
+                      f"completed, {counts['failed']} failed, {counts['interrupted']} interrupted; "
+                      f"sweep overhead {overhead:.1f}s per trial beyond its own run")
+        else:
+            out.print(f"nothing to run: {counts['done_before']} of {counts['total']} trials "
+                      "already completed")
+        if counts["failed"] or counts["interrupted"] or counts["not_run"]:
+            missed = counts["failed"] + counts["interrupted"] + counts["not_run"]
+            raise fail(f"{missed} of {counts['total']} trials did not complete; see "
+                       f"{directory}/sweep.json and the logs in {directory}/logs. Running the "
+                       "same command again re-runs them.", 1)
 
 
 @app.callback()
