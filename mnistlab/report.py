@@ -20,7 +20,8 @@ from .config import flatten
 from .display import _pct as pct
 
 FORMATS = ("table", "csv", "markdown", "json")
-STATUS_STYLE = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
+STATUS_STYLE = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red",
+                "killed": "red"}
 # keys every run has but that are not hyperparameters
 NOT_PARAMS = ("name", "runs_dir", "model.kind")
 
@@ -70,7 +71,7 @@ def load_run(path: Path) -> dict:
         "dir": path, "run": path.name, "config": flatten(config), "summary": summary,
         "model": (config.get("model") or {}).get("kind") if config.get("task", "classify") == "classify"
         else config.get("task"),
-        "started": summary.get("started"), "status": summary.get("status", "unknown"),
+        "started": summary.get("started"), "status": runs.run_status(summary),
         "val.accuracy": best.get("val_accuracy"), "best.epoch": best.get("epoch"),
         "test.accuracy": test.get("accuracy"), "test.loss": test.get("loss"),
         "epochs": summary.get("epochs_completed"), "params": summary.get("params"),

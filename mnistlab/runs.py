@@ -94,6 +94,21 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def run_status(summary: dict) -> str:
+    """The recorded status, except that a 'running' run whose process is gone is 'killed'."""
+    status = summary.get("status", "unknown")
+    pid = summary.get("pid")
+    if status != "running" or not pid or summary.get("host") != socket.gethostname():
+        return status
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "killed"
+    except PermissionError:  # alive, owned by someone else
+        pass
+    return status
+
+
 def git_commit(directory: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,

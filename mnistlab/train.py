@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
+import socket
 import threading
 import time
 from datetime import datetime
@@ -222,7 +224,8 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     log = runs.MetricsLog(run_dir / "metrics.jsonl")
     summary = {
         "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
-        "started": started, "ended": None, "config_hash": config_hash(cfg), "source": source or {},
+        "started": started, "ended": None, "pid": os.getpid(), "host": socket.gethostname(),
+        "config_hash": config_hash(cfg), "source": source or {},
         "params": count_parameters(model), "device": str(device), "epochs": cfg.train.epochs,
         "epochs_completed": start_epoch, "train_samples": n_train, "val_samples": len(data.val_x),
         "test_samples": len(data.test_x), "final": {}, "best": best, "result": None,

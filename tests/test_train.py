@@ -144,3 +144,19 @@ def test_real_fashion_mnist_subset_trains_well_above_chance(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((only_run(tmp_path / "runs") / "summary.json").read_text())
     assert summary["final"]["test"]["accuracy"] > 0.7  # chance is 0.1
+
+
+def test_a_killed_run_is_listed_as_killed(tiny_config, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", str(tiny_config),
+                             "train.epochs=1000", "-q"])
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "runs").glob("*/checkpoints/last.pt")):
+        time.sleep(0.05)
+    listing = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--format", "json"])
+    assert json.loads(listing.stdout)[0]["status"] == "running"
+    proc.kill()  # SIGKILL: no chance to record anything
+    proc.wait()
+    listing = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--format", "json"])
+    assert json.loads(listing.stdout)[0]["status"] == "killed"
+    run = only_run(tmp_path / "runs")
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"  # as left on disk
