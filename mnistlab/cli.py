@@ -201,6 +201,9 @@ def plot(
                 raise fail("--confusion draws one run's confusion matrix; give a single run.")
             fig = report.confusion_figure(saved_or_evaluate(rows[0]["dir"], ckpt))
             output = output or Path("confusion.png")
+        elif all(r["config"].get("task") == "quadratic" for r in rows):
+            fig = report.quadratic_figure(rows)
+            output = output or Path("quadratic.png")
         else:
             fig = report.curves_figure(rows)
             output = output or Path("learning-curves.png")
@@ -271,10 +274,11 @@ def sweep(
     report_only: bool = typer.Option(False, "--report", help="Write the summary and plots of "
                                                              "what has completed, run nothing."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed trial."),
-    metric: str = typer.Option("val_accuracy", "--metric",
-                               help="Ranks the configurations: val_accuracy, val_loss, "
-                                    "best_val_accuracy, test_accuracy, test_loss, train_accuracy, "
-                                    "train_loss or train_seconds."),
+    metric: Optional[str] = typer.Option(
+        None, "--metric", show_default=False,
+        help="Ranks the configurations: val_accuracy (the default; val_loss for linreg, f for "
+             "quadratic), val_loss, best_val_accuracy, test_accuracy, test_loss, train_accuracy, "
+             "train_loss, train_seconds, f or lstsq_gap."),
 ) -> None:
     """Run a grid of trials, each an ordinary run; resume what is done, then compare them."""
     import shlex
@@ -284,11 +288,12 @@ def sweep(
 
     tty = sys.stdout.isatty()
     out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty)
-    if metric not in sw.METRICS:
+    if metric is not None and metric not in sw.METRICS:
         raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(sw.METRICS)}")
     try:
         definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
         directory, trials = sw.build_trials(definition)
+        metric = metric or sw.DEFAULT_METRIC[trials[0].cfg.task]
         if dry_run:
             out.print(sw.trial_table(definition, directory, trials))
             out.print("Each trial is the command:")

@@ -372,9 +372,14 @@ def curves_figure(rows: list[dict]):
 
     all_curves = [epoch_curves(r["dir"]) for r in rows]
     with_accuracy = any("accuracy" in rec for c in all_curves for rec in c["train"])
-    fig = Figure(figsize=(10 if with_accuracy else 5.5, 4), dpi=100, layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2) if with_accuracy else (fig.subplots(), None)
+    fits = {} if with_accuracy else linreg_1d(rows)
+    wide = with_accuracy or bool(fits)
+    fig = Figure(figsize=(10 if wide else 5.5, 4), dpi=100, layout="constrained")
+    ax_loss, ax_right = fig.subplots(1, 2) if wide else (fig.subplots(), None)
+    ax_acc = ax_right if with_accuracy else None
     labels = legend_labels(rows)
+    if fits:
+        draw_fits(ax_right, rows, labels, fits)
     drawn = 0
     for i, (row, label) in enumerate(zip(rows, labels)):
         color = f"C{i % 10}"
@@ -400,7 +405,8 @@ def curves_figure(rows: list[dict]):
                  else r["config"]["task"] for r in rows})
     fig.suptitle(f"Learning curves on {', '.join(on)}")
     ax_loss.set(title="Loss", xlabel="epoch",
-                ylabel="cross-entropy loss" if tasks == {"classify"} else "loss")
+                ylabel={"classify": "cross-entropy loss", "linreg": "mean squared error"}.get(
+                    tasks.pop() if len(tasks) == 1 else None, "loss"))
     styles = [Line2D([], [], color="gray", ls="-", label="train"),
               Line2D([], [], color="gray", ls="--", label="validation")]
     if ax_acc is None:
@@ -415,6 +421,66 @@ def curves_figure(rows: list[dict]):
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
     ax_loss.legend(title="run", fontsize="small")
+    return fig
+
+
+def linreg_1d(rows: list[dict]) -> dict[int, tuple]:
+    """For each linreg run with one input and one output: its training data (x, y)."""
+    from .config import config_from_dict
+    from .tasks import linreg_data
+
+    out = {}
+    for i, row in enumerate(rows):
+        if row["config"].get("task") != "linreg" or not (row["summary"].get("result") or {}):
+            continue
+        cfg = config_from_dict(yaml.safe_load((row["dir"] / "config.yaml").read_text()))
+        data, _ = linreg_data(cfg)
+        if data.train_x.shape[1] == 1 and data.train_y.shape[1] == 1:
+            out[i] = (data.train_x[:, 0].tolist(), data.train_y[:, 0].tolist())
+    return out
+
+
+def draw_fits(ax, rows: list[dict], labels: list[str], fits: dict[int, tuple]) -> None:
+    """The data of 1-input linear regressions with their fitted lines (and the true ones)."""
+    for i, (x, y) in fits.items():
+        result, color = rows[i]["summary"]["result"], f"C{i % 10}"
+        ax.scatter(x, y, s=6, alpha=0.35, color=color)
+        ends = [min(x), max(x)]
+        a, b = result["A"][0][0], result["B"][0]
+        ax.plot(ends, [a * e + b for e in ends], color=color, lw=2,
+                label=f"fit y = {a:.3g}x + {b:.3g}" + (f" ({labels[i]})" if len(fits) > 1 else ""))
+        if "true_A" in result:
+            ta, tb = result["true_A"][0][0], result["true_B"][0]
+            ax.plot(ends, [ta * e + tb for e in ends], "--", color="gray",
+                    label=f"true y = {ta:.3g}x + {tb:.3g}")
+    ax.set(title="Data and fitted line", xlabel="x", ylabel="y")
+    ax.legend(fontsize="small")
+
+
+def quadratic_figure(rows: list[dict]):
+    """f(x) and |x| against the gradient step, log scale: convergence, oscillation, divergence."""
+    import math
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
+    ax_f, ax_x = fig.subplots(1, 2)
+    for i, (row, label) in enumerate(zip(rows, legend_labels(rows))):
+        steps = [r for r in runs.read_metrics(row["dir"] / "metrics.jsonl")
+                 if r.get("event") == "step" and "x" in r]
+        if row["status"] != "completed":
+            label += f" ({row['status']})"
+        xs = [r["step"] for r in steps]
+        ax_f.plot(xs, [r["loss"] for r in steps], color=f"C{i % 10}", label=label)
+        ax_x.plot(xs, [math.sqrt(sum(v * v for v in r["x"])) for r in steps], color=f"C{i % 10}")
+    if not ax_f.lines:
+        raise RunError("none of the quadratic runs has logged a step (train.log_every=1 logs each).")
+    ax_f.set(title="f(x) = sum(x²)", xlabel="gradient step", ylabel="f(x)", yscale="log")
+    ax_x.set(title="Distance to the minimum", xlabel="gradient step", ylabel="|x|", yscale="log")
+    for ax in (ax_f, ax_x):
+        ax.grid(alpha=0.3)
+    ax_f.legend(title="run", fontsize="small")
+    fig.suptitle("Gradient descent on f(x) = sum(x²)")
     return fig
 
 

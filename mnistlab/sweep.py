@@ -44,7 +44,10 @@ METRICS = {
     "train_accuracy": (("final", "train", "accuracy"), True),
     "train_loss": (("final", "train", "loss"), False),
     "train_seconds": (("train_seconds",), False),
+    "f": (("result", "f"), False),  # quadratic: f(x) at the end
+    "lstsq_gap": (("result", "lstsq_gap"), False),  # linreg: MSE above least squares
 }
+DEFAULT_METRIC = {"classify": "val_accuracy", "linreg": "val_loss", "quadratic": "f"}
 
 
 class SweepError(Exception):

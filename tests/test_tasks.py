@@ -93,3 +93,38 @@ def test_csv_with_a_wrong_column_name_is_a_clear_error(tmp_path):
     assert result.exit_code == 2
     assert "has no column 'heigth'" in result.stderr and "height, weight" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_plot_draws_quadratic_runs_on_log_scales(tmp_path):
+    from mnistlab import report
+
+    for lr in ("0.1", "1.5"):
+        runner.invoke(app, ["train", str(ROOT / "configs/quadratic.yaml"), f"optim.lr={lr}",
+                            f"runs_dir={tmp_path / 'runs'}", "-q"])
+    rows = [report.load_run(p) for p in sorted((tmp_path / "runs").iterdir())]
+    ax_f, ax_x = report.quadratic_figure(rows).axes
+    assert ax_f.get_yscale() == ax_x.get_yscale() == "log"
+    assert len(ax_f.lines) == len(ax_x.lines) == 2
+    labels = [t.get_text() for t in ax_f.get_legend().get_texts()]
+    assert labels == ["optim.lr=0.1", "optim.lr=1.5 (failed)"]
+    converging, diverging = (line.get_ydata() for line in ax_x.lines)
+    assert converging[-1] < converging[0] < diverging[-1]
+    result = runner.invoke(app, ["plot", *map(str, (tmp_path / "runs").iterdir()),
+                                 "-o", str(tmp_path / "q.png")])
+    assert result.exit_code == 0 and (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_of_a_one_input_linreg_shows_the_data_and_the_fitted_line(tmp_path):
+    from mnistlab import report
+
+    cfg = load_config(ROOT / "configs/linreg.yaml", [
+        "linreg.in_dim=1", "linreg.out_dim=1", "linreg.n=200", f"runs_dir={tmp_path / 'runs'}"])
+    summary = fit(cfg)
+    row = report.load_run(Path(summary["run_dir"]))
+    ax_loss, ax_fit = report.curves_figure([row]).axes
+    assert ax_loss.get_ylabel() == "mean squared error"
+    assert len(ax_fit.collections[0].get_offsets()) == 160  # the training points
+    fitted = ax_fit.lines[0]
+    a, b = summary["result"]["A"][0][0], summary["result"]["B"][0]
+    x0, x1 = fitted.get_xdata()
+    assert list(fitted.get_ydata()) == pytest.approx([a * x0 + b, a * x1 + b])
