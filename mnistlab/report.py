@@ -521,4 +521,3 @@ def save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lower()[1:])
     runs.atomic_write_bytes(path, buf.getvalue())
-    path.chmod(0o644)  # a figure is made to be shared; the temporary file was private
