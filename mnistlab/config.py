@@ -80,6 +80,11 @@ class DataConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False  # also write TensorBoard event files into RUN/tensorboard
+
+
+@dataclass
 class QuadraticConfig:
     x0: list[float] = field(default_factory=lambda: [3.0, -2.0])  # start point, any dimension
 
@@ -105,6 +110,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     quadratic: QuadraticConfig = field(default_factory=QuadraticConfig)
     linreg: LinregConfig = field(default_factory=LinregConfig)
 

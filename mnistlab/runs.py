@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError
 from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "mnistlab-checkpoint"
@@ -81,17 +82,37 @@ def create_run_dir(runs_dir: str | Path, name: str, now: datetime | None = None)
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object a line, flushed as written."""
+    """metrics.jsonl: one JSON object a line, flushed as written; optionally TensorBoard too."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tensorboard=None):
         self.file = open(path, "a", encoding="utf-8")
+        self.tensorboard = tensorboard  # a SummaryWriter, or None
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.tensorboard is not None:
+            for key in ("loss", "accuracy", "lr"):
+                if key in record:
+                    self.tensorboard.add_scalar(f"{key}/{record['split']}", record[key],
+                                                record["step"])
 
     def close(self) -> None:
         self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def tensorboard_class():
+    """TensorBoard's SummaryWriter; the tensorboard package is an optional extra."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError([
+            "log.tensorboard: true needs the tensorboard package, which is not installed; "
+            "install it with pip install tensorboard (or pip install -e \".[tensorboard]\"), "
+            "or set log.tensorboard=false (metrics.jsonl holds the same numbers)"]) from None
+    return SummaryWriter
 
 
 def read_metrics(path: Path) -> list[dict]:

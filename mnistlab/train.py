@@ -188,6 +188,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
+    writer_class = runs.tensorboard_class() if cfg.log.tensorboard else None
     task = build_task(cfg)
     data, model = task.data, task.model.to(device)
     loss_fn = None if task.classify else task.loss  # for evaluate()
@@ -221,7 +222,8 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
 
     env = runs.environment(device, cfg.train.seed)
     runs.write_json(run_dir / "env.json", env)
-    log = runs.MetricsLog(run_dir / "metrics.jsonl")
+    log = runs.MetricsLog(run_dir / "metrics.jsonl",
+                          writer_class(str(run_dir / "tensorboard")) if writer_class else None)
     summary = {
         "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
         "started": started, "ended": None, "pid": os.getpid(), "host": socket.gethostname(),

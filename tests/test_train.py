@@ -160,3 +160,22 @@ def test_a_killed_run_is_listed_as_killed(tiny_config, tmp_path):
     assert json.loads(listing.stdout)[0]["status"] == "killed"
     run = only_run(tmp_path / "runs")
     assert json.loads((run / "summary.json").read_text())["status"] == "running"  # as left on disk
+
+
+def test_tensorboard_logging_writes_event_files(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = runner.invoke(app, ["train", str(tiny_config), "log.tensorboard=true", "-q"])
+    assert result.exit_code == 0, result.output
+    events = EventAccumulator(str(only_run(tmp_path / "runs") / "tensorboard"))
+    events.Reload()
+    assert {"loss/train", "accuracy/val", "accuracy/test", "lr/train"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("accuracy/val")] == [8, 16]  # 2 epochs of 8 batches
+
+
+def test_tensorboard_missing_is_a_clear_error(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    result = runner.invoke(app, ["train", str(tiny_config), "log.tensorboard=true"])
+    assert result.exit_code == 2
+    assert "pip install tensorboard" in result.stderr and "log.tensorboard=false" in result.stderr
+    assert not (tmp_path / "runs").exists()
