@@ -168,7 +168,11 @@ def _missing_message(cfg: DataConfig, candidates: list[Path], reason: str = "") 
         msg += ", or install Debian's copy with 'apt-get install dataset-fashion-mnist', which is found without configuration"
     if not cfg.download:
         msg += ", or allow the download with data.download=true"
-    return msg + "."
+    msg += "."
+    if cfg.name != "fashion-mnist":
+        msg += (" Offline, Fashion-MNIST works out of the box: 'apt-get install "
+                "dataset-fashion-mnist', then data.name=fashion-mnist.")
+    return msg
 
 
 def download(cfg: DataConfig) -> Path:

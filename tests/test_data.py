@@ -106,6 +106,7 @@ def test_missing_data_says_which_files_to_put_where(tmp_path):
     assert str(tmp_path / "KMNIST" / "raw") in message and "data.root=DIR" in message
     assert "data.download=true" in message
     assert "it lacks train-labels-idx1-ubyte" in message
+    assert "Offline, Fashion-MNIST works out of the box" in message
 
 
 def test_fashion_mnist_error_mentions_the_debian_package(tmp_path):
