@@ -38,7 +38,7 @@ class ModelConfig:
     dropout: float = field(default=0.0, metadata=bounds(0, 1, hi_open=True))
     # conv: two conv layers (channels of each), then one dense layer to the classes
     channels: list[int] = field(default_factory=lambda: [32, 64])
-    kernel_size: int = field(default=5, metadata=bounds(1, 15))
+    kernel_size: int = field(default=3, metadata=bounds(1, 15))
     pool: Literal["max", "avg", "none"] = "max"
     batch_norm: bool = True
 
@@ -63,6 +63,8 @@ class TrainConfig:
     eval_batch_size: int = field(default=1000, metadata=bounds(1, None))
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast for conv nets on CPUs with native bf16 (AMX, AVX512-BF16), else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     threads: int = field(default=0, metadata=bounds(0, None))  # 0: all cores
     val_split: float = field(default=0.1, metadata=bounds(0, 1, hi_open=True))
     label_smoothing: float = field(default=0.0, metadata=bounds(0, 1, hi_open=True))
