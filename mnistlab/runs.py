@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ class MetricsLog:
         self.tensorboard = tensorboard  # a SummaryWriter, or None
 
     def write(self, record: dict) -> None:
+        record = {**record, "time": round(time.time(), 3)}  # when, as a Unix timestamp
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.tensorboard is not None:

@@ -1,0 +1,269 @@
+"""mnistlab against the PyTorch MNIST example on Fashion-MNIST, side by side in one process.
+
+    python bench/speed.py                 # about 8 minutes on a 2-core CPU
+    python bench/speed.py --repeats 3 --json results.json
+
+Measures, on the same machine in the same invocation:
+- time to 90% test accuracy: the reference pipeline (bench/reference.py) against
+  `configs/cnn.yaml train.epochs=2` run through mnistlab's own fit(), and against a one-epoch
+  variant (`train.epochs=1 train.batch_size=64 train.val_split=0`); cumulative training seconds,
+  evaluation excluded for both;
+- the shipped configs' final test accuracy and training time (targets: cnn >= 92% in <= 60 s,
+  dense >= 88% in <= 15 s);
+- per-epoch cost of the speed options (bf16, one thread) against the default, one epoch each;
+- data preparation (index slice, copy, channels-last) as a share of a training step;
+- from the command to the first training step, with the parsed-data cache cold and warm;
+- the conv net's training FLOP/s as a share of the machine's fp32 matrix-multiply rate.
+Medians over --repeats (seeds 0, 1, ...); ratios are taken pair by pair (same seed). The machine
+should be otherwise idle: every figure is a wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from matmul import matmul_gflops  # noqa: E402
+from reference import DEFAULT_DATA_DIR, run_reference  # noqa: E402
+
+from mnistlab.config import load_config  # noqa: E402
+from mnistlab.data import load_data  # noqa: E402
+from mnistlab.evaluate import load_model  # noqa: E402
+from mnistlab.tasks import build_task  # noqa: E402
+from mnistlab.train import Silent, as_input, evaluate, fit, is_conv, use_bf16  # noqa: E402
+
+
+class TestEachEpoch(Silent):
+    """A reporter that evaluates last.pt on the test split after every epoch (outside the timing)."""
+
+    def __init__(self):
+        self.run_dir, self.epochs = None, []
+
+    def start(self, info):
+        self.run_dir = Path(info["run_dir"])
+
+    def epoch(self, train, val):
+        model, ckpt, cfg = load_model(self.run_dir / "checkpoints" / "last.pt")
+        info = ckpt["data"]
+        data = load_data(cfg.data, cfg.train.val_split, cfg.train.seed, (info["mean"], info["std"]))
+        device = torch.device("cpu")
+        test = evaluate(model, data.test_x, data.test_y, 1000, device, bf16=use_bf16(cfg, device))
+        self.epochs.append({"epoch": train["epoch"], "train_seconds": train["elapsed"],
+                            "test_accuracy": test["accuracy"]})
+
+
+ONE_EPOCH = ("train.epochs=1", "train.batch_size=64", "train.val_split=0")
+
+
+def first_reaching(epochs: list[dict], threshold: float) -> float | None:
+    return next((e["train_seconds"] for e in epochs if e["test_accuracy"] >= threshold), None)
+
+
+def mnistlab_run(config: str, runs_dir: Path, data_dir: str, *overrides: str,
+                 test_each_epoch: bool = False) -> tuple[dict, list]:
+    cfg = load_config(ROOT / "configs" / config, [
+        "data.name=fashion-mnist", f"data.root={data_dir}", f"runs_dir={runs_dir}", *overrides])
+    reporter = TestEachEpoch() if test_each_epoch else Silent()
+    summary = fit(cfg, reporter)
+    return summary, getattr(reporter, "epochs", [])
+
+
+def step_costs(data_dir: str, steps: int = 60) -> dict:
+    """Seconds per batch of data preparation alone and of a whole training step (cnn.yaml)."""
+    cfg = load_config(ROOT / "configs" / "cnn.yaml", ["data.name=fashion-mnist", f"data.root={data_dir}"])
+    task = build_task(cfg)
+    model, device = task.model, torch.device("cpu")
+    channels_last, bf16 = is_conv(model), use_bf16(cfg, device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = task.data.train_x, task.data.train_y
+    perm = torch.randperm(len(x))
+    batch = cfg.train.batch_size
+
+    def prepare(i):
+        idx = perm[i * batch:(i + 1) * batch]
+        return as_input(x[idx], device, channels_last), y[idx]
+
+    def step(i):
+        xb, yb = prepare(i)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = task.loss(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for i in range(5):  # warm-up
+        step(i)
+    t = time.perf_counter()
+    for i in range(steps):
+        prepare(i)
+    prep = (time.perf_counter() - t) / steps
+    t = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return {"prepare_s": prep, "step_s": (time.perf_counter() - t) / steps}
+
+
+def training_flops_per_image(model: nn.Module, image_shape) -> float:
+    """Forward FLOPs of the conv and linear layers, times 3 for forward + backward."""
+    flops = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            flops.append(2 * output.numel() * k)
+        elif isinstance(module, nn.Linear):
+            flops.append(2 * module.in_features * module.out_features * output.shape[0])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *image_shape))
+    for h in handles:
+        h.remove()
+    return 3 * sum(flops)
+
+
+def time_to_first_step(data_dir: str, runs_dir: Path, cache: Path) -> float:
+    """Seconds from launching 'mnistlab train' to the start of its first training step."""
+    cmd = [sys.executable, "-m", "mnistlab", "train", str(ROOT / "configs" / "cnn.yaml"),
+           "data.name=fashion-mnist", f"data.root={data_dir}", f"runs_dir={runs_dir}",
+           "train.epochs=1", "train.log_every=1", "data.train_samples=1280", "-q"]
+    before = set(runs_dir.glob("*"))
+    launched = time.time()
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    (run,) = set(runs_dir.glob("*")) - before
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    return first["time"] - first["elapsed"] - launched
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(x, digits=1, unit=""):
+    return "not reached" if x is None else f"{x:.{digits}f}{unit}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="the four Fashion-MNIST IDX files")
+    parser.add_argument("--repeats", type=int, default=2, help="seeds 0..N-1 for each pipeline")
+    parser.add_argument("--ref-epochs", type=int, default=4,
+                        help="at most this many reference epochs (it stops once it reaches 90%%)")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args()
+    out: dict = {"machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                             "torch": torch.__version__}}
+    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    out["matmul_gflops"] = matmul_gflops()
+    print(f"fp32 matrix multiply: {out['matmul_gflops']:.0f} GFLOP/s", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pairs = []
+        for seed in range(args.repeats):
+            ref = run_reference(args.data_dir, args.ref_epochs, seed, stop_at=0.90)
+            print(f"reference seed {seed}: {ref}", flush=True)
+            _, two = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, f"train.seed={seed}",
+                                  "train.epochs=2", test_each_epoch=True)
+            print(f"mnistlab cnn, 2 epochs, seed {seed}: {two}", flush=True)
+            _, one = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, f"train.seed={seed}",
+                                  *ONE_EPOCH, test_each_epoch=True)
+            print(f"mnistlab cnn, 1-epoch variant, seed {seed}: {one}", flush=True)
+            cnn, _ = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, f"train.seed={seed}")
+            dense, _ = mnistlab_run("dense.yaml", tmp / "runs", args.data_dir, f"train.seed={seed}")
+            print(f"mnistlab cnn.yaml and dense.yaml, seed {seed}: test accuracy "
+                  f"{cnn['final']['test']['accuracy']:.4f} in {cnn['train_seconds']:.1f} s, "
+                  f"{dense['final']['test']['accuracy']:.4f} in {dense['train_seconds']:.1f} s", flush=True)
+            pairs.append({"seed": seed, "reference": ref, "cnn_2_epochs": two, "cnn_1_epoch": one,
+                          "cnn_summary": cnn, "dense_summary": dense})
+        out["pairs"] = pairs
+
+        ablations = {}
+        for label, extra in (("default", []), ("fp32", ["train.precision=fp32"]),
+                             ("1 thread", ["train.threads=1"])):
+            s, _ = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, "train.epochs=1", *extra)
+            ablations[label] = s["train_seconds"]
+            print(f"cnn, one epoch, {label}: {s['train_seconds']:.1f} s", flush=True)
+        out["ablations"] = ablations
+
+        out["step"] = step_costs(args.data_dir)
+        cache = tmp / "cache"
+        out["first_step_cold"] = time_to_first_step(args.data_dir, tmp / "runs", cache)
+        out["first_step_warm"] = median(
+            [time_to_first_step(args.data_dir, tmp / "runs", cache) for _ in range(3)])
+
+    cfg = load_config(ROOT / "configs" / "cnn.yaml")
+    model = build_task(load_config(ROOT / "configs" / "cnn.yaml", [
+        "data.name=fashion-mnist", f"data.root={args.data_dir}"])).model
+    flops = training_flops_per_image(model, (1, 28, 28))
+    s0 = pairs[0]["cnn_summary"]
+    achieved = flops * s0["train_samples"] * cfg.train.epochs / s0["train_seconds"] / 1e9
+    out["flops"] = {"per_image_training": flops, "achieved_gflops": achieved}
+
+    ref90 = [first_reaching(p["reference"], 0.90) for p in pairs]
+    two90 = [first_reaching(p["cnn_2_epochs"], 0.90) for p in pairs]
+    one90 = [first_reaching(p["cnn_1_epoch"], 0.90) for p in pairs]
+    one_acc = [p["cnn_1_epoch"][-1]["test_accuracy"] for p in pairs]
+
+    def ratios(ours):
+        return [r / m for r, m in zip(ref90, ours) if r is not None and m is not None]
+
+    def ratio_cell(ours):
+        rs = ratios(ours)
+        return f"{fmt(median(rs))}x (pairs: {', '.join(f'{r:.1f}x' for r in rs) or 'none'})"
+
+    cnn_acc = [p["cnn_summary"]["final"]["test"]["accuracy"] for p in pairs]
+    cnn_s = [p["cnn_summary"]["train_seconds"] for p in pairs]
+    cnn_wall = [p["cnn_summary"]["wall_seconds"] for p in pairs]
+    dense_acc = [p["dense_summary"]["final"]["test"]["accuracy"] for p in pairs]
+    dense_s = [p["dense_summary"]["train_seconds"] for p in pairs]
+    dense_wall = [p["dense_summary"]["wall_seconds"] for p in pairs]
+    ref_epoch = [p["reference"][0]["train_seconds"] for p in pairs]
+    lab_epoch = [p["cnn_2_epochs"][0]["train_seconds"] for p in pairs]
+    share = out["step"]["prepare_s"] / out["step"]["step_s"]
+    print(f"""
+Fashion-MNIST, medians over {args.repeats} seeds (training seconds, evaluation excluded)
+
+| measure | reference (PyTorch MNIST example) | mnistlab | ratio |
+|---|---|---|---|
+| seconds per epoch | {fmt(median(ref_epoch))} | {fmt(median(lab_epoch))} | {fmt(median([r / m for r, m in zip(ref_epoch, lab_epoch)]))}x |
+| time to 90% test accuracy, `cnn.yaml train.epochs=2` | {fmt(median(ref90), unit=' s')} | {fmt(median(two90), unit=' s')} | {ratio_cell(two90)} |
+| time to 90%, one-epoch variant (ends at {', '.join(f'{100 * a:.2f}%' for a in one_acc)}) | {fmt(median(ref90), unit=' s')} | {fmt(median(one90), unit=' s')} | {ratio_cell(one90)} |
+
+| shipped config | test accuracy (min-max) | training s | whole run s | target |
+|---|---|---|---|---|
+| configs/cnn.yaml | {100 * median(cnn_acc):.2f}% ({100 * min(cnn_acc):.2f}-{100 * max(cnn_acc):.2f}) | {median(cnn_s):.1f} | {median(cnn_wall):.1f} | >= 92% in <= 60 s |
+| configs/dense.yaml | {100 * median(dense_acc):.2f}% ({100 * min(dense_acc):.2f}-{100 * max(dense_acc):.2f}) | {median(dense_s):.1f} | {median(dense_wall):.1f} | >= 88% in <= 15 s |
+
+| cnn.yaml, one epoch | training s | vs default |
+|---|---|---|
+""" + "\n".join(f"| {k} | {v:.1f} | {v / ablations['default']:.2f}x |" for k, v in ablations.items()) + f"""
+
+- data preparation: {1e3 * out['step']['prepare_s']:.2f} ms of a {1e3 * out['step']['step_s']:.1f} ms training step ({100 * share:.1f}%)
+- command to first training step: {out['first_step_cold']:.2f} s with the parsed-data cache cold, {out['first_step_warm']:.2f} s warm (median of 3)
+- conv net training: {flops / 1e6:.1f} MFLOP per image, {achieved:.0f} GFLOP/s achieved = {100 * achieved / out['matmul_gflops']:.0f}% of the {out['matmul_gflops']:.0f} GFLOP/s fp32 matrix-multiply rate
+""")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
