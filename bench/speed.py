@@ -1,6 +1,6 @@
 """mnistlab against the PyTorch MNIST example on Fashion-MNIST, side by side in one process.
 
-    python bench/speed.py                 # about 8 minutes on a 2-core CPU
+    python bench/speed.py                 # about 12 minutes on a 2-core CPU
     python bench/speed.py --repeats 3 --json results.json
 
 Measures, on the same machine in the same invocation:
@@ -10,7 +10,8 @@ Measures, on the same machine in the same invocation:
   evaluation excluded for both;
 - the shipped configs' final test accuracy and training time (targets: cnn >= 92% in <= 60 s,
   dense >= 88% in <= 15 s);
-- per-epoch cost of the speed options (bf16, one thread) against the default, one epoch each;
+- per-epoch cost of each speed choice (bf16, threads, channels, kernel, batch size, batch norm)
+  against the default, one epoch each, and whole runs that show whether the accuracy holds;
 - data preparation (index slice, copy, channels-last) as a share of a training step;
 - from the command to the first training step, with the parsed-data cache cold and warm;
 - the conv net's training FLOP/s as a share of the machine's fp32 matrix-multiply rate.
@@ -66,6 +67,15 @@ class TestEachEpoch(Silent):
                             "test_accuracy": test["accuracy"]})
 
 
+# one epoch of cnn.yaml with one setting changed: what each choice costs or saves
+ABLATIONS = (("default", []), ("fp32 instead of bf16", ["train.precision=fp32"]),
+             ("1 thread", ["train.threads=1"]), ("channels 16/32", ["model.channels=[16,32]"]),
+             ("channels 24/48", ["model.channels=[24,48]"]), ("5x5 kernels", ["model.kernel_size=5"]),
+             ("batch 64", ["train.batch_size=64"]), ("batch 256", ["train.batch_size=256"]),
+             ("no batch norm", ["model.batch_norm=false"]))
+# the whole cnn.yaml run (seed 0) with one setting changed: does the accuracy hold?
+FULL_RUNS = (("fp32 instead of bf16", ["train.precision=fp32"]),
+             ("channels 16/32", ["model.channels=[16,32]"]), ("4 epochs", ["train.epochs=4"]))
 ONE_EPOCH = ("train.epochs=1", "train.batch_size=64", "train.val_split=0")
 
 
@@ -197,12 +207,17 @@ def main() -> None:
         out["pairs"] = pairs
 
         ablations = {}
-        for label, extra in (("default", []), ("fp32", ["train.precision=fp32"]),
-                             ("1 thread", ["train.threads=1"])):
+        for label, extra in ABLATIONS:
             s, _ = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, "train.epochs=1", *extra)
             ablations[label] = s["train_seconds"]
             print(f"cnn, one epoch, {label}: {s['train_seconds']:.1f} s", flush=True)
         out["ablations"] = ablations
+        full = {"default": pairs[0]["cnn_summary"]}
+        for label, extra in FULL_RUNS:
+            full[label], _ = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, *extra)
+            print(f"cnn.yaml, {label}: test accuracy {full[label]['final']['test']['accuracy']:.4f} "
+                  f"in {full[label]['train_seconds']:.1f} s", flush=True)
+        out["full_runs"] = full
 
         out["step"] = step_costs(args.data_dir)
         cache = tmp / "cache"
@@ -255,7 +270,12 @@ Fashion-MNIST, medians over {args.repeats} seeds (training seconds, evaluation e
 
 | cnn.yaml, one epoch | training s | vs default |
 |---|---|---|
-""" + "\n".join(f"| {k} | {v:.1f} | {v / ablations['default']:.2f}x |" for k, v in ablations.items()) + f"""
+""" + "\n".join(f"| {k} | {v:.1f} | {v / ablations['default']:.2f}x |" for k, v in ablations.items()) + """
+
+| cnn.yaml, whole run, seed 0 | test accuracy | training s |
+|---|---|---|
+""" + "\n".join(f"| {k} | {100 * v['final']['test']['accuracy']:.2f}% | {v['train_seconds']:.1f} |"
+            for k, v in full.items()) + f"""
 
 - data preparation: {1e3 * out['step']['prepare_s']:.2f} ms of a {1e3 * out['step']['step_s']:.1f} ms training step ({100 * share:.1f}%)
 - command to first training step: {out['first_step_cold']:.2f} s with the parsed-data cache cold, {out['first_step_warm']:.2f} s warm (median of 3)

@@ -1,7 +1,6 @@
 """The loop and the run directory, end to end through the CLI on tiny synthetic data."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
