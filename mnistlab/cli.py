@@ -281,7 +281,6 @@ def sweep(
              "train_loss, train_seconds, f or lstsq_gap."),
 ) -> None:
     """Run a grid of trials, each an ordinary run; resume what is done, then compare them."""
-    import shlex
     import sys
 
     from . import sweep as sw
@@ -292,25 +291,7 @@ def sweep(
         raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(sw.METRICS)}")
     try:
         definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
-        directory, trials = sw.build_trials(definition)
-        metric = metric or sw.DEFAULT_METRIC[trials[0].cfg.task]
-        if dry_run:
-            out.print(sw.trial_table(definition, directory, trials))
-            out.print("Each trial is the command:")
-            for t in trials:
-                out.print("  " + shlex.join(sw.train_command(definition, t)), markup=False)
-            return
-        counts = None
-        if not report_only:
-            counts = sw.run_sweep(definition, directory, trials, jobs, fail_fast,
-                                  sw.progress_for(out))
-        rows = sw.summarize(definition, directory, trials, metric)
-        if any(r["mean"] is not None for r in rows):
-            out.print(sw.report_table(definition, rows, metric))
-            files = sw.write_report(definition, directory, rows, metric)
-            out.print(f"wrote {', '.join(str(p) for p in files)}", markup=False)
-        else:
-            out.print(f"sweep {definition.name}: no completed trial yet, so no summary.")
+        missed = sw.sweep_command(definition, jobs, dry_run, report_only, fail_fast, metric, out)
     except USER_ERRORS as e:
         raise user_error(e) from None
     except sw.SweepError as e:
@@ -320,20 +301,8 @@ def sweep(
                    "command again to continue where it stopped.", 130) from None
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to continue.", 130) from None
-    if counts is not None:
-        if counts["ran"]:
-            overhead = (counts["seconds"] * counts["jobs"] - counts["trial_seconds"]) / counts["ran"]
-            out.print(f"{counts['ran']} trials in {counts['seconds']:.1f}s: {counts['completed']} "
-                      f"completed, {counts['failed']} failed, {counts['interrupted']} interrupted; "
-                      f"sweep overhead {overhead:.1f}s per trial beyond its own run")
-        else:
-            out.print(f"nothing to run: {counts['done_before']} of {counts['total']} trials "
-                      "already completed")
-        if counts["failed"] or counts["interrupted"] or counts["not_run"]:
-            missed = counts["failed"] + counts["interrupted"] + counts["not_run"]
-            raise fail(f"{missed} of {counts['total']} trials did not complete; see "
-                       f"{directory}/sweep.json and the logs in {directory}/logs. Running the "
-                       "same command again re-runs them.", 1)
+    if missed:
+        raise fail(missed, 1)
 
 
 @app.callback()

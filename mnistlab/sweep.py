@@ -915,3 +915,40 @@ def trial_table(sweep: Sweep, directory: Path, trials: list[Trial]) -> Table:
         style = {"done": "green", "failed": "red", "interrupted": "yellow"}.get(state)
         table.add_row(str(i), t.name, " ".join(t.overrides), t.hash, state, style=style)
     return table
+
+
+def sweep_command(sweep: Sweep, jobs: int, dry_run: bool, report_only: bool, fail_fast: bool,
+                  metric: str | None, out: Console) -> str | None:
+    """The sweep command: show the trials, or run them and report; say what did not complete."""
+    directory, trials = build_trials(sweep)
+    metric = metric or DEFAULT_METRIC[trials[0].cfg.task]
+    if dry_run:
+        out.print(trial_table(sweep, directory, trials))
+        out.print("Each trial is the command:")
+        for t in trials:
+            out.print("  " + shlex.join(train_command(sweep, t)), markup=False)
+        return None
+    counts = None if report_only else run_sweep(sweep, directory, trials, jobs, fail_fast,
+                                                progress_for(out))
+    rows = summarize(sweep, directory, trials, metric)
+    if any(r["mean"] is not None for r in rows):
+        out.print(report_table(sweep, rows, metric))
+        files = write_report(sweep, directory, rows, metric)
+        out.print(f"wrote {', '.join(str(p) for p in files)}", markup=False)
+    else:
+        out.print(f"sweep {sweep.name}: no completed trial yet, so no summary.")
+    if counts is None:
+        return None
+    if counts["ran"]:
+        overhead = (counts["seconds"] * counts["jobs"] - counts["trial_seconds"]) / counts["ran"]
+        out.print(f"{counts['ran']} trials in {counts['seconds']:.1f}s: {counts['completed']} "
+                  f"completed, {counts['failed']} failed, {counts['interrupted']} interrupted; "
+                  f"sweep overhead {overhead:.1f}s per trial beyond its own run")
+    else:
+        out.print(f"nothing to run: {counts['done_before']} of {counts['total']} trials "
+                  "already completed")
+    missed = counts["failed"] + counts["interrupted"] + counts["not_run"]
+    if not missed:
+        return None
+    return (f"{missed} of {counts['total']} trials did not complete; see {directory}/sweep.json "
+            f"and the logs in {directory}/logs. Running the same command again re-runs them.")
