@@ -339,6 +339,9 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """YAML file, then overrides (the command line wins), then validation."""
     raw = read_yaml(path)
+    if "base" in raw and ("grid" in raw or "random" in raw):
+        raise ConfigError([f"{path}: is a sweep file (it has base: and grid:/random:), not a "
+                           f"config; run it with: mnistlab sweep {path}"])
     raw, keys = apply_overrides(raw, list(overrides))
     if raw.get("name") is None:
         raw["name"] = Path(path).stem

@@ -110,3 +110,9 @@ def test_cli_config_errors_exit_2_without_traceback(tmp_path):
     assert "Traceback" not in result.output
     missing = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "no such file" in missing.stderr
+
+
+def test_a_sweep_file_given_to_train_points_at_mnistlab_sweep():
+    result = runner.invoke(app, ["train", str(ROOT / "configs/sweep-lr.yaml")])
+    assert result.exit_code == 2
+    assert "is a sweep file" in result.stderr and "mnistlab sweep" in result.stderr
