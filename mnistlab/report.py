@@ -74,6 +74,7 @@ def load_run(path: Path) -> dict:
         "started": summary.get("started"), "status": runs.run_status(summary),
         "val.accuracy": best.get("val_accuracy"), "best.epoch": best.get("epoch"),
         "test.accuracy": test.get("accuracy"), "test.loss": test.get("loss"),
+        "loss": (final.get("val") or final.get("train") or {}).get("loss"),
         "epochs": summary.get("epochs_completed"), "params": summary.get("params"),
         "wall_seconds": summary.get("wall_seconds"),
     }
@@ -114,7 +115,7 @@ def value_of(row: dict, key: str):
 
 def _known(rows: list[dict]) -> list[str]:
     return ["run", "started", "status", "model", "val.accuracy", "test.accuracy", "test.loss",
-            "epochs", "params", "wall_seconds", "model.kind"] + all_keys(rows)
+            "loss", "epochs", "params", "wall_seconds", "model.kind"] + all_keys(rows)
 
 
 def _unknown_key(key: str, rows: list[dict], what: str) -> RunError:
@@ -214,8 +215,10 @@ def runs_table(rows: list[dict], fmt: str, all_columns: bool, out: Console) -> N
     params = all_keys(rows) if all_columns else varying_keys(rows)
     columns = ([("run", "run"), ("started", "started"), ("status", "status"),
                 ("model", "model")] + [(k, k) for k in params]
-               + [("val.accuracy", "best val acc"), ("test.accuracy", "test acc"),
-                  ("wall_seconds", "wall time")])
+               + [("val.accuracy", "best val acc"), ("test.accuracy", "test acc")]
+               # quadratic and linreg runs have no accuracy: show their final (val) loss
+               + [("loss", "final loss")] * any(r["model"] in ("quadratic", "linreg") for r in rows)
+               + [("wall_seconds", "wall time")])
     flat = [{**{k: value_of(r, k) for k, _ in columns}, "run_dir": str(r["dir"])} for r in rows]
     texts = [[_text(k, v[k]) for k, _ in columns] for v in flat]
     hidden = len(all_keys(rows)) - len(params)
@@ -238,7 +241,7 @@ def _text(key: str, v) -> str:
         except ValueError:
             return str(v)
     if key.endswith("loss") and v is not None:
-        return f"{v:.4f}"
+        return f"{v:.4f}" if v >= 1e-3 else f"{v:.2g}"
     if key == "params" and v is not None:
         return f"{v:,}"
     return cell(v)

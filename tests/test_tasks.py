@@ -128,3 +128,13 @@ def test_plot_of_a_one_input_linreg_shows_the_data_and_the_fitted_line(tmp_path)
     a, b = summary["result"]["A"][0][0], summary["result"]["B"][0]
     x0, x1 = fitted.get_xdata()
     assert list(fitted.get_ydata()) == pytest.approx([a * x0 + b, a * x1 + b])
+
+
+def test_runs_table_shows_the_final_loss_of_runs_without_accuracy(tmp_path):
+    for lr in ("0.1", "0.01"):
+        runner.invoke(app, ["train", str(ROOT / "configs/quadratic.yaml"), f"optim.lr={lr}",
+                            f"runs_dir={tmp_path / 'runs'}", "-q"])
+    listing = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--format", "json"])
+    rows = {r["optim.lr"]: r for r in json.loads(listing.stdout)}
+    assert rows[0.01]["loss"] == pytest.approx(13 * 0.98 ** 98, rel=1e-3)  # f at the last step
+    assert rows[0.1]["loss"] < 1e-6
