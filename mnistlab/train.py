@@ -212,8 +212,12 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
 
     Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
     """
-    with stop_on_signals() as stop:
-        return _fit(cfg, reporter, resume, source, stop)
+    threads = torch.get_num_threads()
+    try:
+        with stop_on_signals() as stop:
+            return _fit(cfg, reporter, resume, source, stop)
+    finally:
+        torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
 
 
 def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None,

@@ -178,3 +178,11 @@ def test_tensorboard_missing_is_a_clear_error(tiny_config, tmp_path, monkeypatch
     assert result.exit_code == 2
     assert "pip install tensorboard" in result.stderr and "log.tensorboard=false" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_fit_leaves_the_callers_thread_count_alone(tiny_config):
+    import torch
+
+    before = torch.get_num_threads()
+    fit(load_config(tiny_config, ["train.threads=1"]))
+    assert torch.get_num_threads() == before
