@@ -72,10 +72,11 @@ ABLATIONS = (("default", []), ("fp32 instead of bf16", ["train.precision=fp32"])
              ("1 thread", ["train.threads=1"]), ("channels 16/32", ["model.channels=[16,32]"]),
              ("channels 24/48", ["model.channels=[24,48]"]), ("5x5 kernels", ["model.kernel_size=5"]),
              ("batch 64", ["train.batch_size=64"]), ("batch 256", ["train.batch_size=256"]),
-             ("no batch norm", ["model.batch_norm=false"]))
+             ("batch norm", ["model.batch_norm=true"]))
 # the whole cnn.yaml run (seed 0) with one setting changed: does the accuracy hold?
 FULL_RUNS = (("fp32 instead of bf16", ["train.precision=fp32"]),
-             ("channels 16/32", ["model.channels=[16,32]"]), ("4 epochs", ["train.epochs=4"]))
+             ("channels 16/32", ["model.channels=[16,32]"]), ("5 epochs", ["train.epochs=5"]),
+             ("batch norm, 6 epochs", ["model.batch_norm=true", "train.epochs=6"]))
 ONE_EPOCH = ("train.epochs=1", "train.batch_size=64", "train.val_split=0")
 
 
