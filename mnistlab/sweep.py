@@ -897,7 +897,7 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120)
         plt.close(fig)
-        path = directory / f"plot-{runs.slug(key)}.png"
+        path = directory / f"plot-{runs.slug(key)}-{metric}.png"  # one per metric: none overwritten
         runs.atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths

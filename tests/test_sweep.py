@@ -163,7 +163,7 @@ def test_sweep_runs_in_parallel_resumes_and_extends(tmp_path, tiny_config):
     md = (directory / "summary.md").read_text()
     assert md.count("\n| ") == 3 and "**" in md and "±" in md
     for key in ("optim.lr",):
-        image = matplotlib.image.imread(directory / f"plot-{key}.png")
+        image = matplotlib.image.imread(directory / f"plot-{key}-val_accuracy.png")
         assert image.ndim == 3 and image.shape[0] > 100
 
     again = runner.invoke(app, args)
