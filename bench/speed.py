@@ -1,6 +1,6 @@
 """mnistlab against the PyTorch MNIST example on Fashion-MNIST, side by side in one process.
 
-    python bench/speed.py                 # about 15 minutes on a 2-core CPU
+    python bench/speed.py                 # 10 to 15 minutes on a 2-core CPU
     python bench/speed.py --repeats 3 --json results.json
 
 Measures, on the same machine in the same invocation:
