@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import runs
-from .config import Config, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
+from .config import Config, ConfigError, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
 from .models import count_parameters
 from .tasks import build_task, final_result, step_extras
 
@@ -113,8 +113,8 @@ def as_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torc
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise TrainError("train.device is cuda but PyTorch sees no CUDA GPU on this machine; "
-                         "use train.device=cpu (or auto, which picks the GPU when there is one).")
+        raise ConfigError(["train.device: cuda, but PyTorch sees no CUDA GPU on this machine; "
+                           "use train.device=cpu (or auto, which picks the GPU when there is one)"])
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

@@ -186,3 +186,13 @@ def test_fit_leaves_the_callers_thread_count_alone(tiny_config):
     before = torch.get_num_threads()
     fit(load_config(tiny_config, ["train.threads=1"]))
     assert torch.get_num_threads() == before
+
+
+def test_cuda_without_a_gpu_is_a_config_error(tiny_config, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = runner.invoke(app, ["train", str(tiny_config), "train.device=cuda"])
+    assert result.exit_code == 2 and "sees no CUDA GPU" in result.stderr
+    assert not (tmp_path / "runs").exists()
