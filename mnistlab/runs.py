@@ -128,18 +128,40 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name may hold spaces
+
+
+def process_identity() -> dict:
+    """This process as other processes can check it later: pid, host and start time."""
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "pid_started": _start_time(pid)}
+
+
+def process_alive(owner: dict) -> bool | None:
+    """Is the recorded process still running? None when it ran on another host."""
+    if owner.get("host") != socket.gethostname() or not owner.get("pid"):
+        return None
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        pass
+    started = owner.get("pid_started")
+    return started is None or _start_time(owner["pid"]) in (started, None)
+
+
 def run_status(summary: dict) -> str:
     """The recorded status, except that a 'running' run whose process is gone is 'killed'."""
     status = summary.get("status", "unknown")
-    pid = summary.get("pid")
-    if status != "running" or not pid or summary.get("host") != socket.gethostname():
-        return status
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if status == "running" and process_alive(summary) is False:
         return "killed"
-    except PermissionError:  # alive, owned by someone else
-        pass
     return status
 
 

@@ -14,7 +14,6 @@ import os
 import random
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -438,16 +437,10 @@ def runs_by_hash(directory: Path) -> dict[str, list[dict]]:
 
 
 def _alive(owner: dict | None) -> bool:
-    """Whether the sweep process that claimed a trial still runs (on this host)."""
-    if not owner or owner.get("host") != socket.gethostname() or owner.get("pid") == os.getpid():
+    """Whether another sweep process that claimed a trial still runs (on this host)."""
+    if not owner or owner.get("pid") == os.getpid():
         return False
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return runs.process_alive(owner) is True
 
 
 def trial_state(summaries: list[dict], entry: dict | None) -> str:
@@ -595,7 +588,7 @@ def _launch(sweep: Sweep, directory: Path, trial: Trial, threads: int) -> Job | 
                                     env=env, start_new_session=True)
         index["trials"][trial.hash] = _entry(
             sweep, trial, status="running", run_dir=str(resumed) if resumed else None, error=None,
-            log=str(log), pid=proc.pid, owner={"pid": os.getpid(), "host": socket.gethostname()},
+            log=str(log), pid=proc.pid, owner=runs.process_identity(),
             started=datetime.now().isoformat(timespec="seconds"))
     return Job(trial, proc, log, {s["run_dir"] for s in on_disk}, resumed)
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
-import socket
 import threading
 import time
 from datetime import datetime
@@ -270,7 +268,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
                           writer_class(str(run_dir / "tensorboard")) if writer_class else None)
     summary = {
         "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
-        "started": started, "ended": None, "pid": os.getpid(), "host": socket.gethostname(),
+        "started": started, "ended": None, **runs.process_identity(),
         "config_hash": config_hash(cfg), "source": source or {},
         "params": count_parameters(model), "device": str(device),
         "precision": "bf16" if bf16 else "fp32", "epochs": cfg.train.epochs,

@@ -196,3 +196,15 @@ def test_cuda_without_a_gpu_is_a_config_error(tiny_config, tmp_path):
     result = runner.invoke(app, ["train", str(tiny_config), "train.device=cuda"])
     assert result.exit_code == 2 and "sees no CUDA GPU" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_reused_pid_does_not_make_a_dead_run_look_alive():
+    from mnistlab.runs import process_alive, process_identity, run_status
+
+    me = process_identity()
+    assert process_alive(me) is True
+    assert run_status({"status": "running", **me}) == "running"
+    if me["pid_started"] is not None:  # Linux: the start time tells a reused pid apart
+        reused = {**me, "pid_started": me["pid_started"] - 1}
+        assert run_status({"status": "running", **reused}) == "killed"
+    assert process_alive({**me, "host": "elsewhere"}) is None
