@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import runs
-from .config import Config, ConfigError, apply_overrides, config_from_dict, flatten, parse_override, to_dict
+from .config import Config, ConfigError, apply_overrides, config_from_dict, flatten, to_dict
 from .data import DataError, load_data
 from .models import build_model
 from .runs import CheckpointError
@@ -81,27 +81,17 @@ def load_model(path: Path) -> tuple[nn.Module, dict, Config]:
 def eval_config(cfg: Config, overrides: list[str]) -> Config:
     """The checkpoint's config with evaluation-only overrides; a training setting is refused."""
     known = flatten(to_dict(cfg))
-    problems, given = [], set()
-    for text in overrides:
-        try:
-            key, _ = parse_override(text)
-        except ConfigError as e:
-            problems += e.problems
-            continue
-        given.add(key)
-        if key in known and key not in EVAL_KEYS:
-            problems.append(f"{key}: is a training setting; eval rebuilds the model exactly as "
-                            f"it was trained, so it cannot change. Settings eval accepts: "
-                            f"{', '.join(EVAL_KEYS)}")
-    if problems:
-        raise ConfigError(problems)
-    raw = to_dict(cfg)
+    raw, given = apply_overrides(to_dict(cfg), overrides)
+    refused = sorted(key for key in given if key in known and key not in EVAL_KEYS)
+    if refused:
+        raise ConfigError([f"{key}: is a training setting; eval rebuilds the model exactly as it "
+                           f"was trained, so it cannot change. Settings eval accepts: "
+                           f"{', '.join(EVAL_KEYS)}" for key in refused])
     if "train.device" not in given:
         raw["train"]["device"] = "auto"  # a model trained on a GPU is still evaluated on a CPU-only machine
     if "train.threads" not in given:
         raw["train"]["threads"] = 0
-    raw, keys = apply_overrides(raw, overrides)
-    return config_from_dict(raw, keys)
+    return config_from_dict(raw, given)
 
 
 def _eval_name(split: str, label: str, trained: Config, used: Config) -> str:

@@ -412,13 +412,13 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
 
 def check_divergence(cfg: Config, loss: float, first_loss: float, epoch: int, step: int) -> None:
     """A NaN or infinite loss, or one grown a million-fold, ends the run as failed."""
+    if math.isfinite(loss) and loss <= 1e6 * max(first_loss, 1e-6):
+        return  # the common case, on every step: no message built
     where = f"at epoch {epoch + 1}, step {step + 1} (optim.lr={cfg.optim.lr:g})"
     if not math.isfinite(loss):
         what = f"the training loss became {loss} {where}"
-    elif loss > 1e6 * max(first_loss, 1e-6):
-        what = f"the training loss grew from {first_loss:.4g} to {loss:.4g} {where}"
     else:
-        return
+        what = f"the training loss grew from {first_loss:.4g} to {loss:.4g} {where}"
     raise Diverged(f"{what}: the run diverged and stopped as failed. Try a lower learning rate, "
                    f"e.g. optim.lr={cfg.optim.lr / 10:g}.")
 

@@ -23,12 +23,6 @@ def quadratic(tmp_path, *overrides):
                      if r["event"] == "step"]
 
 
-def test_autograd_gives_the_course_gradient():
-    x = torch.tensor(5.0, requires_grad=True)
-    (x ** 2).backward()
-    assert x.grad.item() == 10.0
-
-
 def test_quadratic_logs_x_f_and_an_autograd_gradient_equal_to_2x(tmp_path):
     summary, steps = quadratic(tmp_path, "quadratic.x0=[3.0, -2.0, 0.5]")
     assert len(steps) == 50
