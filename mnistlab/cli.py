@@ -7,31 +7,36 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
-from .config import ConfigError, load_config, to_yaml
-from .errors import CheckpointError, DataError
+from .config import load_config, to_yaml
+from .errors import MnistlabError
 
-app = typer.Typer(
-    help="Train, sweep and evaluate dense and convolutional networks on the MNIST family.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-paragraph error on stderr and return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    """Print a one-paragraph error on stderr (as plain text, never markup); return the Exit."""
+    err.print(Text.assemble(("error: ", "bold red"), message))
     return typer.Exit(code)
 
 
-def user_error(e: Exception) -> typer.Exit:
-    if isinstance(e, ConfigError):
-        if len(e.problems) == 1:
-            return fail(f"config: {e.problems[0]}")
-        lines = "\n".join(f"  - {p}" for p in e.problems)
-        return fail(f"the config has {len(e.problems)} problems:\n{lines}")
-    return fail(str(e))
+class Commands(TyperGroup):
+    """The one error handler: a MnistlabError becomes its message and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MnistlabError as e:
+            raise fail(e.message(), e.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; nothing more was written.", 130) from None
+
+
+app = typer.Typer(
+    cls=Commands, help="Train, sweep and evaluate dense and convolutional networks on the MNIST family.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. optim.lr=0.01 train.epochs=3",
@@ -51,34 +56,24 @@ def train(
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
-    from .train import Interrupted, TrainError, fit, resume_config
+    from .train import fit, resume_config
 
     overrides = overrides or []
-    try:
-        if resume is not None:
-            if config is not None or overrides:
-                raise fail("--resume continues a run with the config it was started with; "
-                           "give only the run directory: mnistlab train --resume RUN_DIR")
-            cfg = resume_config(resume)
-        elif config is None:
-            raise fail("give a config file, e.g. mnistlab train configs/cnn.yaml "
-                       "(or --resume RUN_DIR)")
-        else:
-            cfg = load_config(config, overrides)
-        if print_config:
-            typer.echo(to_yaml(cfg), nl=False)
-            return
-        fit(cfg, display.reporter(quiet), resume=resume,
-            source={"config": str(config) if config else None, "overrides": overrides})
-    except USER_ERRORS as e:
-        raise user_error(e) from None
-    except TrainError as e:
-        raise fail(str(e), 1) from None
-    except Interrupted as e:
-        raise fail(f"interrupted; the last checkpoint is saved. Continue with: "
-                   f"mnistlab train --resume {e.run_dir}", 130) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted before the run started; nothing was written.", 130) from None
+    if resume is not None:
+        if config is not None or overrides:
+            raise fail("--resume continues a run with the config it was started with; "
+                       "give only the run directory: mnistlab train --resume RUN_DIR")
+        cfg = resume_config(resume)
+    elif config is None:
+        raise fail("give a config file, e.g. mnistlab train configs/cnn.yaml "
+                   "(or --resume RUN_DIR)")
+    else:
+        cfg = load_config(config, overrides)
+    if print_config:
+        typer.echo(to_yaml(cfg), nl=False)
+        return
+    fit(cfg, display.reporter(quiet), resume=resume,
+        source={"config": str(config) if config else None, "overrides": overrides})
 
 
 @app.command("eval")
@@ -98,14 +93,10 @@ def eval_(
 
     from . import report
     from .evaluate import CKPTS, evaluate_run
-    from .train import TrainError
 
     if ckpt is not None and ckpt not in CKPTS:
         raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
-    try:
-        result = evaluate_run(target, ckpt, split, overrides or [])
-    except USER_ERRORS + (TrainError,) as e:
-        raise user_error(e) from None
+    result = evaluate_run(target, ckpt, split, overrides or [])
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -142,11 +133,8 @@ def runs_(
     from . import report
 
     fmt = _format(fmt)
-    try:
-        rows = report.find_runs(runs_dir)
-        rows = report.sort_rows(report.select(rows, filters or [], status or []), sort, reverse)
-    except report.RunError as e:
-        raise fail(str(e)) from None
+    rows = report.find_runs(runs_dir)
+    rows = report.sort_rows(report.select(rows, filters or [], status or []), sort, reverse)
     if not rows and fmt == "table":
         err.print(f"no runs{' match' if filters or status else ''} in {runs_dir}.")
         return
@@ -166,10 +154,7 @@ def compare(
         raise fail("--format: compare prints table, markdown or json.")
     if len(run_dirs) < 2:
         raise fail("give two or more runs to compare, e.g. mnistlab compare runs/A runs/B")
-    try:
-        rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
-    except report.RunError as e:
-        raise fail(str(e)) from None
+    rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
     report.compare(rows, fmt, all_keys, report.console())
 
 
@@ -190,26 +175,22 @@ def plot(
     matplotlib.use("Agg")
     from . import report
     from .evaluate import saved_or_evaluate
-    from .train import TrainError
 
-    try:
-        rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
-        if confusion:
-            if ckpt not in ("best", "last"):
-                raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
-            if len(rows) != 1:
-                raise fail("--confusion draws one run's confusion matrix; give a single run.")
-            fig = report.confusion_figure(saved_or_evaluate(rows[0]["dir"], ckpt))
-            output = output or Path("confusion.png")
-        elif all(r["config"].get("task") == "quadratic" for r in rows):
-            fig = report.quadratic_figure(rows)
-            output = output or Path("quadratic.png")
-        else:
-            fig = report.curves_figure(rows)
-            output = output or Path("learning-curves.png")
-        report.save_figure(fig, output)
-    except (report.RunError,) + USER_ERRORS + (TrainError,) as e:
-        raise user_error(e) from None
+    rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
+    if confusion:
+        if ckpt not in ("best", "last"):
+            raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
+        if len(rows) != 1:
+            raise fail("--confusion draws one run's confusion matrix; give a single run.")
+        fig = report.confusion_figure(saved_or_evaluate(rows[0]["dir"], ckpt))
+        output = output or Path("confusion.png")
+    elif all(r["config"].get("task") == "quadratic" for r in rows):
+        fig = report.quadratic_figure(rows)
+        output = output or Path("quadratic.png")
+    else:
+        fig = report.curves_figure(rows)
+        output = output or Path("learning-curves.png")
+    report.save_figure(fig, output)
     typer.echo(f"wrote {output}")
 
 
@@ -230,13 +211,10 @@ def predict(
     from . import report
     from .predict import predict as run_predict
 
-    try:
-        results = run_predict(target, images, ckpt)
-    except USER_ERRORS as e:
-        raise user_error(e) from None
+    results = run_predict(target, images, ckpt)
     failed = [r for r in results if "error" in r]
     for r in failed:
-        err.print(f"[bold red]error:[/] {r['error']}", markup=True)
+        fail(r["error"])
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     elif len(failed) < len(results):
@@ -289,20 +267,11 @@ def sweep(
     out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty)
     if metric is not None and metric not in sw.METRICS:
         raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(sw.METRICS)}")
+    definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
     try:
-        definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
-        missed = sw.sweep_command(definition, jobs, dry_run, report_only, fail_fast, metric, out)
-    except USER_ERRORS as e:
-        raise user_error(e) from None
-    except sw.SweepError as e:
-        raise fail(str(e)) from None
-    except sw.SweepInterrupted:
-        raise fail("sweep interrupted; the running trials saved their state. Run the same "
-                   "command again to continue where it stopped.", 130) from None
+        sw.sweep_command(definition, jobs, dry_run, report_only, fail_fast, metric, out)
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to continue.", 130) from None
-    if missed:
-        raise fail(missed, 1)
 
 
 @app.callback()

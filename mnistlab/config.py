@@ -15,13 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(Exception):
-    """One or more problems with a config, each a sentence that names its key."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+from .errors import ConfigError
 
 
 def bounds(lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> dict:

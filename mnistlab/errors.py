@@ -1,9 +1,85 @@
-"""User-facing errors that the CLI turns into a one-paragraph message and exit code 2."""
+"""Every error a user can cause or meet: one paragraph each, with the exit code it ends with.
+
+The CLI has one handler for MnistlabError (cli.main); a command never catches these itself.
+"""
+
+from __future__ import annotations
 
 
-class DataError(Exception):
-    """A data problem, told as one paragraph that names the file and the fix."""
+class MnistlabError(Exception):
+    """A failure told as one paragraph that names the problem and the fix."""
+
+    exit_code = 2
+
+    def message(self) -> str:
+        return str(self)
 
 
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used, told as one paragraph."""
+class ConfigError(MnistlabError):
+    """One or more problems with a config, each a sentence that names its key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def message(self) -> str:
+        if len(self.problems) == 1:
+            return f"config: {self.problems[0]}"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"the config has {len(self.problems)} problems:\n{lines}"
+
+
+class DataError(MnistlabError):
+    """A data problem: names the file and the fix."""
+
+
+class CheckpointError(MnistlabError):
+    """A checkpoint that cannot be used."""
+
+
+class RunError(MnistlabError):
+    """A run directory (or a runs directory) that cannot be used."""
+
+
+class RunBusy(RunError):
+    """A run directory that another live process (or scheduler job) is writing."""
+
+
+class ImageError(MnistlabError):
+    """An image file that cannot be classified."""
+
+
+class DiskError(MnistlabError):
+    """A file could not be written: the disk is full, read-only, or not ours."""
+
+    exit_code = 1
+
+
+class TrainError(MnistlabError):
+    """A run that cannot go on; it is recorded as failed."""
+
+    exit_code = 1
+
+
+class Diverged(TrainError):
+    """The loss became NaN, infinite, or grew a million-fold."""
+
+
+class SweepError(MnistlabError):
+    """A sweep that cannot start or go on."""
+
+
+class TrialsMissed(SweepError):
+    """The sweep ran, but some trials did not complete."""
+
+    exit_code = 1
+
+
+class Interrupted(MnistlabError):
+    """Ctrl-C or SIGTERM stopped the work after its state was saved."""
+
+    exit_code = 130
+
+
+class ExecutorUnavailable(SweepError):
+    """An executor whose package or scheduler is missing: says what to install."""

@@ -10,9 +10,10 @@ from torch import nn
 
 from . import runs
 from .config import Config, ConfigError, apply_overrides, config_from_dict, flatten, to_dict
-from .data import DataError, load_data
+from .data import load_data
+from .errors import DataError
 from .models import build_model
-from .runs import CheckpointError
+from .errors import CheckpointError
 
 # settings that change how a model is evaluated, never what was trained
 EVAL_KEYS = ("data.name", "data.root", "data.download", "data.mirror", "data.train_samples",

@@ -7,11 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import ImageError
 from .evaluate import find_checkpoint, load_model
-
-
-class ImageError(Exception):
-    """A file that cannot be classified, told as one paragraph."""
 
 
 def read_gray(path: Path) -> torch.Tensor:

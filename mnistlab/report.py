@@ -17,6 +17,7 @@ from rich.table import Table
 
 from . import runs
 from .config import flatten
+from .errors import RunError
 from .display import _pct as pct
 
 FORMATS = ("table", "csv", "markdown", "json")
@@ -24,10 +25,6 @@ STATUS_STYLE = {"completed": "green", "running": "cyan", "interrupted": "yellow"
                 "killed": "red"}
 # keys every run has but that are not hyperparameters
 NOT_PARAMS = ("name", "runs_dir", "model.kind")
-
-
-class RunError(Exception):
-    """A run directory (or a runs directory) that cannot be used, told as one paragraph."""
 
 
 def console() -> Console:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError
 from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "mnistlab-checkpoint"

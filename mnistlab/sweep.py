@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import runs
+from .errors import Interrupted, SweepError, TrialsMissed
 from .config import (Config, ConfigError, config_hash, flatten, load_config, parse_override,
                      read_yaml, to_dict)
 
@@ -49,12 +50,12 @@ METRICS = {
 DEFAULT_METRIC = {"classify": "val_accuracy", "linreg": "val_loss", "quadratic": "f"}
 
 
-class SweepError(Exception):
-    """A sweep that cannot go on, told as one paragraph."""
-
-
-class SweepInterrupted(Exception):
+class SweepInterrupted(Interrupted):
     """Ctrl-C or SIGTERM stopped the sweep after its running trials saved themselves."""
+
+    def __init__(self):
+        super().__init__("sweep interrupted; the running trials saved their state. Run the same "
+                         "command again to continue where it stopped.")
 
 
 @dataclass
@@ -941,7 +942,7 @@ def sweep_command(sweep: Sweep, jobs: int, dry_run: bool, report_only: bool, fai
         out.print(f"nothing to run: {counts['done_before']} of {counts['total']} trials "
                   "already completed")
     missed = counts["failed"] + counts["interrupted"] + counts["not_run"]
-    if not missed:
-        return None
-    return (f"{missed} of {counts['total']} trials did not complete; see {directory}/sweep.json "
+    if missed:
+        raise TrialsMissed(f"{missed} of {counts['total']} trials did not complete; see {directory}/sweep.json "
             f"and the logs in {directory}/logs. Running the same command again re-runs them.")
+    return None

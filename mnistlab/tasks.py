@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
-from .data import DataError, Splits, load_data
+from .data import Splits, load_data
+from .errors import DataError
 from .models import build_model
 
 

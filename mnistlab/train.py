@@ -17,24 +17,18 @@ from torch import nn
 
 from . import runs
 from .config import Config, ConfigError, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
+from .errors import Diverged, Interrupted, TrainError
 from .models import count_parameters
 from .tasks import build_task, final_result, step_extras
 
 
-class TrainError(Exception):
-    """A run that cannot start or go on, told as one paragraph."""
-
-
-class Diverged(TrainError):
-    """The loss became NaN or infinite."""
-
-
-class Interrupted(Exception):
+class RunInterrupted(Interrupted):
     """Ctrl-C or SIGTERM: the run stopped after saving its state."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        super().__init__(str(run_dir))
+        super().__init__(f"interrupted; the last checkpoint is saved. Continue with: "
+                         f"mnistlab train --resume {run_dir}")
 
 
 class Reporter(Protocol):
@@ -392,7 +386,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
                              checkpoint(epoch, done, epoch_state))
         finish("interrupted", "interrupted by a signal (Ctrl-C or SIGTERM); continue with "
                f"'mnistlab train --resume {run_dir}'")
-        raise Interrupted(run_dir) from None
+        raise RunInterrupted(run_dir) from None
     except Diverged as e:
         finish("failed", str(e))
         raise
