@@ -282,7 +282,7 @@ def content_digest(obj: Any) -> str:
     """A hash of what a checkpoint or cache holds (tensors by their bytes), to notice damage."""
     import torch
 
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.sha256()  # with the CPU's SHA instructions: ~0.1 s for MNIST
 
     def feed(x: Any) -> None:
         if isinstance(x, dict):
@@ -297,12 +297,12 @@ def content_digest(obj: Any) -> str:
         elif isinstance(x, torch.Tensor):
             t = x.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # no copy
         else:
             h.update(f"{type(x).__name__}:{x!r};".encode())
 
     feed(obj)
-    return h.hexdigest()
+    return h.hexdigest()[:32]
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
