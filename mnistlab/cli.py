@@ -22,8 +22,25 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _plain_flags(command, ctx) -> None:
+    """No <bool> after a flag in --help: Typer shows every option's type, but a flag takes no value."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
 class Commands(TyperGroup):
     """The one error handler: a MnistlabError becomes its message and its exit code."""
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _plain_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx, formatter):
+        _plain_flags(self, ctx)
+        return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):
         try:
@@ -36,7 +53,7 @@ class Commands(TyperGroup):
 
 app = typer.Typer(
     cls=Commands, help="Train, sweep and evaluate dense and convolutional networks on the MNIST family.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
 
 
 OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. optim.lr=0.01 train.epochs=3",
@@ -246,16 +263,16 @@ def sweep(
     seeds: Optional[str] = typer.Option(None, "--seeds", metavar="0,1,2", show_default=False,
                                         help="Replicates of every point (train.seed=N)."),
     name: Optional[str] = typer.Option(
-        None, "--name", show_default=False,
+        None, "--name", metavar="NAME", show_default=False,
         help="Sweep name, the directory under runs_dir (default: the file's name: or stem)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run in parallel; cores are "
-                                                            "split between them."),
+    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", help="Trials run in parallel; cores "
+                                                                   "are split between them."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the trials and exit."),
     report_only: bool = typer.Option(False, "--report", help="Write the summary and plots of "
                                                              "what has completed, run nothing."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed trial."),
     metric: Optional[str] = typer.Option(
-        None, "--metric", show_default=False,
+        None, "--metric", metavar="METRIC", show_default=False,
         help="Ranks the configurations: val_accuracy (the default; val_loss for linreg, f for "
              "quadratic), val_loss, best_val_accuracy, test_accuracy, test_loss, train_accuracy, "
              "train_loss, train_seconds, f or lstsq_gap."),
@@ -265,6 +282,8 @@ def sweep(
 
     from . import sweep as sw
 
+    if jobs < 1:
+        raise fail(f"--jobs: {jobs} trials at a time is not possible; give 1 or more, e.g. --jobs 2.")
     tty = sys.stdout.isatty()
     # markup=False: trial names, overrides and errors are the user's text, printed as typed
     out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, markup=False)
@@ -277,8 +296,19 @@ def sweep(
         raise fail("interrupted; run the same command again to continue.", 130) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"mnistlab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
     """Train, sweep and evaluate dense and convolutional networks on the MNIST family."""
 
 
