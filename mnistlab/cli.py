@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -89,6 +90,9 @@ def train(
     if print_config:
         typer.echo(to_yaml(cfg), nl=False)
         return
+    where = Path(os.path.abspath(Path(cfg.runs_dir).expanduser()))
+    if resume is None and not where.is_relative_to(Path.cwd()):
+        err.print(Text(f"note: runs go to {where}, outside the working directory."))
     fit(cfg, display.reporter(quiet), resume=resume,
         source={"config": str(config) if config else None, "overrides": overrides})
 
