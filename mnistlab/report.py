@@ -455,13 +455,39 @@ def eval_tables(result: dict, out: Console) -> None:
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def records(run_dir: Path, event: str) -> list[dict]:
+    """The run's metrics.jsonl records of one event that have a numeric epoch, step and loss.
+
+    Lines that a kill cut short or that were damaged are skipped, as runs.read_metrics does."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror or type(e).__name__}); check its "
+                       "permissions, or leave the run out.") from None
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(rec, dict) and rec.get("event") == event and all(
+                _number(rec.get(k)) for k in ("epoch", "step", "loss")):
+            out.append(rec)
+    return out
+
+
 def epoch_curves(run_dir: Path) -> dict[str, list[dict]]:
     """Per-epoch train and val records of a run (the last record of an epoch wins, for resumed runs)."""
-    path = run_dir / "metrics.jsonl"
-    records = runs.read_metrics(path) if path.is_file() else []
     out: dict[str, dict[int, dict]] = {"train": {}, "val": {}}
-    for rec in records:
-        if rec.get("event") == "epoch" and rec.get("split") in out:
+    for rec in records(run_dir, "epoch"):
+        if rec.get("split") in out:
             out[rec["split"]][rec["epoch"]] = rec
     return {split: [recs[e] for e in sorted(recs)] for split, recs in out.items()}
 
@@ -501,7 +527,7 @@ def curves_figure(rows: list[dict]):
             epochs = [r["epoch"] for r in recs]
             ax_loss.plot(epochs, [r["loss"] for r in recs], style, color=color, marker="o",
                          markersize=3, label=label if split == "train" else None)
-            if ax_acc is not None and all("accuracy" in r for r in recs):
+            if ax_acc is not None and all(_number(r.get("accuracy")) for r in recs):
                 ax_acc.plot(epochs, [100 * r["accuracy"] for r in recs], style, color=color,
                             marker="o", markersize=3)
             drawn += 1
@@ -576,8 +602,8 @@ def quadratic_figure(rows: list[dict]):
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     ax_f, ax_x = fig.subplots(1, 2)
     for i, (row, label) in enumerate(zip(rows, legend_labels(rows))):
-        steps = [r for r in runs.read_metrics(row["dir"] / "metrics.jsonl")
-                 if r.get("event") == "step" and "x" in r]
+        steps = [r for r in records(row["dir"], "step")
+                 if isinstance(r.get("x"), list) and all(_number(v) for v in r["x"])]
         if row["status"] != "completed":
             label += f" ({row['status']})"
         xs = [r["step"] for r in steps]

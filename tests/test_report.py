@@ -176,3 +176,74 @@ def test_plot_writes_png_and_svg(runs_dir, tmp_path):
     bad = cli("plot", fast, "-o", tmp_path / "curves.gif")
     assert bad.exit_code == 2 and ".png" in bad.output
     assert not (tmp_path / "curves.gif").exists()
+
+
+DAMAGE = {
+    "truncated": lambda run: (run / "summary.json").write_text(
+        (run / "summary.json").read_text()[:80]),
+    "binary": lambda run: (run / "summary.json").write_bytes(bytes(range(256)) * 4),
+    "a list": lambda run: (run / "summary.json").write_text("[1, 2, 3]\n"),
+    "missing config": lambda run: (run / "config.yaml").unlink(),
+}
+REASONS = {"truncated": "summary.json is truncated", "binary": "summary.json is binary",
+           "a list": "summary.json is a list", "missing config": "config.yaml is missing"}
+
+
+@pytest.fixture
+def damaged(runs_dir, tmp_path) -> Path:
+    """A copy of runs_dir with a sweep-like logs/ folder, and a damaged run for each kind of damage."""
+    out = tmp_path / "runs"
+    shutil.copytree(runs_dir, out)
+    fast = next(out.glob("*-fast"))
+    for i, damage in enumerate(DAMAGE.values()):
+        run = fast.with_name(fast.name.replace("fast", f"damaged{i}"))
+        shutil.copytree(fast, run)
+        damage(run)
+    (out / "logs").mkdir()
+    (out / "logs" / "trial.log").write_text("a log\n")
+    return out
+
+
+def test_runs_lists_damaged_runs_and_all_the_others(damaged):
+    result = runner.invoke(app, ["runs", str(damaged)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    for run in damaged.iterdir():
+        if run.name != "logs":
+            assert run.name in result.output
+    for reason in REASONS.values():
+        assert reason in result.output
+    rows = json.loads(cli("runs", damaged, "--format", "json", "--status", "damaged").output)
+    assert len(rows) == len(DAMAGE) and all(r["status"] == "damaged" and r["problem"] for r in rows)
+    healthy = json.loads(cli("runs", damaged, "--format", "json", "--status", "completed").output)
+    assert len(healthy) == 2
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_compare_and_plot_of_a_damaged_run_say_what_is_wrong(damaged, kind, tmp_path):
+    run = next(damaged.glob(f"*-damaged{list(DAMAGE).index(kind)}"))
+    fast = next(damaged.glob("*-fast"))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for args in (["compare", fast, run], ["plot", fast, run, "-o", tmp_path / "x.png"]):
+        result = cli(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert str(run) in result.output and REASONS[kind] in result.output
+        assert "delete the run directory" in result.output
+    assert not (tmp_path / "x.png").exists()
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_plot_of_a_sweep_glob_skips_folders_that_are_not_runs(damaged, tmp_path):
+    fast, slow = next(damaged.glob("*-fast")), next(damaged.glob("*-slow"))
+    png = tmp_path / "curves.png"
+    result = cli("plot", fast, slow, damaged / "logs", "-o", png)
+    assert result.exit_code == 0, result.output
+    assert f"skipped {damaged / 'logs'}: not a run directory" in result.output and png.is_file()
+    alone = cli("plot", damaged / "logs", "-o", png)
+    assert alone.exit_code == 2 and "not a run directory" in alone.output
+
+
+def test_plot_skips_damaged_lines_of_metrics_jsonl(damaged, tmp_path):
+    fast = next(damaged.glob("*-fast"))
+    with open(fast / "metrics.jsonl", "ab") as f:
+        f.write(b'\xff\xfe{"event": "epoch", "split"\n{"event": "epoch", "epoch": "x", "step": 1}\n[]\n')
+    assert cli("plot", fast, "-o", tmp_path / "x.png").exit_code == 0
