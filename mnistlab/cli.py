@@ -130,7 +130,7 @@ def runs_(
     filters: Optional[List[str]] = typer.Option(None, "--filter", metavar="KEY=VALUE",
                                                 help="Keep matching runs, e.g. model.kind=conv (repeatable)."),
     status: Optional[List[str]] = typer.Option(None, "--status", metavar="STATUS",
-                                               help="completed, running, interrupted or failed (repeatable)."),
+                                               help="completed, running, interrupted, failed, killed or damaged (repeatable)."),
     all_columns: bool = typer.Option(False, "--all-columns",
                                      help="Also show settings that are the same in every run."),
     fmt: str = FORMAT,
@@ -182,7 +182,10 @@ def plot(
     from . import report
     from .evaluate import saved_or_evaluate
 
-    rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
+    dirs, skipped = report.runs_of(run_dirs)
+    for note in skipped:
+        err.print(note, markup=False)
+    rows = [report.load_run(d) for d in dirs]
     if confusion:
         if ckpt not in ("best", "last"):
             raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
