@@ -103,6 +103,8 @@ def eval_(
     if ckpt is not None and ckpt not in CKPTS:
         raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
     result = evaluate_run(target, ckpt, split, overrides or [])
+    if result.get("not_saved"):
+        err.print(Text(f"note: the result is shown but not saved: {result['not_saved']}"))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -142,7 +144,7 @@ def runs_(
     rows = report.find_runs(runs_dir)
     rows = report.sort_rows(report.select(rows, filters or [], status or []), sort, reverse)
     if not rows and fmt == "table":
-        err.print(f"no runs{' match' if filters or status else ''} in {runs_dir}.")
+        err.print(Text(f"no runs{' match' if filters or status else ''} in {runs_dir}."))
         return
     report.runs_table(rows, fmt, all_columns, report.console())
 
@@ -232,8 +234,8 @@ def predict(
             table.add_column(header)
         for r in results:
             if "top" in r:
-                table.add_row(r["file"], *[f"{t['name']} {100 * t['probability']:.1f}%"
-                                           for t in r["top"]])
+                table.add_row(Text(r["file"]), *[Text(f"{t['name']} {100 * t['probability']:.1f}%")
+                                                 for t in r["top"]])
         report.console().print(table)
     if failed:
         raise typer.Exit(2)
@@ -285,7 +287,8 @@ def sweep(
     from .sweep.executors import EXECUTORS
 
     tty = sys.stdout.isatty()
-    out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty)
+    # markup=False: trial names, overrides and errors are the user's text, printed as typed
+    out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, markup=False)
     ranked = sw.ranked_metrics()
     if metric is not None and metric not in ranked:
         raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(ranked)}")
