@@ -230,8 +230,9 @@ def predict(
         typer.echo(json.dumps(results, indent=2))
     elif len(failed) < len(results):
         table = Table(box=None, pad_edge=False)
-        for header in ("image", "1st", "2nd", "3rd"):
-            table.add_column(header)
+        table.add_column("image", overflow="fold")  # a path is never cut short
+        for header in ("1st", "2nd", "3rd"):
+            table.add_column(header, no_wrap=True)
         for r in results:
             if "top" in r:
                 table.add_row(Text(r["file"]), *[Text(f"{t['name']} {100 * t['probability']:.1f}%")
