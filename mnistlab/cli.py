@@ -71,6 +71,10 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue an interrupted run from its last.pt."),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", metavar="DIR",
+        help="Write the run into DIR: a new run, the continuation of an interrupted one, or "
+             "nothing for a completed one (what sweep trials use)."),
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
@@ -78,7 +82,7 @@ def train(
 
     overrides = overrides or []
     if resume is not None:
-        if config is not None or overrides:
+        if config is not None or overrides or run_dir is not None:
             raise fail("--resume continues a run with the config it was started with; "
                        "give only the run directory: mnistlab train --resume RUN_DIR")
         cfg = resume_config(resume)
@@ -91,10 +95,12 @@ def train(
         typer.echo(to_yaml(cfg), nl=False)
         return
     where = Path(os.path.abspath(Path(cfg.runs_dir).expanduser()))
-    if resume is None and not where.is_relative_to(Path.cwd()):
+    if resume is None and run_dir is None and not where.is_relative_to(Path.cwd()):
         err.print(Text(f"note: runs go to {where}, outside the working directory."))
-    fit(cfg, display.reporter(quiet), resume=resume,
-        source={"config": str(config) if config else None, "overrides": overrides})
+    summary = fit(cfg, display.reporter(quiet), resume=resume, run_dir=run_dir,
+                  source={"config": str(config) if config else None, "overrides": overrides})
+    if summary.get("untouched"):
+        typer.echo(f"{run_dir}: already completed; nothing to do.")
 
 
 @app.command("eval")
@@ -147,7 +153,7 @@ def runs_(
     filters: Optional[List[str]] = typer.Option(None, "--filter", metavar="KEY=VALUE",
                                                 help="Keep matching runs, e.g. model.kind=conv (repeatable)."),
     status: Optional[List[str]] = typer.Option(None, "--status", metavar="STATUS",
-                                               help="completed, running, interrupted or failed (repeatable)."),
+                                               help="completed, running, interrupted, failed, killed or damaged (repeatable)."),
     all_columns: bool = typer.Option(False, "--all-columns",
                                      help="Also show settings that are the same in every run."),
     fmt: str = FORMAT,
@@ -199,7 +205,10 @@ def plot(
     from . import report
     from .evaluate import saved_or_evaluate
 
-    rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
+    dirs, skipped = report.runs_of(run_dirs)
+    for note in skipped:
+        err.print(note, markup=False)
+    rows = [report.load_run(d) for d in dirs]
     if confusion:
         if ckpt not in ("best", "last"):
             raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
@@ -242,8 +251,9 @@ def predict(
         typer.echo(json.dumps(results, indent=2))
     elif len(failed) < len(results):
         table = Table(box=None, pad_edge=False)
-        for header in ("image", "1st", "2nd", "3rd"):
-            table.add_column(header)
+        table.add_column("image", overflow="fold")  # a path is never cut short
+        for header in ("1st", "2nd", "3rd"):
+            table.add_column(header, no_wrap=True)
         for r in results:
             if "top" in r:
                 table.add_row(Text(r["file"]), *[Text(f"{t['name']} {100 * t['probability']:.1f}%")
@@ -257,7 +267,8 @@ def predict(
 def sweep(
     spec: Path = typer.Argument(..., metavar="SWEEP_FILE_OR_CONFIG", show_default=False,
                                 help="A sweep file (base: and grid:/random:), e.g. "
-                                     "configs/sweep-lr.yaml, or a config with --grid/--seeds."),
+                                     "configs/sweep-lr.yaml, a config with --grid/--seeds, or a "
+                                     "sweep directory, e.g. runs/sweep-lr."),
     overrides: Optional[List[str]] = typer.Argument(
         None, show_default=False, help="key=value overrides for every trial, e.g. train.epochs=1"),
     grid: Optional[List[str]] = typer.Option(
@@ -268,13 +279,23 @@ def sweep(
                                         help="Replicates of every point (train.seed=N)."),
     name: Optional[str] = typer.Option(
         None, "--name", metavar="NAME", show_default=False,
-        help="Sweep name, the directory under runs_dir (default: the file's name: or stem)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", help="Trials run in parallel; cores "
-                                                                   "are split between them."),
+        help="Sweep name, the directory under runs_dir (default: the file's name: or stem; for a "
+             "config, its stem and the swept keys)."),
+    executor: str = typer.Option("local", "--executor", metavar="local|slurm|ray",
+                                 help="What runs the trials: subprocesses here, SLURM job arrays "
+                                      "(submitit) or Ray tasks."),
+    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", help="Trials run at once; locally the "
+                                                                   "cores are split between them."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the trials and exit."),
     report_only: bool = typer.Option(False, "--report", help="Write the summary and plots of "
                                                              "what has completed, run nothing."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed trial."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Run the trials that failed before again."),
+    detach: bool = typer.Option(False, "--detach", help="Submit and return at once (slurm, ray); "
+                                                        "the same command later collects."),
+    max_trials: int = typer.Option(10_000, "--max-trials", metavar="N",
+                                   help="Refuse sweeps of more trials than this."),
     metric: Optional[str] = typer.Option(
         None, "--metric", metavar="METRIC", show_default=False,
         help="Ranks the configurations: val_accuracy (the default; val_loss for linreg, f for "
@@ -285,19 +306,23 @@ def sweep(
     import sys
 
     from . import sweep as sw
+    from .sweep.executors import EXECUTORS
 
     if jobs < 1:
         raise fail(f"--jobs: {jobs} trials at a time is not possible; give 1 or more, e.g. --jobs 2.")
+    if max_trials < 1:
+        raise fail(f"--max-trials: {max_trials} allows no trial; give 1 or more.")
     tty = sys.stdout.isatty()
     # markup=False: trial names, overrides and errors are the user's text, printed as typed
     out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, markup=False)
-    if metric is not None and metric not in sw.METRICS:
-        raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(sw.METRICS)}")
+    ranked = sw.ranked_metrics()
+    if metric is not None and metric not in ranked:
+        raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(ranked)}")
+    if executor not in EXECUTORS:
+        raise fail(f"--executor {executor}: unknown executor; choose one of: {', '.join(EXECUTORS)}")
     definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
-    try:
-        sw.sweep_command(definition, jobs, dry_run, report_only, fail_fast, metric, out)
-    except KeyboardInterrupt:
-        raise fail("interrupted; run the same command again to continue.", 130) from None
+    sw.sweep_command(definition, out, executor, jobs, dry_run, report_only, fail_fast,
+                     retry_failed, detach, metric, max_trials)
 
 
 def _print_version(value: bool) -> None:

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import runs
+from . import precision, runs
 from .config import Config, ConfigError, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
-from .errors import CheckpointError, Diverged, DiskError, Interrupted, MnistlabError, TrainError
+from .errors import CheckpointError, Diverged, DiskError, Interrupted, MnistlabError, RunError, TrainError
 from .models import count_parameters
 from .tasks import build_task, final_result, step_extras
 
@@ -74,25 +74,13 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
-def native_bf16_cpu() -> bool:
-    """Does this CPU compute bf16 in hardware (AMX or AVX512-BF16)? Elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    """bf16 autocast: asked for, or (auto) for conv nets on a CPU with native bf16.
-
-    Measured on an AMX CPU: the conv net trains 1.9x faster at the same accuracy; the dense net
-    gains nothing, so auto leaves it in fp32.
-    """
-    if cfg.train.precision != "auto":
-        return cfg.train.precision == "bf16"
-    return (cfg.task == "classify" and cfg.model.kind == "conv" and device.type == "cpu"
-            and native_bf16_cpu())
+def choose_precision(cfg: Config, device: torch.device, model: nn.Module, task,
+                     channels_last: bool) -> precision.Choice:
+    """fp32 or bf16 autocast, measured on one training batch of this very model when auto."""
+    n = min(cfg.train.batch_size, len(task.data.train_x))
+    x = as_input(task.data.train_x[:n], device, channels_last)
+    return precision.choose(cfg.train.precision, device, model, x, task.data.train_y[:n].to(device),
+                            task.loss)
 
 
 def is_conv(model: nn.Module) -> bool:
@@ -201,21 +189,66 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
-        source: dict | None = None) -> dict:
+        source: dict | None = None, run_dir: Path | None = None) -> dict:
     """Train cfg into a new run directory (or continue the run at resume); return its summary.
 
-    Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
+    With run_dir the run goes into that directory, idempotently: a new run there, the continuation
+    of an interrupted one, or nothing at all for a completed one (its summary marked "untouched").
+    Raises RunBusy when another live process writes the directory, Interrupted on Ctrl-C/SIGTERM
+    and TrainError on divergence, both after saving.
     """
     threads = torch.get_num_threads()
     try:
-        with stop_on_signals() as stop:
-            return _fit(cfg, reporter, resume, source, stop)
+        with stop_on_signals() as stop, runs.Lease() as lease:
+            if resume is not None or run_dir is not None:
+                lease.acquire(Path(resume or run_dir))  # before anything is read or written
+            if run_dir is not None:
+                resume, done = in_run_dir(cfg, Path(run_dir))
+                if done is not None:
+                    return {**done, "untouched": True}
+            return _fit(cfg, reporter, resume, source, stop, run_dir, lease)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
 
 
+def in_run_dir(cfg: Config, run_dir: Path) -> tuple[Path | None, dict | None]:
+    """What training cfg into run_dir means: (run_dir to resume, None), (None, completed summary),
+    or (None, None) for a new run; RunError when run_dir holds a run of another config."""
+    try:
+        summary = runs.read_json(run_dir / "summary.json")
+    except FileNotFoundError:
+        summary = None
+    except (OSError, ValueError):
+        summary = {}  # damaged: the checkpoint decides
+    summary = summary if isinstance(summary, dict) else {}
+    recorded = summary.get("config_hash")
+    if (run_dir / "checkpoints" / "last.pt").is_file() and recorded is None:
+        recorded = config_hash(resume_config(run_dir))
+    if recorded is not None and recorded != config_hash(cfg):
+        raise RunError(f"{run_dir}: holds a run of another config (hash {recorded}, this config "
+                       f"has {config_hash(cfg)}); give another --run-dir, or resume it with "
+                       f"mnistlab train --resume {run_dir}")
+    if summary.get("status") == "completed":
+        return None, summary
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return run_dir, None
+    return None, None
+
+
+def new_run_dir(cfg: Config, run_dir: Path | None, lease: runs.Lease) -> Path:
+    """A new timestamped run directory owned by lease, or the given (owned) one made ready."""
+    if run_dir is None:
+        run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
+        lease.acquire(run_dir)
+        return run_dir
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # of an attempt that failed before a checkpoint
+    return run_dir
+
+
 def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None,
-         stop: threading.Event) -> dict:
+         stop: threading.Event, run_dir: Path | None, lease: runs.Lease) -> dict:
     reporter = reporter or Silent()
     t_start = time.perf_counter()
     if cfg.train.threads:
@@ -228,7 +261,8 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     channels_last = is_conv(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    bf16 = use_bf16(cfg, device)
+    chosen = choose_precision(cfg, device, model, task, channels_last)
+    bf16 = chosen.bf16
     loss_fn = None if task.classify else task.loss  # for evaluate()
     optimizer = build_optimizer(cfg.optim, model.parameters())
     batch = cfg.train.batch_size
@@ -238,8 +272,10 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
 
     start_epoch, skip_steps, best, train_seconds = 0, 0, None, 0.0
+    made_here = False
     if resume is None:
-        run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
+        made_here = run_dir is None
+        run_dir = new_run_dir(cfg, run_dir, lease)
         header = [f"resolved config of this run; train it again with: mnistlab train {run_dir}/config.yaml"]
         if source and source.get("overrides"):
             header.append(f"made from {source.get('config')} with overrides: {' '.join(source['overrides'])}")
@@ -274,16 +310,18 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         summary = {
             "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
             "started": started, "ended": None, **runs.process_identity(),
+            "executor": runs.executor_identity(),
             "config_hash": config_hash(cfg), "source": source or {},
             "params": count_parameters(model), "device": str(device),
-            "precision": "bf16" if bf16 else "fp32", "epochs": cfg.train.epochs,
+            "precision": chosen.name, "precision_reason": chosen.reason, "epochs": cfg.train.epochs,
             "epochs_completed": start_epoch, "train_samples": n_train, "val_samples": len(data.val_x),
             "test_samples": len(data.test_x), "final": {}, "best": best, "result": None,
             "error": None, "wall_seconds": None, "train_seconds": train_seconds,
         }
         runs.write_json(run_dir / "summary.json", summary)
     except DiskError:
-        if resume is None:  # a new run that could not even be set up leaves nothing behind
+        if resume is None and made_here:  # a new run that could not even be set up leaves nothing
+            lease.release()
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     reporter.start({"run_dir": str(run_dir), "params": summary["params"], "device": str(device),
@@ -297,7 +335,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch, "step": step, "shuffle_state": epoch_state,
                 "rng_state": torch.get_rng_state(), "best": best, "train_seconds": train_seconds,
-                "config": to_dict(cfg), "data": task.info}
+                "config": to_dict(cfg), "data": task.info, "precision": chosen.name}
 
     def finish(status: str, error: str | None = None) -> dict:
         summary.update(status=status, error=error, best=best, train_seconds=train_seconds,
