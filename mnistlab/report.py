@@ -552,12 +552,23 @@ def curves_figure(rows: list[dict]):
         ax_acc.legend(handles=styles + [Line2D([], [], color="gray", ls="", marker="*", markersize=9,
                                                label="test (end of training)")],
                       fontsize="small", loc="lower right")
+    log_if_wide(ax_loss)
     for ax in (ax_loss, ax_acc):
         if ax is not None:
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
     ax_loss.legend(title="run", fontsize="small")
     return fig
+
+
+def log_if_wide(ax, span: float = 30) -> None:
+    """A log y axis when the positive values drawn span more than a factor of span."""
+    import math
+
+    ys = [y for line in ax.lines for y in line.get_ydata() if isinstance(y, (int, float))
+          and math.isfinite(y)]
+    if ys and min(ys) > 0 and max(ys) / min(ys) > span:
+        ax.set_yscale("log")
 
 
 def linreg_1d(rows: list[dict]) -> dict[int, tuple]:
@@ -576,6 +587,11 @@ def linreg_1d(rows: list[dict]) -> dict[int, tuple]:
     return out
 
 
+def line_equation(a: float, b: float) -> str:
+    """y = ax + b as written by hand: y = 1.54x − 0.291, never + -0.291."""
+    return f"y = {a:.3g}x {'−' if b < 0 else '+'} {abs(b):.3g}"
+
+
 def draw_fits(ax, rows: list[dict], labels: list[str], fits: dict[int, tuple]) -> None:
     """The data of 1-input linear regressions with their fitted lines (and the true ones)."""
     for i, (x, y) in fits.items():
@@ -584,11 +600,11 @@ def draw_fits(ax, rows: list[dict], labels: list[str], fits: dict[int, tuple]) -
         ends = [min(x), max(x)]
         a, b = result["A"][0][0], result["B"][0]
         ax.plot(ends, [a * e + b for e in ends], color=color, lw=2,
-                label=f"fit y = {a:.3g}x + {b:.3g}" + (f" ({labels[i]})" if len(fits) > 1 else ""))
+                label=f"fit {line_equation(a, b)}" + (f" ({labels[i]})" if len(fits) > 1 else ""))
         if "true_A" in result:
             ta, tb = result["true_A"][0][0], result["true_B"][0]
             ax.plot(ends, [ta * e + tb for e in ends], "--", color="gray",
-                    label=f"true y = {ta:.3g}x + {tb:.3g}")
+                    label=f"true {line_equation(ta, tb)}")
     ax.set(title="Data and fitted line", xlabel="x", ylabel="y")
     ax.legend(fontsize="small")
 

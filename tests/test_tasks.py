@@ -128,6 +128,15 @@ def test_plot_of_a_one_input_linreg_shows_the_data_and_the_fitted_line(tmp_path)
     a, b = summary["result"]["A"][0][0], summary["result"]["B"][0]
     x0, x1 = fitted.get_xdata()
     assert list(fitted.get_ydata()) == pytest.approx([a * x0 + b, a * x1 + b])
+    assert fitted.get_label() == f"fit {report.line_equation(a, b)}"
+    assert ax_loss.get_yscale() == "log"  # the MSE falls by more than 30x to the noise floor
+
+
+def test_line_equation_writes_a_negative_intercept_with_a_minus():
+    from mnistlab import report
+
+    assert report.line_equation(1.54, -0.291) == "y = 1.54x − 0.291"
+    assert report.line_equation(-2, 0.5) == "y = -2x + 0.5"
 
 
 def test_runs_table_shows_the_final_loss_of_runs_without_accuracy(tmp_path):
