@@ -304,6 +304,8 @@ def runs_columns(rows: list[dict], all_columns: bool) -> list[tuple[str, str, fl
     shown = [m for r in rows for m in table_metrics(r["task"])]
     headline = {table_metrics(r["task"])[0] for r in rows if table_metrics(r["task"])}
     model_varies = all_columns or len({r["model"] for r in rows}) > 1
+    if model_varies:  # the model column names the task of runs that are not classifiers
+        params = [k for k in params if k != "task"]
     return ([("run", "run", 0), ("status", "status", 1)]
             + [("model", "model", 3)] * model_varies
             + [(k, k, 4 + i / 1000) for i, k in enumerate(params)]
@@ -350,7 +352,7 @@ def runs_table(rows: list[dict], fmt: str, all_columns: bool, out: Console) -> N
     cells = [[texts[k][i] for k, _ in pairs] for i in range(len(rows))]
     if all_columns and not out.is_terminal:  # asked for everything: as wide as it takes
         out = Console(highlight=False, width=max(out.width, _table_width(out, pairs, cells)))
-    out.print(rich_table(f"{len(rows)} runs", pairs, cells))
+    out.print(rich_table(f"{len(rows)} run{'s' * (len(rows) != 1)}", pairs, cells))
     notes = []
     hidden = len(all_keys(rows)) - len(varying_keys(rows))
     if hidden and not all_columns:
