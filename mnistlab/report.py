@@ -420,16 +420,20 @@ def _eval_accuracy(path: Path) -> float | None:
 def eval_tables(result: dict, out: Console) -> None:
     """Summary line, per-class accuracy, confusion matrix and most confused pairs of an eval."""
     where = result["run_dir"] or result["checkpoint"]
-    out.print(f"[bold]{where}[/] {result['ckpt']}.pt (epoch {result['epoch']}) on the "
-              f"{result['split']} split of {result['dataset']}: {result['n']} images, "
-              f"loss {result['loss']:.4f}, accuracy [bold]{metrics.percent(result['accuracy'])}[/]")
+    split = result["split"]  # test, val or train: the metric of that split's accuracy and loss
+    out.print(Text.assemble(
+        (str(where), "bold"), f" {result['ckpt']}.pt (epoch {result['epoch']}) on the {split} split "
+        f"of {result['dataset']}: {result['n']} images, loss "
+        f"{metrics.text(f'{split}_loss', result['loss'])}, accuracy ",
+        (metrics.text(f"{split}_accuracy", result["accuracy"]), "bold")))
     names = result["class_names"]
     per = Table(title="per-class accuracy", box=box.SIMPLE_HEAD, title_justify="left")
     for header, justify in (("class", "right"), ("name", "left"), ("images", "right"),
                             ("correct", "right"), ("accuracy", "right")):
         per.add_column(header, justify=justify)
     for c in result["per_class"]:
-        per.add_row(str(c["class"]), c["name"], str(c["n"]), str(c["correct"]), metrics.percent(c["accuracy"]))
+        per.add_row(str(c["class"]), c["name"], str(c["n"]), str(c["correct"]),
+                    metrics.percent(c["accuracy"]))
     out.print(per)
     conf = Table(title="confusion matrix (rows: true class, columns: predicted)",
                  box=box.SIMPLE_HEAD, title_justify="left")
@@ -446,10 +450,11 @@ def eval_tables(result: dict, out: Console) -> None:
                                 ("share of true class", "right")):
             mc.add_column(header, justify=justify)
         for c in result["most_confused"]:
-            mc.add_row(c["true_name"], c["predicted_name"], str(c["count"]), metrics.percent(c["share"]))
+            mc.add_row(c["true_name"], c["predicted_name"], str(c["count"]),
+                       metrics.percent(c["share"]))
         out.print(mc)
     if result["saved"]:
-        out.print(f"saved {result['saved']}")
+        out.print(f"saved {result['saved']}", markup=False)
 
 
 # ---------------------------------------------------------------- plots
