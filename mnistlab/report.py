@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -426,13 +427,13 @@ def eval_tables(result: dict, out: Console) -> None:
         f"of {result['dataset']}: {result['n']} images, loss "
         f"{metrics.text(f'{split}_loss', result['loss'])}, accuracy ",
         (metrics.text(f"{split}_accuracy", result["accuracy"]), "bold")))
-    names = result["class_names"]
+    names = [escape(n) for n in result["class_names"]]
     per = Table(title="per-class accuracy", box=box.SIMPLE_HEAD, title_justify="left")
     for header, justify in (("class", "right"), ("name", "left"), ("images", "right"),
                             ("correct", "right"), ("accuracy", "right")):
         per.add_column(header, justify=justify)
     for c in result["per_class"]:
-        per.add_row(str(c["class"]), c["name"], str(c["n"]), str(c["correct"]),
+        per.add_row(str(c["class"]), names[c["class"]], str(c["n"]), str(c["correct"]),
                     metrics.percent(c["accuracy"]))
     out.print(per)
     conf = Table(title="confusion matrix (rows: true class, columns: predicted)",
@@ -450,7 +451,7 @@ def eval_tables(result: dict, out: Console) -> None:
                                 ("share of true class", "right")):
             mc.add_column(header, justify=justify)
         for c in result["most_confused"]:
-            mc.add_row(c["true_name"], c["predicted_name"], str(c["count"]),
+            mc.add_row(names[c["true"]], names[c["predicted"]], str(c["count"]),
                        metrics.percent(c["share"]))
         out.print(mc)
     if result["saved"]:
