@@ -579,6 +579,24 @@ def log_if_wide(ax, span: float = 30) -> None:
         ax.set_yscale("log")
 
 
+def metric_axis(ax, metric: str, values: list[float]) -> None:
+    """Label the y axis by the metric registry; a log axis when the values span 1000x or more
+    (symlog when one is exactly 0, which a log axis cannot show).
+
+    values are in the unit the axis shows (metrics.plotted)."""
+    import math
+
+    ax.set_ylabel(metrics.axis_label(metric))
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    positive = [v for v in finite if v > 0]
+    if any(v < 0 for v in finite) or len(positive) < 2 or max(positive) / min(positive) < 1000:
+        return
+    if 0 in finite:
+        ax.set_yscale("symlog", linthresh=min(positive))
+    else:
+        ax.set_yscale("log")
+
+
 def linreg_1d(rows: list[dict]) -> dict[int, tuple]:
     """For each linreg run with one input and one output: its training data (x, y)."""
     from .config import config_from_dict
