@@ -593,6 +593,7 @@ def metric_axis(ax, metric: str, values: list[float]) -> None:
         return
     if 0 in finite:
         ax.set_yscale("symlog", linthresh=min(positive))
+        ax.set_ylim(bottom=-0.3 * min(positive), top=max(positive) * 3)  # not down to -max
     else:
         ax.set_yscale("log")
 
