@@ -142,11 +142,12 @@ def find_runs(runs_dir: Path) -> list[dict]:
 def runs_of(args: list[str], runs_dir: str | Path = "runs") -> tuple[list[Path], list[str]]:
     """The run directories among args (as a shell glob gives them), and notes on what was skipped.
 
-    Folders that are not runs (a sweep's logs/) are skipped when other arguments are runs."""
+    Files and folders that are not runs (a sweep's logs/ or summary.csv) are skipped when other
+    arguments are runs; a path that does not exist is an error (a typo)."""
     dirs, skipped = [], []
     for arg in args:
         path = Path(arg)
-        if path.is_dir() and not _is_run(path) and len(args) > 1:
+        if len(args) > 1 and path.exists() and not (path.is_dir() and _is_run(path)):
             skipped.append(f"skipped {arg}: not a run directory")
         else:
             dirs.append(resolve_run(arg, runs_dir))

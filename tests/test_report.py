@@ -240,6 +240,9 @@ def test_plot_of_a_sweep_glob_skips_folders_that_are_not_runs(damaged, tmp_path)
     assert f"skipped {damaged / 'logs'}: not a run directory" in result.output and png.is_file()
     alone = cli("plot", damaged / "logs", "-o", png)
     assert alone.exit_code == 2 and "not a run directory" in alone.output
+    (damaged / "summary.csv").write_text("a,b\n")
+    result = cli("compare", fast, slow, damaged / "summary.csv", "--format", "json")
+    assert result.exit_code == 0 and "skipped" in result.output
 
 
 def test_plot_skips_damaged_lines_of_metrics_jsonl(damaged, tmp_path):
