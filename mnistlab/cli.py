@@ -188,9 +188,12 @@ def compare(
 
     if _format(fmt) == "csv":
         raise fail("--format: compare prints table, markdown or json.")
-    if len(run_dirs) < 2:
+    dirs, skipped = report.runs_of(run_dirs)
+    for note in skipped:
+        err.print(note, markup=False)
+    if len(dirs) < 2:
         raise fail("give two or more runs to compare, e.g. mnistlab compare runs/A runs/B")
-    rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
+    rows = [report.load_run(d) for d in dirs]
     report.compare(rows, fmt, all_keys, report.console())
 
 
