@@ -351,8 +351,10 @@ class Lease:
 @contextlib.contextmanager
 def _dir_lock(directory: Path):
     """An exclusive lock on directory/.lock, held for the block."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a") as lock:
+    with writing(directory / ".lock"):
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / ".lock", "a")
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 

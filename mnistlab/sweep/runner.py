@@ -118,7 +118,8 @@ class Runner:
                     self.watched[t.hash] = t
             specs = []
             for t in claim:
-                t.run_dir.mkdir(parents=True, exist_ok=True)
+                with runs.writing(t.run_dir):
+                    t.run_dir.mkdir(parents=True, exist_ok=True)
                 specs.append(TrialSpec(t.hash, t.name, trial_argv(self.sweep, t), t.run_dir,
                                        t.run_dir / "trial.log", self.threads))
             ids = self.executor.submit(specs) if specs else []
