@@ -50,6 +50,13 @@ class Commands(TyperGroup):
             raise fail(e.message(), e.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted; nothing more was written.", 130) from None
+        except OSError as e:  # a write no runs.writing() wrapped: still a disk error, not a traceback
+            from .runs import DISK_REASONS, disk_error
+
+            if e.errno not in DISK_REASONS:
+                raise
+            error = disk_error(Path(e.filename or "a file"), e)
+            raise fail(error.message(), error.exit_code) from None
 
 
 app = typer.Typer(

@@ -43,15 +43,13 @@ FILE_MODE = _file_mode()
 
 
 # why a write failed, and what to do about it
+ELSEWHERE = "write elsewhere (runs_dir=DIR for runs, -o FILE for a figure)"
 DISK_REASONS = {
-    errno.ENOSPC: ("the disk is full", "free some space, or point runs_dir=DIR at a disk with room"),
-    errno.EDQUOT: ("the disk quota is exceeded", "free some space, or point runs_dir=DIR elsewhere"),
-    errno.EROFS: ("the file system is read-only",
-                  "point runs_dir=DIR at a writable directory, or remount it read-write"),
-    errno.EACCES: ("permission denied", "make the directory writable for this user, or point "
-                   "runs_dir=DIR at one that is"),
-    errno.EPERM: ("permission denied", "make the directory writable for this user, or point "
-                  "runs_dir=DIR at one that is"),
+    errno.ENOSPC: ("the disk is full", f"free some space, or {ELSEWHERE}"),
+    errno.EDQUOT: ("the disk quota is exceeded", f"free some space, or {ELSEWHERE}"),
+    errno.EROFS: ("the file system is read-only", f"remount it read-write, or {ELSEWHERE}"),
+    errno.EACCES: ("permission denied", f"make the directory writable for this user, or {ELSEWHERE}"),
+    errno.EPERM: ("permission denied", f"make the directory writable for this user, or {ELSEWHERE}"),
 }
 
 
