@@ -348,11 +348,15 @@ class Lease:
 
 @contextlib.contextmanager
 def _dir_lock(directory: Path):
-    """An exclusive lock on directory/.lock, held for the block."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """An exclusive lock on the directory itself (no lock file left in the run), held for the block."""
+    with writing(directory / "owner.json"):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def run_status(summary: dict) -> str:
