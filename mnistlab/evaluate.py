@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import runs
+from . import runs, tasks
+from .compute import evaluate, resolve_device, use_bf16
 from .config import Config, ConfigError, apply_overrides, config_from_dict, flatten, to_dict
 from .data import load_data
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .models import build_model
-from .errors import CheckpointError
 
 # settings that change how a model is evaluated, never what was trained
 EVAL_KEYS = ("data.name", "data.root", "data.download", "data.mirror", "data.train_samples",
@@ -51,8 +51,8 @@ def find_checkpoint(target: Path, which: str | None) -> tuple[Path, Path | None]
 def load_model(path: Path) -> tuple[nn.Module, dict, Config]:
     """The model of a checkpoint, rebuilt from the config stored in it, in eval mode."""
     ckpt = runs.load_checkpoint(path)
-    task = ckpt["config"].get("task", "classify") if isinstance(ckpt.get("config"), dict) else None
-    if task not in (None, "classify"):
+    task = ckpt["config"].get("task") if isinstance(ckpt.get("config"), dict) else None
+    if task in tasks.TASKS and not tasks.get(task).has_classes:
         raise CheckpointError(f"{path}: is a task={task} run; eval and predict work on classifiers "
                               "of the MNIST family. Its loss curve: mnistlab plot RUN_DIR.")
     missing = [k for k in ("model", "config", "data") if not isinstance(ckpt.get(k), dict)]
@@ -61,7 +61,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict, Config]:
                               f"{', '.join(missing)}; it is incomplete or was written by another "
                               "program. Use checkpoints/last.pt or best.pt of a finished run.")
     try:
-        cfg = config_from_dict(ckpt["config"])
+        cfg = config_from_dict(ckpt["config"], stored=True)
     except ConfigError as e:
         raise CheckpointError(f"{path}: the config stored in it is not valid ({e.problems[0]}); "
                               "it was written by another version of mnistlab or edited. "
@@ -123,8 +123,6 @@ def most_confused(confusion: list[list[int]], class_names: list[str], top: int =
 def evaluate_run(target: Path, which: str | None = None, split: str = "test",
                  overrides: list[str] = (), save: bool = True) -> dict:
     """Score a run's checkpoint on one split; the result is saved under the run's evals/."""
-    from .train import evaluate, resolve_device, use_bf16
-
     if split not in SPLITS:
         raise ConfigError([f"--split: {split!r} is not a split; choose one of: {', '.join(SPLITS)}"])
     path, run_dir = find_checkpoint(target, which)
@@ -148,8 +146,8 @@ def evaluate_run(target: Path, which: str | None = None, split: str = "test",
     if int(y.max()) >= num_classes:
         raise DataError(f"{data.source}: its labels go up to {int(y.max())} but the model knows "
                         f"only {num_classes} classes; evaluate it on a data set with the same classes.")
-    res = evaluate(model.to(device), x, y, ecfg.train.eval_batch_size, device, num_classes,
-                   bf16=use_bf16(ecfg, device))
+    res = evaluate(model.to(device), tasks.get(cfg.task), x, y, ecfg.train.eval_batch_size,
+                   device, num_classes, bf16=use_bf16(ecfg.train.precision, model, device))
     confusion = res["confusion"]
     per_class = []
     for c, row in enumerate(confusion):

@@ -243,3 +243,19 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path}: is a PyTorch file but not a mnistlab checkpoint "
                               f"(it has no mnistlab format marker). {fix}")
     return ckpt
+
+
+def trial_key(run_dir: Path, summary: dict) -> str | None:
+    """The semantic config hash of a run: the one in its summary, or, for runs written before
+    hash_version 2, recomputed from its config.yaml, so sweeps recognise their older trials."""
+    import yaml
+
+    from .config import HASH_VERSION, config_from_dict, config_hash
+
+    if summary.get("hash_version") == HASH_VERSION:
+        return summary.get("config_hash")
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        return config_hash(config_from_dict(raw, stored=True))
+    except (OSError, ValueError, ConfigError, yaml.YAMLError):
+        return None
