@@ -1,8 +1,6 @@
-"""Where and how tensors are computed: the device, bf16, and scoring a model on a split."""
+"""Where tensors are computed, and scoring a model on a split (shared by train and eval)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,26 +15,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def native_bf16_cpu() -> bool:
-    """Does this CPU compute bf16 in hardware (AMX or AVX512-BF16)? Elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def use_bf16(precision: str, model: nn.Module, device: torch.device) -> bool:
-    """bf16 autocast: asked for, or (auto) for conv nets on a CPU with native bf16.
-
-    Measured on an AMX CPU: the conv net trains 1.9x faster at the same accuracy; the dense net
-    gains nothing, so auto leaves it in fp32.
-    """
-    if precision != "auto":
-        return precision == "bf16"
-    return is_conv(model) and device.type == "cpu" and native_bf16_cpu()
 
 
 def is_conv(model: nn.Module) -> bool:

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from . import runs, tasks
-from .compute import evaluate, resolve_device, use_bf16
+from .compute import evaluate, is_conv, resolve_device
+from .precision import for_eval
 from .config import Config, ConfigError, apply_overrides, config_from_dict, flatten, to_dict
 from .data import load_data
 from .errors import CheckpointError, DataError
@@ -147,7 +148,8 @@ def evaluate_run(target: Path, which: str | None = None, split: str = "test",
         raise DataError(f"{data.source}: its labels go up to {int(y.max())} but the model knows "
                         f"only {num_classes} classes; evaluate it on a data set with the same classes.")
     res = evaluate(model.to(device), tasks.get(cfg.task), x, y, ecfg.train.eval_batch_size,
-                   device, num_classes, bf16=use_bf16(ecfg.train.precision, model, device))
+                   device, num_classes,
+                   bf16=for_eval(ecfg.train.precision, ckpt.get("precision"), is_conv(model)))
     confusion = res["confusion"]
     per_class = []
     for c, row in enumerate(confusion):

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import torch
 
-from . import runs
-from .compute import as_input, evaluate, is_conv, resolve_device, use_bf16
+from . import precision, runs
+from .compute import as_input, evaluate, is_conv, resolve_device
 from .config import (HASH_VERSION, Config, OptimConfig, config_from_dict, config_hash,
                      optimizer_settings, to_dict, to_yaml)
 from .errors import Diverged, Interrupted, RunError, TrainError  # noqa: F401 (TrainError: API)
@@ -249,16 +249,17 @@ def completed(run_dir: Path) -> dict | None:
 
 def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | None,
          stop: threading.Event) -> dict:
-    device, task, optimizer, scheduler, bf16 = setup(cfg)
+    device, task, optimizer, scheduler, chosen = setup(cfg)
     model, data = task.model, task.data
     batch, n_train = cfg.train.batch_size, len(data.train_x)
     steps_per_epoch = math.ceil(n_train / batch)
     state = TrainState(cfg.train.seed)
     if resume is None:
-        run = new_run(cfg, task, device, bf16, source, reporter)
+        run = new_run(cfg, task, device, chosen, source, reporter)
     else:
         run = resume_run(Path(resume), task, optimizer, scheduler, state, device, steps_per_epoch,
                          reporter)
+    bf16 = run.summary.get("precision", chosen.name) == "bf16"  # a resumed run keeps its own
     reporter.start({"run_dir": str(run.dir), "params": run.summary["params"], "device": str(device),
                     "threads": torch.get_num_threads(), "describe": task.describe(),
                     "rate_unit": task.rate_unit, "epochs": cfg.train.epochs,
@@ -317,7 +318,7 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
         check_divergence(cfg, state, losses)  # a diverged run is failed, not resumable
         # the epoch in progress resumes from this very batch: same permutation, same RNG
         state.epoch_seconds += time.perf_counter() - t_epoch
-        save_checkpoint(run.dir / "checkpoints" / "last.pt", cfg, task, optimizer, scheduler, state)
+        save_checkpoint(run, "last", cfg, task, optimizer, scheduler, state)
         run.finish("interrupted", state, "interrupted by a signal (Ctrl-C or SIGTERM); continue "
                    f"with 'mnistlab train --resume {run.dir}'")
         raise RunInterrupted(run.dir) from None
@@ -353,7 +354,11 @@ def setup(cfg: Config):
     optimizer = build_optimizer(cfg.optim, task.model.parameters())
     steps_per_epoch = math.ceil(len(task.data.train_x) / cfg.train.batch_size)
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs, steps_per_epoch)
-    return device, task, optimizer, scheduler, use_bf16(cfg.train.precision, task.model, device)
+    n = min(cfg.train.batch_size, len(task.data.train_x))  # auto measures one training batch
+    x = as_input(task.data.train_x[:n], device, is_conv(task.model))
+    chosen = precision.choose(cfg.train.precision, device, task.model, x, task.data.train_y[:n],
+                              task.loss)
+    return device, task, optimizer, scheduler, chosen
 
 
 def _metrics_log(cfg: Config, run_dir: Path) -> runs.MetricsLog:
@@ -361,7 +366,7 @@ def _metrics_log(cfg: Config, run_dir: Path) -> runs.MetricsLog:
     return runs.MetricsLog(run_dir / "metrics.jsonl", writer)
 
 
-def new_run(cfg: Config, task: Task, device: torch.device, bf16: bool, source: dict | None,
+def new_run(cfg: Config, task: Task, device: torch.device, chosen: precision.Choice, source: dict | None,
             reporter: Reporter) -> Run:
     """A new run directory with its config.yaml, env.json and a running summary.json."""
     run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
@@ -376,7 +381,7 @@ def new_run(cfg: Config, task: Task, device: torch.device, bf16: bool, source: d
         "started": datetime.now().isoformat(timespec="seconds"), "ended": None,
         **runs.process_identity(), "config_hash": config_hash(cfg), "hash_version": HASH_VERSION,
         "source": source or {}, "params": count_parameters(task.model), "device": str(device),
-        "precision": "bf16" if bf16 else "fp32", "epochs": cfg.train.epochs,
+        "precision": chosen.name, "precision_reason": chosen.reason, "epochs": cfg.train.epochs,
         "epochs_completed": 0, "steps_completed": 0,
         "steps_per_epoch": math.ceil(len(data.train_x) / cfg.train.batch_size),
         "train_samples": len(data.train_x), "val_samples": len(data.val_x),
@@ -443,9 +448,9 @@ def end_epoch(cfg: Config, task: Task, state: TrainState, run: Run, optimizer, s
         state.best = {"epoch": epoch, "val_accuracy": val_rec.get("accuracy") if val_rec else None,
                       "val_loss": val_rec["loss"] if val_rec else None,
                       "loss": (val_rec or train_rec)["loss"]}
-    save_checkpoint(run.dir / "checkpoints" / "last.pt", cfg, task, optimizer, scheduler, state)
+    save_checkpoint(run, "last", cfg, task, optimizer, scheduler, state)
     if improved:
-        save_checkpoint(run.dir / "checkpoints" / "best.pt", cfg, task, optimizer, scheduler, state)
+        save_checkpoint(run, "best", cfg, task, optimizer, scheduler, state)
     run.summary.update(final={"train": _metrics(train_rec), "val": _metrics(val_rec)},
                        epochs_completed=epoch, steps_completed=state.global_step,
                        train_seconds=round(state.seconds, 3), best=state.best)
@@ -453,13 +458,14 @@ def end_epoch(cfg: Config, task: Task, state: TrainState, run: Run, optimizer, s
     run.reporter.epoch(train_rec, val_rec)
 
 
-def save_checkpoint(path: Path, cfg: Config, task: Task, optimizer, scheduler,
+def save_checkpoint(run: Run, name: str, cfg: Config, task: Task, optimizer, scheduler,
                     state: TrainState) -> None:
-    runs.save_checkpoint(path, {
+    """checkpoints/<name>.pt: weights, optimizer, schedule and the whole TrainState."""
+    runs.save_checkpoint(run.dir / "checkpoints" / f"{name}.pt", {
         "model": task.model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "state": state.state_dict(), "epoch": state.epoch, "config": to_dict(cfg),
-        "data": task.info})
+        "data": task.info, "precision": run.summary["precision"]})
 
 
 def check_divergence(cfg: Config, state: TrainState, losses: list) -> None:
