@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,13 @@ def evaluate(run: str | Path | dict, split: str = "test", ckpt: str | None = Non
 
     target = run["run_dir"] if isinstance(run, dict) else run
     return evaluate_run(Path(target), ckpt, split, list(overrides), save)
+
+
+def callable_module(name: str, function) -> None:
+    """Let the module `name` be called as `function`.
+
+    mnistlab.train and mnistlab.evaluate are both modules and this API's functions: importing a
+    submodule sets the package attribute of its name to the module, so the module is made callable.
+    """
+    module = sys.modules[name]
+    module.__class__ = type("CallableModule", (types.ModuleType,), {"__call__": staticmethod(function)})
