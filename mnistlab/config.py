@@ -263,37 +263,33 @@ def optimizer_settings(cfg: OptimConfig) -> dict:
             for key, default in OPTIMIZER_SETTINGS[cfg.name].items()}
 
 
-def _check_unused(cfg: Config, problems: list[str], stored: bool) -> None:
-    """A setting the optimizer does not read is refused; in a stored config it is dropped.
-
-    Configs written before optim.momentum became null list momentum: 0.9 for every optimizer.
-    """
+def _check_unused(cfg: Config, problems: list[str], cli_keys: set[str]) -> None:
+    """A setting the optimizer does not read is refused when typed on the command line, and
+    dropped when it comes from a file: one base config serves a sweep over optimizers, and
+    configs written before optim.momentum became null list momentum: 0.9 for every optimizer."""
     o = cfg.optim
     used = OPTIMIZER_SETTINGS[o.name]
     for key, (unset, typed) in UNSET.items():
         if key in used or not getattr(o, key):  # 0 and false mean none: harmless anywhere
             continue
-        if stored:
+        if f"optim.{key}" not in cli_keys:
             setattr(o, key, unset)
             continue
         readers = [name for name, keys in OPTIMIZER_SETTINGS.items() if key in keys]
         problems.append(f"optim.{key}: {o.name} does not use it ({key} is read by "
-                        f"{', '.join(readers)}); remove optim.{key} (on the command line: "
+                        f"{', '.join(readers)}); drop optim.{key}={getattr(o, key)} (or give "
                         f"optim.{key}={typed}), or choose one of those optimizers")
     if o.name == "sgd" and o.nesterov and not o.momentum:
         problems.append("optim.nesterov: Nesterov momentum needs a momentum; set "
                         "optim.momentum, e.g. optim.momentum=0.9")
 
 
-def config_from_dict(raw: Any, cli_keys: set[str] = frozenset(), stored: bool = False) -> Config:
-    """Validate a plain mapping into a Config, raising ConfigError with every problem.
-
-    stored: the config of an existing run, which may list settings its optimizer ignores.
-    """
+def config_from_dict(raw: Any, cli_keys: set[str] = frozenset()) -> Config:
+    """Validate a plain mapping into a Config, raising ConfigError with every problem."""
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems, set(cli_keys))
     _check_consistency(cfg, problems)
-    _check_unused(cfg, problems, stored)
+    _check_unused(cfg, problems, set(cli_keys))
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -62,7 +62,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict, Config]:
                               f"{', '.join(missing)}; it is incomplete or was written by another "
                               "program. Use checkpoints/last.pt or best.pt of a finished run.")
     try:
-        cfg = config_from_dict(ckpt["config"], stored=True)
+        cfg = config_from_dict(ckpt["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: the config stored in it is not valid ({e.problems[0]}); "
                               "it was written by another version of mnistlab or edited. "

@@ -256,6 +256,6 @@ def trial_key(run_dir: Path, summary: dict) -> str | None:
         return summary.get("config_hash")
     try:
         raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-        return config_hash(config_from_dict(raw, stored=True))
+        return config_hash(config_from_dict(raw))
     except (OSError, ValueError, ConfigError, yaml.YAMLError):
         return None

@@ -315,7 +315,11 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
             end_epoch(cfg, task, state, run, optimizer, scheduler, device, bf16,
                       state.epoch_seconds + time.perf_counter() - t_epoch)
     except KeyboardInterrupt:
-        check_divergence(cfg, state, losses)  # a diverged run is failed, not resumable
+        try:
+            check_divergence(cfg, state, losses)  # a diverged run is failed, not resumable
+        except Diverged as e:
+            run.finish("failed", state, str(e))
+            raise
         # the epoch in progress resumes from this very batch: same permutation, same RNG
         state.epoch_seconds += time.perf_counter() - t_epoch
         save_checkpoint(run, "last", cfg, task, optimizer, scheduler, state)
@@ -409,12 +413,17 @@ def resume_run(run_dir: Path, task: Task, optimizer, scheduler, state: TrainStat
                 if r.get("event") != "final" and r.get("step", 0) <= state.global_step]
         if len(kept) != len(lines):
             runs.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
-    summary = runs.read_json(run_dir / "summary.json")
+    try:
+        summary = runs.read_json(run_dir / "summary.json")
+    except (OSError, ValueError) as e:
+        raise RunError(f"{run_dir / 'summary.json'}: cannot be read ({type(e).__name__}); the run "
+                       "directory is damaged, so it cannot be resumed. Train the config again: "
+                       f"mnistlab train {run_dir / 'config.yaml'}") from None
     summary.setdefault("resumes", []).append({
         "at": datetime.now().isoformat(timespec="seconds"), "epoch": state.epoch,
         "step": state.global_step, "argv": sys.argv, **runs.process_identity()})
     summary.update(status="running", ended=None, error=None, **runs.process_identity())
-    cfg = config_from_dict(ckpt["config"], stored=True)
+    cfg = config_from_dict(ckpt["config"])
     run = Run(run_dir, summary, _metrics_log(cfg, run_dir), reporter)
     run.save_summary()
     return run
@@ -508,7 +517,7 @@ def _metrics(rec: dict | None) -> dict | None:
 def resume_config(run_dir: Path) -> Config:
     """The resolved config a run was started with, read back from its last checkpoint."""
     ckpt = runs.load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
-    return config_from_dict(ckpt["config"], stored=True)
+    return config_from_dict(ckpt["config"])
 
 
 # `import mnistlab.train` replaces the package's train() with this module: calling it still works

@@ -113,3 +113,19 @@ def test_device_side_sums_give_exactly_the_numbers_of_per_step_python_sums(tiny_
         assert logged == old_loop(cfg)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_checkpoint_written_before_train_state_still_resumes(tiny_config):
+    cfg = load_config(tiny_config, ["train.epochs=2"])
+    with pytest.raises(RunInterrupted) as stopped:
+        fit(cfg, SignalAt(epoch=2, step=1))
+    run = stopped.value.run_dir
+    path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    state = ckpt.pop("state")  # the layout of the code of its day: the state packed by hand
+    ckpt.update(epoch=state["epoch"], step=state["step"], shuffle_state=state["shuffle"],
+                rng_state=state["rng"]["cpu"], best=state["best"], train_seconds=state["seconds"])
+    torch.save(ckpt, path)
+    resumed = fit(cfg, resume=run)
+    reference = fit(cfg)
+    assert resumed["status"] == "completed" and resumed["final"]["test"] == reference["final"]["test"]
