@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
+import shutil
 import signal
 import sys
 import threading
@@ -19,7 +21,8 @@ from . import precision, runs
 from .compute import as_input, evaluate, is_conv, resolve_device
 from .config import (HASH_VERSION, Config, OptimConfig, config_from_dict, config_hash,
                      optimizer_settings, to_dict, to_yaml)
-from .errors import Diverged, Interrupted, RunError, TrainError  # noqa: F401 (TrainError: API)
+from .errors import (CheckpointError, Diverged, DiskError, Interrupted, MnistlabError,  # noqa: F401
+                     RunError, TrainError)
 from .models import count_parameters
 from .tasks import Task, build_task
 
@@ -214,17 +217,27 @@ class Run:
                             ended=datetime.now().isoformat(timespec="seconds"),
                             wall_seconds=round(self.summary.get("wall_seconds") or 0.0
                                                + time.perf_counter() - self.t_start, 3))
-        self.save_summary()
-        self.log.close()
+        try:
+            self.save_summary()
+        except DiskError as e:
+            if error is None:
+                raise
+            raise DiskError(f"{error} The summary could not be marked {status} either "
+                            f"({e.message()}), so the run will be listed as killed.") from None
+        finally:
+            self.log.close()
         self.reporter.finish(self.summary)
         return self.summary
 
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
-        source: dict | None = None) -> dict:
+        source: dict | None = None, run_dir: Path | None = None) -> dict:
     """Train cfg into a new run directory (or continue the run at resume); return its summary.
 
-    Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
+    With run_dir the run goes into that directory, idempotently: a new run there, the continuation
+    of an interrupted one, or nothing at all for a completed one (its summary marked "untouched").
+    Raises RunBusy when another live process writes the directory, RunError for a completed run
+    at resume, Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
     """
     if resume is not None and completed(resume):
         raise RunError(f"{resume}: the run has already completed; there is nothing to resume, "
@@ -232,10 +245,52 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
                        f"{Path(resume) / 'config.yaml'}")
     threads = torch.get_num_threads()
     try:
-        with stop_on_signals() as stop:
-            return _fit(cfg, reporter or Silent(), resume, source, stop)
+        with stop_on_signals() as stop, runs.Lease() as lease:
+            if resume is not None or run_dir is not None:
+                lease.acquire(Path(resume or run_dir))  # before anything is read or written
+            if run_dir is not None:
+                resume, done = in_run_dir(cfg, Path(run_dir))
+                if done is not None:
+                    return {**done, "untouched": True}
+            return _fit(cfg, reporter or Silent(), resume, source, stop, run_dir, lease)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
+
+
+def in_run_dir(cfg: Config, run_dir: Path) -> tuple[Path | None, dict | None]:
+    """What training cfg into run_dir means: (run_dir to resume, None), (None, completed summary),
+    or (None, None) for a new run; RunError when run_dir holds a run of another config."""
+    try:
+        summary = runs.read_json(run_dir / "summary.json")
+    except FileNotFoundError:
+        summary = None
+    except (OSError, ValueError):
+        summary = {}  # damaged: the checkpoint decides
+    summary = summary if isinstance(summary, dict) else {}
+    recorded = runs.trial_key(run_dir, summary) if summary else None
+    if (run_dir / "checkpoints" / "last.pt").is_file() and recorded is None:
+        recorded = config_hash(resume_config(run_dir))
+    if recorded is not None and recorded != config_hash(cfg):
+        raise RunError(f"{run_dir}: holds a run of another config (hash {recorded}, this config "
+                       f"has {config_hash(cfg)}); give another --run-dir, or resume it with "
+                       f"mnistlab train --resume {run_dir}")
+    if summary.get("status") == "completed":
+        return None, summary
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return run_dir, None
+    return None, None
+
+
+def new_run_dir(cfg: Config, run_dir: Path | None, lease: runs.Lease) -> Path:
+    """A new timestamped run directory owned by lease, or the given (owned) one made ready."""
+    if run_dir is None:
+        run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
+        lease.acquire(run_dir)
+        return run_dir
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # of an attempt that failed before a checkpoint
+    return run_dir
 
 
 def completed(run_dir: Path) -> dict | None:
@@ -248,14 +303,14 @@ def completed(run_dir: Path) -> dict | None:
 
 
 def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | None,
-         stop: threading.Event) -> dict:
+         stop: threading.Event, run_dir: Path | None, lease: runs.Lease) -> dict:
     device, task, optimizer, scheduler, chosen = setup(cfg)
     model, data = task.model, task.data
     batch, n_train = cfg.train.batch_size, len(data.train_x)
     steps_per_epoch = math.ceil(n_train / batch)
     state = TrainState(cfg.train.seed)
     if resume is None:
-        run = new_run(cfg, task, device, chosen, source, reporter)
+        run = new_run(cfg, task, device, chosen, source, reporter, run_dir, lease)
     else:
         run = resume_run(Path(resume), task, optimizer, scheduler, state, device, steps_per_epoch,
                          reporter)
@@ -322,7 +377,11 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
             raise
         # the epoch in progress resumes from this very batch: same permutation, same RNG
         state.epoch_seconds += time.perf_counter() - t_epoch
-        save_checkpoint(run, "last", cfg, task, optimizer, scheduler, state)
+        try:
+            save_checkpoint(run, "last", cfg, task, optimizer, scheduler, state)
+        except DiskError as e:
+            run.finish("failed", state, e.message())
+            raise
         run.finish("interrupted", state, "interrupted by a signal (Ctrl-C or SIGTERM); continue "
                    f"with 'mnistlab train --resume {run.dir}'")
         raise RunInterrupted(run.dir) from None
@@ -330,15 +389,19 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
         run.finish("failed", state, str(e))
         raise
     except BaseException as e:
-        run.finish("failed", state, f"{type(e).__name__}: {e}")
+        run.finish("failed", state, e.message() if isinstance(e, MnistlabError) else f"{type(e).__name__}: {e}")
         raise
-    if len(data.test_x):
-        test = evaluate(model, task, data.test_x, data.test_y, cfg.train.eval_batch_size, device,
-                        bf16=bf16)
-        run.log.write({"event": "final", "epoch": cfg.train.epochs, "step": state.global_step,
-                       "split": "test", **_metrics(test), "elapsed": round(state.seconds, 3)})
-        run.summary["final"]["test"] = _metrics(test)
-    run.summary["result"] = task.result()
+    try:
+        if len(data.test_x):
+            test = evaluate(model, task, data.test_x, data.test_y, cfg.train.eval_batch_size,
+                            device, bf16=bf16)
+            run.log.write({"event": "final", "epoch": cfg.train.epochs, "step": state.global_step,
+                           "split": "test", **_metrics(test), "elapsed": round(state.seconds, 3)})
+            run.summary["final"]["test"] = _metrics(test)
+        run.summary["result"] = task.result()
+    except DiskError as e:
+        run.finish("failed", state, e.message())
+        raise
     return run.finish("completed", state)
 
 
@@ -370,20 +433,19 @@ def _metrics_log(cfg: Config, run_dir: Path) -> runs.MetricsLog:
     return runs.MetricsLog(run_dir / "metrics.jsonl", writer)
 
 
-def new_run(cfg: Config, task: Task, device: torch.device, chosen: precision.Choice, source: dict | None,
-            reporter: Reporter) -> Run:
+def new_run(cfg: Config, task: Task, device: torch.device, chosen: precision.Choice,
+            source: dict | None, reporter: Reporter, run_dir: Path | None, lease: runs.Lease) -> Run:
     """A new run directory with its config.yaml, env.json and a running summary.json."""
-    run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
-    header = f"# resolved config of this run; train it again with: mnistlab train {run_dir}/config.yaml\n"
+    made_here = run_dir is None
+    run_dir = new_run_dir(cfg, run_dir, lease)
+    header = [f"resolved config of this run; train it again with: mnistlab train {run_dir}/config.yaml"]
     if source and source.get("overrides"):
-        header += f"# made from {source.get('config')} with overrides: {' '.join(source['overrides'])}\n"
-    runs.atomic_write_text(run_dir / "config.yaml", header + to_yaml(cfg))
-    runs.write_json(run_dir / "env.json", runs.environment(device, cfg.train.seed))
+        header.append(f"made from {source.get('config')} with overrides: {' '.join(source['overrides'])}")
     data = task.data
     summary = {
         "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
         "started": datetime.now().isoformat(timespec="seconds"), "ended": None,
-        **runs.process_identity(), "config_hash": config_hash(cfg), "hash_version": HASH_VERSION,
+        **runs.process_identity(), "executor": runs.executor_identity(), "config_hash": config_hash(cfg), "hash_version": HASH_VERSION,
         "source": source or {}, "params": count_parameters(task.model), "device": str(device),
         "precision": chosen.name, "precision_reason": chosen.reason, "epochs": cfg.train.epochs,
         "epochs_completed": 0, "steps_completed": 0,
@@ -392,8 +454,16 @@ def new_run(cfg: Config, task: Task, device: torch.device, chosen: precision.Cho
         "test_samples": len(data.test_x), "final": {}, "best": None, "result": None,
         "error": None, "wall_seconds": None, "train_seconds": 0.0, "resumes": [],
     }
-    run = Run(run_dir, summary, _metrics_log(cfg, run_dir), reporter)
-    run.save_summary()
+    try:
+        runs.atomic_write_text(run_dir / "config.yaml", yaml_comment(header) + to_yaml(cfg))
+        runs.write_json(run_dir / "env.json", runs.environment(device, cfg.train.seed))
+        run = Run(run_dir, summary, _metrics_log(cfg, run_dir), reporter)
+        run.save_summary()
+    except DiskError:
+        if made_here:  # a new run that could not even be set up leaves nothing
+            lease.release()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run
 
 
@@ -401,11 +471,19 @@ def resume_run(run_dir: Path, task: Task, optimizer, scheduler, state: TrainStat
                device: torch.device, steps_per_epoch: int, reporter: Reporter) -> Run:
     """Load the last checkpoint whole, drop the records written after it, record the resume."""
     ckpt = runs.load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    task.model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt.get("scheduler"):
-        scheduler.load_state_dict(ckpt["scheduler"])
-    state.load_state_dict(ckpt.get("state") or legacy_state(ckpt, steps_per_epoch), device)
+    runs.remove_stale_tmp(run_dir)
+    try:
+        task.model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        state.load_state_dict(ckpt.get("state") or legacy_state(ckpt, steps_per_epoch), device)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{run_dir}/checkpoints/last.pt: its saved state does not fit "
+                              f"the model and optimizer its config describes ({first}); the "
+                              "file was edited or mixed up, so the run cannot be resumed. "
+                              "Train it again.") from None
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():  # steps redone after a kill -9 are logged once, by the resumed run
         lines = metrics.read_text(encoding="utf-8").splitlines()
@@ -413,16 +491,12 @@ def resume_run(run_dir: Path, task: Task, optimizer, scheduler, state: TrainStat
                 if r.get("event") != "final" and r.get("step", 0) <= state.global_step]
         if len(kept) != len(lines):
             runs.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
-    try:
-        summary = runs.read_json(run_dir / "summary.json")
-    except (OSError, ValueError) as e:
-        raise RunError(f"{run_dir / 'summary.json'}: cannot be read ({type(e).__name__}); the run "
-                       "directory is damaged, so it cannot be resumed. Train the config again: "
-                       f"mnistlab train {run_dir / 'config.yaml'}") from None
+    summary = runs.read_summary(run_dir)
     summary.setdefault("resumes", []).append({
         "at": datetime.now().isoformat(timespec="seconds"), "epoch": state.epoch,
         "step": state.global_step, "argv": sys.argv, **runs.process_identity()})
-    summary.update(status="running", ended=None, error=None, **runs.process_identity())
+    summary.update(status="running", ended=None, error=None, **runs.process_identity(),
+                   executor=runs.executor_identity())
     cfg = config_from_dict(ckpt["config"])
     run = Run(run_dir, summary, _metrics_log(cfg, run_dir), reporter)
     run.save_summary()
@@ -475,6 +549,12 @@ def save_checkpoint(run: Run, name: str, cfg: Config, task: Task, optimizer, sch
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "state": state.state_dict(), "epoch": state.epoch, "config": to_dict(cfg),
         "data": task.info, "precision": run.summary["precision"]})
+
+
+def yaml_comment(lines: list[str]) -> str:
+    """Lines as YAML comments; a line break or control character the user typed is escaped."""
+    return "".join("# " + re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]",
+                                 lambda m: repr(m.group())[1:-1], line) + "\n" for line in lines)
 
 
 def check_divergence(cfg: Config, state: TrainState, losses: list) -> None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
+from ..data import val_count
 from ..errors import DataError
 from .base import Data, Task
 
@@ -71,7 +72,7 @@ def linreg_data(cfg: Config) -> tuple[Data, dict, str]:
         y = x @ a.T + b + lr.noise * torch.randn(lr.n, lr.out_dim, generator=g)
         truth = {"A": a, "B": b}
         source = f"synthetic: {lr.n} samples, {lr.in_dim} inputs, {lr.out_dim} outputs, noise {lr.noise:g}"
-    n_val = int(round(len(x) * cfg.train.val_split))
+    n_val = val_count(len(x), cfg.train.val_split, source)
     perm = torch.randperm(len(x), generator=g)
     val, train = perm[:n_val], perm[n_val:]
     return Data(x[train], y[train], x[val], y[val], x[:0], y[:0]), truth, source
