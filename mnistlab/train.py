@@ -361,7 +361,7 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
                                    **extras})
                     state.window = Sums()
                     t_window = now
-                if reporter.shows_steps and (step % 10 == 0 or step == steps_per_epoch - 1):
+                if getattr(reporter, "shows_steps", False) and (step % 10 == 0 or step == steps_per_epoch - 1):
                     seconds = state.epoch_seconds + time.perf_counter() - t_epoch
                     means = state.sums.means()
                     reporter.step(epoch + 1, step + 1, steps_per_epoch, means["loss"],
