@@ -44,9 +44,10 @@ from reference import DEFAULT_DATA_DIR, run_reference  # noqa: E402
 from mnistlab.config import load_config  # noqa: E402
 from mnistlab.data import load_data  # noqa: E402
 from mnistlab.evaluate import load_model  # noqa: E402
-from mnistlab.tasks import build_task  # noqa: E402
-from mnistlab.precision import cpu_bf16_flags, cpu_model, for_eval  # noqa: E402
-from mnistlab.train import Silent, as_input, choose_precision, evaluate, fit, is_conv  # noqa: E402
+from mnistlab.compute import as_input, evaluate, is_conv  # noqa: E402
+from mnistlab.precision import choose, cpu_bf16_flags, cpu_model, for_eval  # noqa: E402
+from mnistlab.tasks import TASKS, build_task  # noqa: E402
+from mnistlab.train import Silent, fit  # noqa: E402
 
 
 class TestEachEpoch(Silent):
@@ -64,7 +65,7 @@ class TestEachEpoch(Silent):
         data = load_data(cfg.data, cfg.train.val_split, cfg.train.seed, (info["mean"], info["std"]))
         device = torch.device("cpu")
         bf16 = for_eval(cfg.train.precision, ckpt.get("precision"), is_conv(model))
-        test = evaluate(model, data.test_x, data.test_y, 1000, device, bf16=bf16)
+        test = evaluate(model, TASKS["classify"], data.test_x, data.test_y, 1000, device, bf16=bf16)
         self.epochs.append({"epoch": train["epoch"], "train_seconds": train["elapsed"],
                             "test_accuracy": test["accuracy"]})
 
@@ -103,7 +104,9 @@ def step_costs(data_dir: str, steps: int = 60) -> dict:
     model, device = task.model, torch.device("cpu")
     channels_last = is_conv(model)
     model = model.to(memory_format=torch.channels_last)
-    bf16 = choose_precision(cfg, device, model, task, channels_last).bf16
+    n = cfg.train.batch_size
+    bf16 = choose(cfg.train.precision, device, model, as_input(task.data.train_x[:n], device, channels_last),
+                  task.data.train_y[:n], task.loss).bf16
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = task.data.train_x, task.data.train_y
     perm = torch.randperm(len(x))

@@ -85,13 +85,17 @@ def train(
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
-    from .train import fit, resume_config
+    from .train import completed, fit, resume_config
 
     overrides = overrides or []
     if resume is not None:
         if config is not None or overrides or run_dir is not None:
             raise fail("--resume continues a run with the config it was started with; "
                        "give only the run directory: mnistlab train --resume RUN_DIR")
+        if completed(resume):  # exit 0: resuming a finished run is a no-op, not a failure
+            err.print(Text(f"{resume}: the run has already completed; nothing to resume, "
+                           "its files are left as they are."))
+            return
         cfg = resume_config(resume)
     elif config is None:
         raise fail("give a config file, e.g. mnistlab train configs/cnn.yaml "
@@ -212,7 +216,7 @@ def plot(
     import matplotlib
 
     matplotlib.use("Agg")
-    from . import report
+    from . import report, tasks
     from .evaluate import saved_or_evaluate
 
     dirs, skipped = report.runs_of(run_dirs)
@@ -226,7 +230,7 @@ def plot(
             raise fail("--confusion draws one run's confusion matrix; give a single run.")
         fig = report.confusion_figure(saved_or_evaluate(rows[0]["dir"], ckpt))
         output = output or Path("confusion.png")
-    elif all(r["config"].get("task") == "quadratic" for r in rows):
+    elif all(tasks.get(r["config"].get("task")).figure == "steps" for r in rows):
         fig = report.quadratic_figure(rows)
         output = output or Path("quadratic.png")
     else:

@@ -45,8 +45,9 @@ class OptimConfig:
     # manual: x <- x - lr * x.grad written out by hand (the course's gradient descent)
     name: Literal["sgd", "adam", "adamw", "adadelta", "rmsprop", "manual"] = "adamw"
     lr: float = field(default=3e-3, metadata=bounds(0, None))
-    momentum: float = field(default=0.9, metadata=bounds(0, 1, hi_open=True))
-    nesterov: bool = False
+    # null: the optimizer's own default (PyTorch's); only sgd and rmsprop have a momentum
+    momentum: float | None = field(default=None, metadata=bounds(0, 1, hi_open=True))
+    nesterov: bool = False  # sgd only, with a momentum
     weight_decay: float = field(default=0.0, metadata=bounds(0, None))
     schedule: Literal["none", "step", "cosine", "onecycle"] = "onecycle"
     step_size: int = field(default=1, metadata=bounds(1, None))  # epochs between decays (step)
@@ -290,6 +291,46 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
             "name the directory that holds them")
 
 
+# what each optimizer reads besides lr, with its own default for a setting left null (PyTorch's)
+OPTIMIZER_SETTINGS = {
+    "sgd": {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    "rmsprop": {"momentum": 0.0, "weight_decay": 0.0},
+    "adam": {"weight_decay": 0.0},
+    "adamw": {"weight_decay": 0.0},
+    "adadelta": {"weight_decay": 0.0},
+    "manual": {},
+}
+# the values that mean "not set" for settings an optimizer may not read, as typed
+UNSET = {"momentum": (None, "null"), "nesterov": (False, "false"), "weight_decay": (0.0, "0")}
+
+
+def optimizer_settings(cfg: OptimConfig) -> dict:
+    """The settings the chosen optimizer reads, a null replaced by its default."""
+    return {key: default if getattr(cfg, key) is None else getattr(cfg, key)
+            for key, default in OPTIMIZER_SETTINGS[cfg.name].items()}
+
+
+def _check_unused(cfg: Config, problems: list[str], cli_keys: set[str]) -> None:
+    """A setting the optimizer does not read is refused when typed on the command line, and
+    dropped when it comes from a file: one base config serves a sweep over optimizers, and
+    configs written before optim.momentum became null list momentum: 0.9 for every optimizer."""
+    o = cfg.optim
+    used = OPTIMIZER_SETTINGS[o.name]
+    for key, (unset, typed) in UNSET.items():
+        if key in used or not getattr(o, key):  # 0 and false mean none: harmless anywhere
+            continue
+        if f"optim.{key}" not in cli_keys:
+            setattr(o, key, unset)
+            continue
+        readers = [name for name, keys in OPTIMIZER_SETTINGS.items() if key in keys]
+        problems.append(f"optim.{key}: {o.name} does not use it ({key} is read by "
+                        f"{', '.join(readers)}); drop optim.{key}={getattr(o, key)} (or give "
+                        f"optim.{key}={typed}), or choose one of those optimizers")
+    if o.name == "sgd" and o.nesterov and not o.momentum:
+        problems.append("optim.nesterov: Nesterov momentum needs a momentum; set "
+                        "optim.momentum, e.g. optim.momentum=0.9")
+
+
 def _check_machine(cfg: Config, problems: list[str]) -> None:
     """What this machine must offer to train the config (not checked for a stored run's config)."""
     if cfg.train.device == "cuda":
@@ -308,6 +349,7 @@ def config_from_dict(raw: Any, cli_keys: set[str] = frozenset(), machine: bool =
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems, set(cli_keys))
     _check_consistency(cfg, problems)
+    _check_unused(cfg, problems, set(cli_keys))
     if machine:
         _check_machine(cfg, problems)
     if problems:
@@ -515,9 +557,31 @@ def to_yaml(cfg: Config) -> str:
     return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
+# settings that cannot change what is learned
+NOT_LEARNED = ("name", "runs_dir", "train.threads", "train.device", "train.eval_batch_size", "log",
+               "data.root", "data.download", "data.mirror")
+# settings a choice leaves unread: choice key -> value -> keys (or sections) it ignores
+UNREAD = {
+    "task": {"classify": ("quadratic", "linreg"),
+             "quadratic": ("model", "data", "linreg", "train.batch_size", "train.val_split",
+                           "train.label_smoothing"),
+             "linreg": ("model", "data", "quadratic", "train.label_smoothing")},
+    "model.kind": {"dense": ("model.channels", "model.kernel_size", "model.pool", "model.batch_norm"),
+                   "conv": ("model.hidden",)},
+    "optim.schedule": {"none": ("optim.step_size", "optim.gamma"),
+                       "cosine": ("optim.step_size", "optim.gamma"),
+                       "onecycle": ("optim.step_size", "optim.gamma")},
+}
+HASH_VERSION = 2  # 1: every setting but name and runs_dir entered the hash
+
+
 def config_hash(cfg: Config) -> str:
-    """Short stable hash of everything that affects the result (the run name excluded)."""
-    d = to_dict(cfg)
-    d.pop("name", None)
-    d.pop("runs_dir", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    """Short stable hash of the settings that can change what is learned, as the run reads them."""
+    flat = flatten(to_dict(cfg))
+    flat.update({f"optim.{k}": v for k, v in optimizer_settings(cfg.optim).items()})
+    drop = list(NOT_LEARNED) + [f"optim.{k}" for k in UNSET if k not in OPTIMIZER_SETTINGS[cfg.optim.name]]
+    for choice, by_value in UNREAD.items():
+        drop += by_value.get(flat[choice], ())
+    kept = {k: v for k, v in flat.items()
+            if not any(k == d or k.startswith(d + ".") for d in drop)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]

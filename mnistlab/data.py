@@ -345,17 +345,17 @@ def load_data(cfg: DataConfig, val_split: float, seed: int,
     if train_u8.shape[1:] != test_u8.shape[1:]:
         raise DataError(f"{directory}: training images are {tuple(train_u8.shape[1:])} but test "
                         f"images are {tuple(test_u8.shape[1:])}; they must have the same size.")
-    if stats is None:
-        scaled = train_u8.float().div_(255)
+    n_val = val_count(len(train_u8), val_split, str(directory))
+    perm = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if stats is None:  # from the training split only: the validation images stay unseen
+        scaled = train_u8[train_idx].float().div_(255)
         stats = (scaled.mean().item(), max(scaled.std().item(), 1e-6))
     mean, std = stats
 
     def normalise(u8: torch.Tensor) -> torch.Tensor:
         return u8.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
 
-    n_val = val_count(len(train_u8), val_split, str(directory))
-    perm = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
     train_x = normalise(train_u8)
     return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
                   normalise(test_u8), test_y, mean, std, len(class_names), class_names,

@@ -17,11 +17,11 @@ def _scores(rec: dict) -> str:
     return text + (f" acc {_pct(rec['accuracy'])}" if rec.get("accuracy") is not None else "")
 
 
-def epoch_line(train: dict, val: dict | None, epochs: int) -> str:
+def epoch_line(train: dict, val: dict | None, epochs: int, rate_unit: str = "img/s") -> str:
     text = f"epoch {train['epoch']}/{epochs}  train {_scores(train)}"
     if val:
         text += f"  val {_scores(val)}"
-    return text + f"  {train['elapsed']:.1f}s  {train['images_per_s']:.0f} img/s"
+    return text + f"  {train['elapsed']:.1f}s  {train['images_per_s']:.0f} {rate_unit}"
 
 
 def summary_line(s: dict) -> str:
@@ -30,17 +30,17 @@ def summary_line(s: dict) -> str:
     parts = [f"{s['status']}: {s['run_dir']}"]
     if test:
         parts.append(f"test {_scores(test)}")
-    result = s.get("result") or {}
-    if "f" in result:
-        parts.append(f"f(x) = {result['f']:.4g} at |x| = {result['norm']:.4g}")
-    if "lstsq_gap" in result:
-        parts.append(f"train MSE {result['train_mse']:.4g}, {result['lstsq_gap']:.2g} above least squares")
-    if "A_max_error" in result:
-        parts.append(f"max error of A {result['A_max_error']:.2g}, of B {result['B_max_error']:.2g}")
+    if s.get("result"):
+        from . import tasks  # imported here: tables that only format lines need no torch
+
+        parts += tasks.get(s.get("task")).show_result(s["result"])
     if best.get("val_accuracy") is not None:
         parts.append(f"best val acc {_pct(best['val_accuracy'])} at epoch {best['epoch']}")
-    parts.append(f"{s['epochs_completed']}/{s['epochs']} epochs, {s['train_seconds']:.1f}s training, "
-                 f"{s['params']:,} parameters")
+    epochs = f"{s['epochs_completed']}/{s['epochs']} epochs"
+    partial = (s.get("steps_completed") or 0) - s["epochs_completed"] * (s.get("steps_per_epoch") or 0)
+    if partial > 0:  # an interrupted epoch counts too
+        epochs += f" and {partial}/{s['steps_per_epoch']} steps of the next"
+    parts.append(f"{epochs}, {s['train_seconds']:.1f}s training, {s['params']:,} parameters")
     return "; ".join(parts)
 
 
@@ -51,34 +51,38 @@ class Plain:
         self.quiet = quiet
         self.console = console or Console(highlight=False, soft_wrap=True, markup=False)  # paths may hold [x]
         self.epochs = 0
+        self.rate_unit = "img/s"
+
+    shows_steps = False
 
     def start(self, info: dict) -> None:
-        self.epochs = info["epochs"]
+        self.epochs, self.rate_unit = info["epochs"], info["rate_unit"]
         if not self.quiet:
             self.console.print(
                 f"run {info['run_dir']}: {info['params']:,} parameters, {info['device']}, "
-                f"{info['threads']} threads, {info['train_samples']} training and "
-                f"{info['val_samples']} validation samples from {info['data']}")
+                f"{info['threads']} threads, {info['describe']}")
 
     def step(self, *args) -> None:
         pass
 
     def epoch(self, train: dict, val: dict | None) -> None:
         if not self.quiet:
-            self.console.print(epoch_line(train, val, self.epochs))
+            self.console.print(epoch_line(train, val, self.epochs, self.rate_unit))
 
     def finish(self, summary: dict) -> None:
         self.console.print(summary_line(summary))
 
 
 class Live(Plain):
-    """A Rich progress bar per epoch with loss, accuracy and images/s; epoch lines above it."""
+    """A Rich progress bar per epoch with loss, accuracy and speed; epoch lines above it."""
+
+    shows_steps = True
 
     def __init__(self, console: Console | None = None):
         super().__init__(False, console)
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[scores]}  {task.fields[ips]:.0f} img/s"),
+            TextColumn("{task.fields[scores]}  {task.fields[ips]:.0f} {task.fields[unit]}"),
             TimeElapsedColumn(), console=self.console, transient=True)
         self.task = None
 
@@ -87,7 +91,7 @@ class Live(Plain):
         self.progress.start()
         self.task = self.progress.add_task("train", total=info["steps_per_epoch"],
                                            epoch=f"{info['start_epoch'] + 1}/{self.epochs}",
-                                           scores="", ips=0.0)
+                                           scores="", ips=0.0, unit=self.rate_unit)
 
     def step(self, epoch, step, steps, loss, accuracy, images_per_s) -> None:
         scores = _scores({"loss": loss, "accuracy": accuracy})
@@ -95,7 +99,7 @@ class Live(Plain):
                              scores=scores, ips=images_per_s)
 
     def epoch(self, train: dict, val: dict | None) -> None:
-        self.progress.console.print(epoch_line(train, val, self.epochs))
+        self.progress.console.print(epoch_line(train, val, self.epochs, self.rate_unit))
         self.progress.reset(self.task)
 
     def finish(self, summary: dict) -> None:

@@ -72,9 +72,8 @@ def _read_mapping(path: Path, parse) -> tuple[dict, str | None]:
 
 
 def model_name(config: dict) -> str | None:
-    """The model column: model.kind for classifiers, the task's name for the other tasks."""
-    task = config.get("task", "classify")
-    return (config.get("model") or {}).get("kind") if task == "classify" else task
+    """The model column: model.kind, or the task's name for tasks that have no model section."""
+    return task_label(flatten(config))[0]
 
 
 def table_metrics(task: str) -> tuple[str, ...]:
@@ -548,13 +547,12 @@ def curves_figure(rows: list[dict]):
                            marker="*", s=90, color=color, zorder=3)
     if not drawn:
         raise RunError("none of the runs has finished an epoch yet, so there is nothing to plot.")
-    tasks = {r["config"].get("task", "classify") for r in rows}
-    on = sorted({str(r["config"].get("data.name")) if r["config"].get("task", "classify") == "classify"
-                 else r["config"]["task"] for r in rows})
+    from . import tasks
+
+    labels = {tasks.get(r["config"].get("task")).loss_label for r in rows}
+    on = sorted({task_label(r["config"])[1] for r in rows})
     fig.suptitle(f"Learning curves on {', '.join(on)}")
-    ax_loss.set(title="Loss", xlabel="epoch",
-                ylabel={"classify": "cross-entropy loss", "linreg": "mean squared error"}.get(
-                    tasks.pop() if len(tasks) == 1 else None, "loss"))
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel=labels.pop() if len(labels) == 1 else "loss")
     styles = [Line2D([], [], color="gray", ls="-", label="train"),
               Line2D([], [], color="gray", ls="--", label="validation")]
     if ax_acc is None:
@@ -603,19 +601,23 @@ def metric_axis(ax, metric: str, values: list[float]) -> None:
 
 
 def linreg_1d(rows: list[dict]) -> dict[int, tuple]:
-    """For each linreg run with one input and one output: its training data (x, y)."""
-    from .config import config_from_dict
-    from .tasks import linreg_data
-
+    """For each run that recorded its one-input training points (linreg): (x, y)."""
     out = {}
     for i, row in enumerate(rows):
-        if row["config"].get("task") != "linreg" or not (row["summary"].get("result") or {}):
-            continue
-        cfg = config_from_dict(yaml.safe_load((row["dir"] / "config.yaml").read_text()))
-        data, _ = linreg_data(cfg)
-        if data.train_x.shape[1] == 1 and data.train_y.shape[1] == 1:
-            out[i] = (data.train_x[:, 0].tolist(), data.train_y[:, 0].tolist())
+        points = (row["summary"].get("result") or {}).get("train_points")
+        if points:
+            out[i] = (points["x"], points["y"])
     return out
+
+
+def task_label(config: dict) -> tuple[str, str]:
+    """(model, data) of a run from its flat config: the task's name where it reads no such section."""
+    from .config import UNREAD
+
+    task = config.get("task") or "classify"
+    unread = UNREAD["task"].get(task, ())
+    return tuple(task if section in unread else str(config.get(f"{section}.{key}"))
+                 for section, key in (("model", "kind"), ("data", "name")))
 
 
 def line_equation(a: float, b: float) -> str:

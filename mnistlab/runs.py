@@ -479,9 +479,14 @@ def _calls_code(path: Path) -> bool:
 # the checkpoint's fields and their types; checked in one place so a crafted file fails here
 CHECKPOINT_FIELDS = {
     "model": dict, "optimizer": dict, "scheduler": (dict, type(None)), "epoch": int,
-    "step": int, "shuffle_state": "tensor", "rng_state": "tensor", "best": (dict, type(None)),
-    "train_seconds": (int, float), "config": dict, "data": dict,
+    "config": dict, "data": dict,
 }
+# the training state: train.TrainState's state_dict, or, in checkpoints written before it, fields
+STATE_FIELDS = {"epoch": int, "step": int, "global_step": int, "seconds": (int, float),
+                "epoch_seconds": (int, float), "best": (dict, type(None)), "shuffle": "tensor",
+                "rng": dict, "sums": dict, "window": dict}
+LEGACY_STATE_FIELDS = {"step": int, "shuffle_state": "tensor", "rng_state": "tensor",
+                       "best": (dict, type(None)), "train_seconds": (int, float)}
 # what eval and predict read of a classifier's data description
 CLASSIFY_DATA_FIELDS = {"dataset": str, "mean": (int, float), "std": (int, float),
                         "image_shape": (list, tuple), "num_classes": int, "class_names": (list, tuple)}
@@ -490,16 +495,26 @@ CLASSIFY_DATA_FIELDS = {"dataset": str, "mean": (int, float), "std": (int, float
 def _schema_problems(ckpt: dict) -> list[str]:
     import torch
 
-    problems = []
-    for key, kind in CHECKPOINT_FIELDS.items():
-        value = ckpt.get(key)
-        if key not in ckpt:
-            problems.append(f"no {key}")
-        elif kind == "tensor":
-            if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8):
-                problems.append(f"{key} is a {type(value).__name__}, not a byte tensor")
-        elif isinstance(value, bool) or not isinstance(value, kind):
-            problems.append(f"{key} is a {type(value).__name__}")
+    def check(mapping: dict, fields: dict, prefix: str = "") -> None:
+        for key, kind in fields.items():
+            value = mapping.get(key)
+            if key not in mapping:
+                problems.append(f"no {prefix}{key}")
+            elif kind == "tensor":
+                if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8):
+                    problems.append(f"{prefix}{key} is a {type(value).__name__}, not a byte tensor")
+            elif isinstance(value, bool) or not isinstance(value, kind):
+                problems.append(f"{prefix}{key} is a {type(value).__name__}")
+
+    problems: list[str] = []
+    check(ckpt, CHECKPOINT_FIELDS)
+    if isinstance(ckpt.get("state"), dict):
+        state = ckpt["state"]
+        check(state, STATE_FIELDS, "state.")
+        if isinstance(state.get("rng"), dict):
+            check(state["rng"], {"cpu": "tensor", "cuda": list}, "state.rng.")
+    else:
+        check(ckpt, LEGACY_STATE_FIELDS)
     if isinstance(ckpt.get("model"), dict) and not all(
             isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
         problems.append("model is not a dict of tensors")
@@ -574,3 +589,19 @@ def load_checkpoint(path: Path) -> dict:
             f"{'; '.join(problems[:4])}. It was written by another program or version, or "
             "crafted. Use checkpoints/last.pt or best.pt of a run made by this version.")
     return ckpt
+
+
+def trial_key(run_dir: Path, summary: dict) -> str | None:
+    """The semantic config hash of a run: the one in its summary, or, for runs written before
+    hash_version 2, recomputed from its config.yaml, so sweeps recognise their older trials."""
+    import yaml
+
+    from .config import HASH_VERSION, config_from_dict, config_hash
+
+    if summary.get("hash_version") == HASH_VERSION:
+        return summary.get("config_hash")
+    try:
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        return config_hash(config_from_dict(raw))
+    except (OSError, ValueError, ConfigError, yaml.YAMLError):
+        return None

@@ -29,10 +29,13 @@ def test_own_idx_data_any_size_and_classes(tmp_path, gz):
     assert (len(splits.train_x), len(splits.val_x), len(splits.test_x)) == (40, 10, 20)
     assert splits.num_classes == 3 and splits.class_names == ["0", "1", "2"]
     images, labels = synthetic_split(50, 9, 3, seed=1)
-    # normalised with the training split's own statistics
+    # normalised with the statistics of the training split alone: validation images do not leak in
     scaled = images.float() / 255
-    assert splits.mean == pytest.approx(scaled.mean().item(), rel=1e-5)
-    assert torch.cat([splits.train_x, splits.val_x]).mean().item() == pytest.approx(0, abs=1e-4)
+    train_idx = torch.randperm(50, generator=torch.Generator().manual_seed(0))[10:]
+    assert splits.mean == pytest.approx(scaled[train_idx].mean().item(), rel=1e-5)
+    assert splits.mean != pytest.approx(scaled.mean().item(), rel=1e-5)
+    assert splits.train_x.mean().item() == pytest.approx(0, abs=1e-4)
+    assert splits.train_x.std().item() == pytest.approx(1, abs=1e-3)
     # the split is a seeded permutation: same seed, same split; every image lands once
     again = load_data(idx_cfg(tmp_path), val_split=0.2, seed=0)
     assert torch.equal(again.val_y, splits.val_y)

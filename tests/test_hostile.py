@@ -206,8 +206,15 @@ def flip_tensor_bytes(path: Path, count: int = 50) -> None:
     path.write_bytes(bytes(raw))
 
 
+def as_interrupted(run: Path) -> None:
+    """Mark a completed run interrupted, so that --resume reads its checkpoint (a completed run's it leaves alone)."""
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+
+
 def test_a_checkpoint_with_flipped_bytes_is_refused_and_the_run_is_not_touched(run_copy):
     flip_tensor_bytes(run_copy / "checkpoints" / "last.pt")
+    as_interrupted(run_copy)
     before = snapshot(run_copy)
     one_paragraph(cli("eval", run_copy, "--json"), 2, "last.pt", "no longer matches the digest")
     one_paragraph(cli("train", "--resume", run_copy), 2, "last.pt", "no longer matches the digest")
@@ -218,7 +225,8 @@ def test_a_checkpoint_with_flipped_bytes_is_refused_and_the_run_is_not_touched(r
 def crafted(ckpt: dict, kind: str) -> dict:
     ckpt = {k: v for k, v in ckpt.items() if k != "digest"}
     if kind == "rng-list":
-        ckpt["rng_state"] = ckpt["rng_state"].tolist()
+        ckpt["state"] = {**ckpt["state"], "rng": {**ckpt["state"]["rng"],
+                                                  "cpu": ckpt["state"]["rng"]["cpu"].tolist()}}
     elif kind == "data-no-classes":
         ckpt["data"] = {k: v for k, v in ckpt["data"].items() if k != "class_names"}
     else:
@@ -231,6 +239,7 @@ def test_crafted_checkpoints_are_refused_in_resume_eval_and_predict(run_copy, tm
     last = run_copy / "checkpoints" / "last.pt"
     good = torch.load(last, weights_only=True)
     runs.save_checkpoint(last, crafted(good, kind))  # a valid digest: the schema check must catch it
+    as_interrupted(run_copy)
     before = snapshot(run_copy)
     image = tmp_path / "x.png"
     from PIL import Image

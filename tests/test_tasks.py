@@ -147,3 +147,29 @@ def test_runs_table_shows_the_final_loss_of_runs_without_accuracy(tmp_path):
     rows = {r["optim.lr"]: r for r in json.loads(listing.stdout)}
     assert rows[0.01]["f"] == pytest.approx(13 * 0.98 ** 100, rel=1e-3)  # f after the last step
     assert rows[0.1]["f"] < 1e-6 and "test_accuracy" not in rows[0.1]
+
+
+def test_quadratic_and_linreg_runs_speak_of_steps_and_samples_not_images(tmp_path):
+    quad = runner.invoke(app, ["train", str(ROOT / "configs/quadratic.yaml"), "train.epochs=5",
+                               f"runs_dir={tmp_path / 'runs'}"])
+    assert quad.exit_code == 0, quad.output
+    assert "img/s" not in quad.stdout and "validation samples" not in quad.stdout
+    assert "minimising f(x) = sum(x^2) from x0 = [3.0, -2.0]" in quad.stdout
+    last_epoch = [line for line in quad.stdout.splitlines() if line.startswith("epoch 5/5")][0]
+    f_final = quad.stdout.split("f(x) = ")[-1].split(" at")[0]
+    assert f"val loss {f_final} " in last_epoch and "steps/s" in last_epoch  # the same f(x)
+    lin = runner.invoke(app, ["train", str(ROOT / "configs/linreg.yaml"), "train.epochs=1",
+                              f"runs_dir={tmp_path / 'lin'}"])
+    assert lin.exit_code == 0, lin.output
+    assert "img/s" not in lin.stdout and "samples/s" in lin.stdout
+
+
+def test_no_module_outside_the_tasks_names_a_task():
+    import re
+
+    for path in (ROOT / "mnistlab").glob("*.py"):
+        if path.name in ("config.py",):  # the config declares the task choice and its sections
+            continue
+        text = path.read_text()
+        assert not re.search(r"""task\S*\s*[!=]=\s*["'](classify|quadratic|linreg)""", text), path
+        assert not re.search(r"""["'](classify|quadratic|linreg)["']\s*(in|==)""", text), path

@@ -44,7 +44,7 @@ def scan(directory: Path) -> dict[str, list[dict]]:
             continue  # not a run, or a run killed while it was being created
         if isinstance(summary, dict):
             summary["run_dir"] = entry.path
-            found.setdefault(summary.get("config_hash"), []).append(summary)
+            found.setdefault(runs.trial_key(Path(entry.path), summary), []).append(summary)
     return found
 
 
@@ -67,7 +67,7 @@ def scan_trials(trials: list[Trial]) -> dict[str, list[dict]]:
             continue
         if isinstance(summary, dict):
             summary["run_dir"] = str(t.run_dir)
-            found.setdefault(summary.get("config_hash"), []).append(summary)
+            found.setdefault(runs.trial_key(t.run_dir, summary), []).append(summary)
     return found
 
 

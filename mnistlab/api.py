@@ -1,0 +1,70 @@
+"""The Python API for notebooks: train, load_runs and evaluate, the functions the CLI commands call."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+
+def train(config: str | Path | dict, overrides: list[str] = (), quiet: bool = True,
+          resume: str | Path | None = None) -> dict:
+    """Train a config (a YAML file or a mapping) with key=value overrides; return the run's summary.
+
+    The summary's run_dir is the run directory. quiet=False prints a line per epoch.
+    """
+    from . import display
+    from .config import apply_overrides, config_from_dict, load_config
+    from .train import fit, resume_config
+
+    if resume is not None:
+        return fit(resume_config(resume), display.Plain(quiet=quiet), resume=Path(resume))
+    if isinstance(config, dict):
+        raw, keys = apply_overrides(config, list(overrides))
+        cfg = config_from_dict(raw, keys)
+        source = {"config": None, "overrides": list(overrides)}
+    else:
+        cfg = load_config(config, list(overrides))
+        source = {"config": str(config), "overrides": list(overrides)}
+    return fit(cfg, display.Plain(quiet=quiet), source=source)
+
+
+def load_runs(runs_dir: str | Path = "runs") -> Any:
+    """Every run under runs_dir as one row each: its metrics, status and settings.
+
+    A pandas DataFrame when pandas is installed, else a list of dicts.
+    """
+    from . import metrics, report
+
+    rows = []
+    for r in report.find_runs(Path(runs_dir)):
+        summary = r["summary"]
+        rows.append({"run": r["run"], "run_dir": str(r["dir"]), "status": r["status"],
+                     "task": summary.get("task"), "started": summary.get("started"),
+                     **{name: metrics.value(summary, name) for name in metrics.METRICS},
+                     **r["config"]})
+    try:
+        import pandas
+    except ImportError:
+        return rows
+    return pandas.DataFrame(rows)
+
+
+def evaluate(run: str | Path | dict, split: str = "test", ckpt: str | None = None,
+             overrides: list[str] = (), save: bool = True) -> dict:
+    """Score a run (a directory, a checkpoint file or the summary train returned) on one split."""
+    from .evaluate import evaluate_run
+
+    target = run["run_dir"] if isinstance(run, dict) else run
+    return evaluate_run(Path(target), ckpt, split, list(overrides), save)
+
+
+def callable_module(name: str, function) -> None:
+    """Let the module `name` be called as `function`.
+
+    mnistlab.train and mnistlab.evaluate are both modules and this API's functions: importing a
+    submodule sets the package attribute of its name to the module, so the module is made callable.
+    """
+    module = sys.modules[name]
+    module.__class__ = type("CallableModule", (types.ModuleType,), {"__call__": staticmethod(function)})
