@@ -45,7 +45,8 @@ from mnistlab.config import load_config  # noqa: E402
 from mnistlab.data import load_data  # noqa: E402
 from mnistlab.evaluate import load_model  # noqa: E402
 from mnistlab.tasks import build_task  # noqa: E402
-from mnistlab.train import Silent, as_input, evaluate, fit, is_conv, use_bf16  # noqa: E402
+from mnistlab.precision import cpu_bf16_flags, cpu_model, for_eval  # noqa: E402
+from mnistlab.train import Silent, as_input, choose_precision, evaluate, fit, is_conv  # noqa: E402
 
 
 class TestEachEpoch(Silent):
@@ -62,19 +63,21 @@ class TestEachEpoch(Silent):
         info = ckpt["data"]
         data = load_data(cfg.data, cfg.train.val_split, cfg.train.seed, (info["mean"], info["std"]))
         device = torch.device("cpu")
-        test = evaluate(model, data.test_x, data.test_y, 1000, device, bf16=use_bf16(cfg, device))
+        bf16 = for_eval(cfg.train.precision, ckpt.get("precision"), is_conv(model))
+        test = evaluate(model, data.test_x, data.test_y, 1000, device, bf16=bf16)
         self.epochs.append({"epoch": train["epoch"], "train_seconds": train["elapsed"],
                             "test_accuracy": test["accuracy"]})
 
 
 # one epoch of cnn.yaml with one setting changed: what each choice costs or saves
-ABLATIONS = (("default", []), ("fp32 instead of bf16", ["train.precision=fp32"]),
+ABLATIONS = (("default (precision auto)", []), ("fp32", ["train.precision=fp32"]),
+             ("bf16", ["train.precision=bf16"]),
              ("1 thread", ["train.threads=1"]), ("channels 16/32", ["model.channels=[16,32]"]),
              ("channels 24/48", ["model.channels=[24,48]"]), ("5x5 kernels", ["model.kernel_size=5"]),
              ("batch 64", ["train.batch_size=64"]), ("batch 256", ["train.batch_size=256"]),
              ("batch norm", ["model.batch_norm=true"]))
 # the whole cnn.yaml run (seed 0) with one setting changed: does the accuracy hold?
-FULL_RUNS = (("fp32 instead of bf16", ["train.precision=fp32"]),
+FULL_RUNS = (("fp32", ["train.precision=fp32"]), ("bf16", ["train.precision=bf16"]),
              ("channels 16/32", ["model.channels=[16,32]"]), ("5 epochs", ["train.epochs=5"]),
              ("batch norm, 6 epochs", ["model.batch_norm=true", "train.epochs=6"]))
 ONE_EPOCH = ("train.epochs=1", "train.batch_size=64", "train.val_split=0")
@@ -98,8 +101,9 @@ def step_costs(data_dir: str, steps: int = 60) -> dict:
     cfg = load_config(ROOT / "configs" / "cnn.yaml", ["data.name=fashion-mnist", f"data.root={data_dir}"])
     task = build_task(cfg)
     model, device = task.model, torch.device("cpu")
-    channels_last, bf16 = is_conv(model), use_bf16(cfg, device)
+    channels_last = is_conv(model)
     model = model.to(memory_format=torch.channels_last)
+    bf16 = choose_precision(cfg, device, model, task, channels_last).bf16
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = task.data.train_x, task.data.train_y
     perm = torch.randperm(len(x))
@@ -180,11 +184,15 @@ def main() -> None:
                         help="at most this many reference epochs (it stops once it reaches 90%%)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
-    out: dict = {"machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                             "torch": torch.__version__}}
-    print(f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    flags = cpu_bf16_flags()
+    out: dict = {"machine": {"cpu": cpu_model(), "bf16_flags": flags, "cpus": os.cpu_count(),
+                             "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    print(f"{cpu_model()} ({', '.join(flags) or 'no AMX, no AVX512-BF16'}), {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     out["matmul_gflops"] = matmul_gflops()
-    print(f"fp32 matrix multiply: {out['matmul_gflops']:.0f} GFLOP/s", flush=True)
+    out["matmul_gflops_bf16"] = matmul_gflops(dtype=torch.bfloat16)
+    print(f"matrix multiply: {out['matmul_gflops']:.0f} GFLOP/s fp32, "
+          f"{out['matmul_gflops_bf16']:.0f} GFLOP/s bf16", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -215,7 +223,7 @@ def main() -> None:
                 print(f"cnn, one epoch, {label}: {s['train_seconds']:.1f} s", flush=True)
         ablations = {label: median(t) for label, t in times.items()}
         out["ablations"] = times
-        full = {"default": pairs[0]["cnn_summary"]}
+        full = {"default (precision auto)": pairs[0]["cnn_summary"]}
         for label, extra in FULL_RUNS:
             full[label], _ = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, *extra)
             print(f"cnn.yaml, {label}: test accuracy {full[label]['final']['test']['accuracy']:.4f} "
@@ -257,7 +265,10 @@ def main() -> None:
     ref_epoch = [p["reference"][0]["train_seconds"] for p in pairs]
     lab_epoch = [p["cnn_2_epochs"][0]["train_seconds"] for p in pairs]
     share = out["step"]["prepare_s"] / out["step"]["step_s"]
+    s0_precision = pairs[0]["cnn_summary"].get("precision", "fp32")
+    rate = out["matmul_gflops_bf16" if s0_precision == "bf16" else "matmul_gflops"]
     print(f"""
+{out['machine']['cpu']} ({', '.join(flags) or 'no AMX, no AVX512-BF16'}); cnn.yaml trained in {s0_precision}: {pairs[0]['cnn_summary'].get('precision_reason', '')}
 Fashion-MNIST, medians over {args.repeats} seeds (training seconds, evaluation excluded)
 
 | measure | reference (PyTorch MNIST example) | mnistlab | ratio |
@@ -273,7 +284,7 @@ Fashion-MNIST, medians over {args.repeats} seeds (training seconds, evaluation e
 
 | cnn.yaml, one epoch (median) | training s | vs default |
 |---|---|---|
-""" + "\n".join(f"| {k} | {v:.1f} | {v / ablations['default']:.2f}x |" for k, v in ablations.items()) + """
+""" + "\n".join(f"| {k} | {v:.1f} | {v / ablations['default (precision auto)']:.2f}x |" for k, v in ablations.items()) + """
 
 | cnn.yaml, whole run, seed 0 | test accuracy | training s (one run) |
 |---|---|---|
@@ -282,7 +293,7 @@ Fashion-MNIST, medians over {args.repeats} seeds (training seconds, evaluation e
 
 - data preparation: {1e3 * out['step']['prepare_s']:.2f} ms of a {1e3 * out['step']['step_s']:.1f} ms training step ({100 * share:.1f}%)
 - command to first training step: {out['first_step_cold']:.2f} s with the parsed-data cache cold, {out['first_step_warm']:.2f} s warm (median of 3)
-- conv net training: {flops / 1e6:.1f} MFLOP per image, {achieved:.0f} GFLOP/s achieved = {100 * achieved / out['matmul_gflops']:.0f}% of the {out['matmul_gflops']:.0f} GFLOP/s fp32 matrix-multiply rate
+- conv net training: {flops / 1e6:.1f} MFLOP per image, {achieved:.0f} GFLOP/s achieved = {100 * achieved / rate:.0f}% of the {rate:.0f} GFLOP/s {s0_precision} matrix-multiply rate
 """)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))

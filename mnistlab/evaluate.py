@@ -123,7 +123,8 @@ def most_confused(confusion: list[list[int]], class_names: list[str], top: int =
 def evaluate_run(target: Path, which: str | None = None, split: str = "test",
                  overrides: list[str] = (), save: bool = True) -> dict:
     """Score a run's checkpoint on one split; the result is saved under the run's evals/."""
-    from .train import evaluate, resolve_device, use_bf16
+    from .precision import for_eval
+    from .train import evaluate, is_conv, resolve_device
 
     if split not in SPLITS:
         raise ConfigError([f"--split: {split!r} is not a split; choose one of: {', '.join(SPLITS)}"])
@@ -149,7 +150,7 @@ def evaluate_run(target: Path, which: str | None = None, split: str = "test",
         raise DataError(f"{data.source}: its labels go up to {int(y.max())} but the model knows "
                         f"only {num_classes} classes; evaluate it on a data set with the same classes.")
     res = evaluate(model.to(device), x, y, ecfg.train.eval_batch_size, device, num_classes,
-                   bf16=use_bf16(ecfg, device))
+                   bf16=for_eval(ecfg.train.precision, ckpt.get("precision"), is_conv(model)))
     confusion = res["confusion"]
     per_class = []
     for c, row in enumerate(confusion):

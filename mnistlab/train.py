@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import runs
+from . import precision, runs
 from .config import Config, ConfigError, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
 from .errors import Diverged, Interrupted, TrainError
 from .models import count_parameters
@@ -72,25 +72,13 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
-def native_bf16_cpu() -> bool:
-    """Does this CPU compute bf16 in hardware (AMX or AVX512-BF16)? Elsewhere bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def use_bf16(cfg: Config, device: torch.device) -> bool:
-    """bf16 autocast: asked for, or (auto) for conv nets on a CPU with native bf16.
-
-    Measured on an AMX CPU: the conv net trains 1.9x faster at the same accuracy; the dense net
-    gains nothing, so auto leaves it in fp32.
-    """
-    if cfg.train.precision != "auto":
-        return cfg.train.precision == "bf16"
-    return (cfg.task == "classify" and cfg.model.kind == "conv" and device.type == "cpu"
-            and native_bf16_cpu())
+def choose_precision(cfg: Config, device: torch.device, model: nn.Module, task,
+                     channels_last: bool) -> precision.Choice:
+    """fp32 or bf16 autocast, measured on one training batch of this very model when auto."""
+    n = min(cfg.train.batch_size, len(task.data.train_x))
+    x = as_input(task.data.train_x[:n], device, channels_last)
+    return precision.choose(cfg.train.precision, device, model, x, task.data.train_y[:n].to(device),
+                            task.loss)
 
 
 def is_conv(model: nn.Module) -> bool:
@@ -226,7 +214,8 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     channels_last = is_conv(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    bf16 = use_bf16(cfg, device)
+    chosen = choose_precision(cfg, device, model, task, channels_last)
+    bf16 = chosen.bf16
     loss_fn = None if task.classify else task.loss  # for evaluate()
     optimizer = build_optimizer(cfg.optim, model.parameters())
     batch = cfg.train.batch_size
@@ -265,7 +254,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         "started": started, "ended": None, **runs.process_identity(),
         "config_hash": config_hash(cfg), "source": source or {},
         "params": count_parameters(model), "device": str(device),
-        "precision": "bf16" if bf16 else "fp32", "epochs": cfg.train.epochs,
+        "precision": chosen.name, "precision_reason": chosen.reason, "epochs": cfg.train.epochs,
         "epochs_completed": start_epoch, "train_samples": n_train, "val_samples": len(data.val_x),
         "test_samples": len(data.test_x), "final": {}, "best": best, "result": None,
         "error": None, "wall_seconds": None, "train_seconds": train_seconds,
@@ -282,7 +271,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch, "step": step, "shuffle_state": epoch_state,
                 "rng_state": torch.get_rng_state(), "best": best, "train_seconds": train_seconds,
-                "config": to_dict(cfg), "data": task.info}
+                "config": to_dict(cfg), "data": task.info, "precision": chosen.name}
 
     def finish(status: str, error: str | None = None) -> dict:
         summary.update(status=status, error=error, best=best, train_seconds=train_seconds,
