@@ -53,6 +53,10 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue an interrupted run from its last.pt."),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", metavar="DIR",
+        help="Write the run into DIR: a new run, the continuation of an interrupted one, or "
+             "nothing for a completed one (what sweep trials use)."),
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
@@ -60,7 +64,7 @@ def train(
 
     overrides = overrides or []
     if resume is not None:
-        if config is not None or overrides:
+        if config is not None or overrides or run_dir is not None:
             raise fail("--resume continues a run with the config it was started with; "
                        "give only the run directory: mnistlab train --resume RUN_DIR")
         cfg = resume_config(resume)
@@ -72,8 +76,10 @@ def train(
     if print_config:
         typer.echo(to_yaml(cfg), nl=False)
         return
-    fit(cfg, display.reporter(quiet), resume=resume,
-        source={"config": str(config) if config else None, "overrides": overrides})
+    summary = fit(cfg, display.reporter(quiet), resume=resume, run_dir=run_dir,
+                  source={"config": str(config) if config else None, "overrides": overrides})
+    if summary.get("untouched"):
+        typer.echo(f"{run_dir}: already completed; nothing to do.")
 
 
 @app.command("eval")
