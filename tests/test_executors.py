@@ -244,3 +244,87 @@ def test_bad_executor_settings_are_config_errors(name, options, problem):
     check = module.check_slurm_options if name == "slurm" else module.check_ray_options
     with pytest.raises(ConfigError, match=problem):
         check(options)
+
+
+# ---------------------------------------------------------------- whole sweeps, driven by mnistlab sweep
+
+
+def sweep_file(tmp_path: Path, data_dir: Path, epochs: int, lrs=(0.01, 0.02)) -> Path:
+    """A sweep of len(lrs) tiny conv-net trials under tmp_path/runs/s."""
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config_dict(
+        data_dir, tmp_path / "runs", train={"epochs": epochs, "log_every": 1})))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "base": "tiny.yaml",
+                                    "grid": {"optim.lr": list(lrs)}}))
+    return path
+
+
+def start_sweep(path: Path, engine: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mnistlab", "sweep", str(path), "--executor",
+                             engine, "--jobs", "2", *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def trial_dirs(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def ran_once(run_dir: Path) -> dict:
+    """The completed summary of a trial whose every attempt ran in this one directory, in turn."""
+    done = summary(run_dir)
+    assert done["status"] == "completed", (run_dir / "trial.log").read_text()
+    log = (run_dir / "trial.log").read_text()
+    assert "being written by another" not in log and "already completed" not in log, log
+    assert log.count("completed:") == 1, log  # one attempt completed it; none ran it again
+    return done
+
+
+def test_sweep_completes_then_a_rerun_submits_nothing(tmp_path, data_dir, engine):
+    path = sweep_file(tmp_path, data_dir, epochs=1)
+    first = start_sweep(path, engine)
+    out = first.communicate(timeout=900)[0]
+    assert first.returncode == 0, out
+    directory = tmp_path / "runs" / "s"
+    dirs = trial_dirs(directory)
+    assert len(dirs) == 2
+    jobs = {d: json.loads((d / "job.json").read_text()) for d in dirs}
+    for d in dirs:
+        assert ran_once(d)["executor"] == {"name": engine, "job_id": jobs[d]["job_id"]}
+    again = start_sweep(path, engine)
+    out = again.communicate(timeout=900)[0]
+    assert again.returncode == 0, out
+    assert "nothing to run: 2 of 2 trials already completed" in out
+    assert trial_dirs(directory) == dirs
+    assert {d: json.loads((d / "job.json").read_text()) for d in dirs} == jobs  # no new job
+
+
+def test_driver_killed_mid_sweep_then_started_again_completes_each_trial_once(
+        tmp_path, data_dir, engine):
+    path = sweep_file(tmp_path, data_dir, epochs=4)
+    directory = tmp_path / "runs" / "s"
+    driver = start_sweep(path, engine)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list(directory.glob("*/metrics.jsonl")):
+        time.sleep(0.1)
+    os.kill(driver.pid, 9)  # no handler, no cleanup: the driver just vanishes
+    driver.communicate()
+    again = start_sweep(path, engine)
+    out = again.communicate(timeout=900)[0]
+    assert again.returncode == 0, out
+    dirs = trial_dirs(directory)
+    assert len(dirs) == 2
+    for d in dirs:
+        done = summary(d)
+        assert done["status"] == "completed" and done["epochs_completed"] == 4, out
+        assert (d / "trial.log").read_text().count("completed:") == 1
+
+
+def test_two_drivers_started_at_once_run_each_trial_once(tmp_path, data_dir, engine):
+    path = sweep_file(tmp_path, data_dir, epochs=1)
+    drivers = [start_sweep(path, engine) for _ in range(2)]
+    outs = [d.communicate(timeout=900)[0] for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], outs
+    dirs = trial_dirs(tmp_path / "runs" / "s")
+    assert len(dirs) == 2
+    for d in dirs:
+        ran_once(d)
