@@ -328,3 +328,15 @@ def test_two_drivers_started_at_once_run_each_trial_once(tmp_path, data_dir, eng
     assert len(dirs) == 2
     for d in dirs:
         ran_once(d)
+
+
+def test_detach_is_refused_on_ray_whose_tasks_die_with_their_driver(tmp_path, data_dir):
+    from typer.testing import CliRunner
+
+    from mnistlab.cli import app
+
+    result = CliRunner().invoke(app, ["sweep", str(sweep_file(tmp_path, data_dir, epochs=1)),
+                                      "--executor", "ray", "--detach"])
+    assert result.exit_code == 2
+    assert "--detach: Ray tasks belong to the driver" in result.output
+    assert not (tmp_path / "runs" / "s").exists()
