@@ -84,6 +84,11 @@ def text(name: str, v: float | None) -> str:
     return "-" if v is None else FORMATS[METRICS[name].kind](v)
 
 
+def percent(x: float | None) -> str:
+    """A share as a percentage, e.g. 91.23%."""
+    return "-" if x is None else FORMATS["percent"](x)
+
+
 def axis_label(name: str) -> str:
     """Long label with its unit, for plot axes, e.g. 'final validation accuracy (%)'."""
     m = METRICS[name]
