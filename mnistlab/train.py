@@ -61,7 +61,8 @@ class Silent:
 def stop_on_signals():
     """Ctrl-C and SIGTERM set the yielded event; the loop stops at the next batch boundary.
 
-    A second signal raises KeyboardInterrupt at once.
+    A second Ctrl-C raises KeyboardInterrupt at once. A repeated SIGTERM is the same request again:
+    a scheduler signals every process of a job, and the job's own process passes it on too.
     """
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
@@ -69,7 +70,7 @@ def stop_on_signals():
         return
 
     def handler(signum, frame):
-        if stop.is_set():
+        if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.set()
 

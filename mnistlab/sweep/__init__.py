@@ -28,9 +28,11 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
     """The sweep command: show the trials, or run them and report; say what did not complete."""
     directory, trials = build_trials(sweep, max_trials)
     metric = metric or DEFAULT_METRIC[trials[0].cfg.task]
-    if detach and executor == "local":
-        raise SweepError("--detach: local trials are processes of this command and stop with it; "
-                         "detach with --executor slurm or ray, or run the sweep in tmux/nohup.")
+    if detach and executor in ("local", "ray"):
+        whose = {"local": "local trials are processes of this command",
+                 "ray": "Ray tasks belong to the driver that submitted them"}[executor]
+        raise SweepError(f"--detach: {whose} and stop with it; detach with --executor slurm, or "
+                         "run the sweep in tmux/nohup.")
     engine = None if report_only or dry_run else create_executor(
         executor, sweep.executor.get(executor) or {}, jobs)
     try:

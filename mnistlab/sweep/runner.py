@@ -77,9 +77,9 @@ def jobs_alive(executor: Executor, jobs: list[dict]) -> set[str]:
     states = executor.states(ids) if ids else {}
     alive = {i for i, s in states.items() if s in ("pending", "running")}
     me = runs.process_identity()
-    for j in jobs:  # a local job queued by another sweep command runs while that command lives
+    for j in jobs:  # a local or Ray job of another sweep command runs while that command lives
         driver = j.get("driver") or {}
-        if (j.get("executor") == "local" and states.get(j.get("job_id"), "unknown") == "unknown"
+        if (j.get("executor") in ("local", "ray") and states.get(j.get("job_id"), "unknown") == "unknown"
                 and driver.get("pid") != me["pid"] and runs.process_alive(driver) is True):
             alive.add(j.get("job_id"))
     return alive

@@ -1,0 +1,135 @@
+"""Trials as Ray tasks, on a Ray cluster (address from the sweep file or RAY_ADDRESS) or a local one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+
+import ray
+
+from ...errors import ConfigError, ExecutorUnavailable
+from .base import TrialSpec
+from .process import start_trial, stop_trial
+
+
+def run_trial(argv: list[str], env: dict[str, str], log: str) -> int:
+    """The Ray task of one trial: run its command; a cancelled task stops the trial with SIGTERM."""
+    proc = start_trial(argv, env, log)
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=0.5)  # short waits let ray.cancel's KeyboardInterrupt in
+            except subprocess.TimeoutExpired:
+                pass
+    except KeyboardInterrupt:
+        stop_trial(proc)
+        proc.wait()
+        raise
+
+
+class RayExecutor:
+    """Launches queued trials as Ray tasks, at most jobs at once, topping up on each states() call.
+
+    Ray tasks belong to this driver: when it ends, Ray stops them and each trial saves itself
+    (it gets SIGTERM when its worker dies); the next sweep command continues them from last.pt.
+    """
+
+    name = "ray"
+
+    def __init__(self, options: dict, jobs: int) -> None:
+        self.options = check_ray_options(options or {})
+        self.jobs = max(1, jobs)
+        address = self.options.get("address") or os.environ.get("RAY_ADDRESS") or None
+        self.owner = not ray.is_initialized()
+        if self.owner:
+            extra = {} if address else {"include_dashboard": False}
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **extra)
+            except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError here
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise ExecutorUnavailable(
+                    f"--executor ray: cannot connect to {where} ({_first_line(str(e))}). Start the "
+                    "cluster (ray start --head), fix the address (executor: ray: address in the sweep "
+                    "file, or RAY_ADDRESS), or leave both unset for a local instance.") from None
+        self.prefix = f"ray-{os.urandom(4).hex()}"
+        self.count = 0
+        self.queue: list[tuple[str, TrialSpec]] = []
+        self.refs: dict[str, ray.ObjectRef] = {}
+        self.done: set[str] = set()
+
+    def submit(self, specs: list[TrialSpec]) -> list[str]:
+        ids = []
+        for spec in specs:
+            self.count += 1
+            ids.append(f"{self.prefix}-{self.count}")
+        self.queue += zip(ids, specs)
+        self._start()
+        return ids
+
+    def _start(self) -> None:
+        self._collect()
+        while self.queue and len(self.refs) - len(self.done) < self.jobs:
+            job_id, spec = self.queue.pop(0)
+            cpus = self.options.get("cpus_per_trial") or spec.threads
+            env = {"OMP_NUM_THREADS": str(cpus), **spec.env, "MNISTLAB_EXECUTOR": self.name,
+                   "MNISTLAB_JOB_ID": job_id}
+            task = ray.remote(run_trial).options(num_cpus=cpus,
+                                                 num_gpus=self.options.get("gpus_per_trial") or 0)
+            self.refs[job_id] = task.remote(list(spec.argv), env, str(spec.log))
+
+    def _collect(self) -> None:
+        running = {ref: job_id for job_id, ref in self.refs.items() if job_id not in self.done}
+        if running:
+            ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+            self.done.update(running[ref] for ref in ready)
+
+    def states(self, job_ids: list[str]) -> dict[str, str]:
+        self._start()
+        queued = {job_id for job_id, _ in self.queue}
+        return {job_id: ("pending" if job_id in queued else
+                         "finished" if job_id in self.done else
+                         "running" if job_id in self.refs else "unknown") for job_id in job_ids}
+
+    def cancel(self, job_ids: list[str], timeout: float = 60.0) -> None:
+        """Each running task gets KeyboardInterrupt and stops its trial with SIGTERM; wait for them."""
+        wanted = set(job_ids)
+        self.queue = [(j, s) for j, s in self.queue if j not in wanted]
+        self._collect()
+        refs = [ref for j, ref in self.refs.items() if j in wanted and j not in self.done]
+        for ref in refs:
+            ray.cancel(ref)
+        if refs:
+            _, stuck = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+            for ref in stuck:  # the worker is killed; its trial still gets SIGTERM
+                ray.cancel(ref, force=True)
+        self._collect()
+
+    def close(self) -> None:
+        self.queue = []
+        if self.owner and ray.is_initialized():
+            ray.shutdown()
+
+
+def check_ray_options(options: dict) -> dict:
+    """The executor: ray: settings, each value checked (the keys are checked by the sweep file)."""
+    problems = []
+    address = options.get("address")
+    if address is not None and not isinstance(address, str):
+        problems.append(f"executor.ray.address: give the cluster's address, e.g. 10.0.0.5:6379 or "
+                        f"auto, not {address!r}")
+    cpus = options.get("cpus_per_trial")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+        problems.append(f"executor.ray.cpus_per_trial: give a whole number of at least 1, not {cpus!r}")
+    gpus = options.get("gpus_per_trial")
+    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0):
+        problems.append(f"executor.ray.gpus_per_trial: give a number of GPUs (fractions allowed), "
+                        f"not {gpus!r}")
+    if problems:
+        raise ConfigError(problems)
+    return options
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[0] if lines else ""

@@ -1,0 +1,205 @@
+"""Trials as SLURM jobs through submitit: one job array per submit, at most --jobs running at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import submitit
+
+from ...errors import ConfigError, ExecutorUnavailable, SweepError
+from .base import TrialSpec
+from .process import start_trial, stop_trial
+
+# squeue's job states by what they mean for a trial; a job squeue no longer lists has ended
+PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
+           "SUSPENDED", "STOPPED"}
+ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+         "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"}
+JOB_ID = re.compile(r"\d+(_\d+)?")
+
+
+class SlurmTrial(submitit.helpers.Checkpointable):
+    """The SLURM job of one trial: runs the trial command and stops it the way SLURM asks.
+
+    SIGTERM (scancel, preemption, the time limit) is passed on so the trial saves and stops.
+    SIGUSR2, submitit's warning before the time limit, does the same and then requeues the job,
+    which runs the same command again: the trial continues from its last.pt.
+    """
+
+    def __call__(self, argv: list[str], env: dict[str, str], log: str) -> int:
+        job_id = slurm_job_id(os.environ)
+        proc = start_trial(argv, {**env, "MNISTLAB_EXECUTOR": "slurm", "MNISTLAB_JOB_ID": job_id},
+                           log)
+        warned = threading.Event()
+
+        def on_term(signum, frame):
+            stop_trial(proc)
+
+        def on_warning(signum, frame):
+            warned.set()
+            stop_trial(proc)
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGUSR2, on_warning)
+        code = proc.wait()
+        if warned.is_set() and code != 0:
+            subprocess.run(["scontrol", "requeue", job_id], check=False)
+        return code
+
+
+def slurm_job_id(environ) -> str:
+    """The id squeue shows for this job: ARRAYJOB_TASK inside an array, else the job id."""
+    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    return environ.get("SLURM_JOB_ID", "")
+
+
+class SlurmExecutor:
+    """Submits each batch of trials as one job array with the %N limit; polls squeue."""
+
+    name = "slurm"
+
+    def __init__(self, options: dict, jobs: int) -> None:
+        self.options = check_slurm_options(options or {})
+        self.jobs = max(1, jobs)
+        missing = [cmd for cmd in ("sbatch", "squeue", "scancel", "scontrol") if not shutil.which(cmd)]
+        if missing:
+            raise ExecutorUnavailable(
+                f"--executor slurm: {', '.join(missing)} not found on PATH, so SLURM cannot be "
+                "reached from this machine. Run the sweep on a login node of your cluster (where "
+                "sbatch works), or use --executor local or ray.")
+        answer = _run(["scontrol", "show", "config"])
+        if answer.returncode != 0:
+            raise ExecutorUnavailable(
+                "--executor slurm: the SLURM controller does not answer "
+                f"({_first_line(answer.stderr) or 'scontrol show config failed'}). Check that "
+                "slurmctld runs (scontrol ping), or use --executor local or ray.")
+        found = re.search(r"^MaxArraySize\s*=\s*(\d+)", answer.stdout, re.MULTILINE)
+        self.max_array = int(found.group(1)) if found else 1001
+
+    def submit(self, specs: list[TrialSpec]) -> list[str]:
+        if not specs:
+            return []
+        folder = Path(specs[0].run_dir).parent / ".slurm"  # a dot-folder: not a run directory
+        cpus = self.options.get("cpus_per_trial") or max(spec.threads for spec in specs)
+        executor = submitit.SlurmExecutor(folder=folder)
+        executor.update_parameters(**self._parameters(cpus, Path(specs[0].run_dir).parent.name))
+        ids: list[str] = []
+        previous = None
+        chunk = self.max_array  # array indices must stay below MaxArraySize
+        for start in range(0, len(specs), chunk):
+            part = specs[start:start + chunk]
+            if previous:  # one array at a time keeps the --jobs limit across arrays
+                executor.update_parameters(dependency=f"afterany:{previous}")
+            try:
+                with executor.batch():
+                    jobs = [executor.submit(SlurmTrial(), list(spec.argv),
+                                            {"OMP_NUM_THREADS": str(cpus), **spec.env},
+                                            str(spec.log)) for spec in part]
+            except Exception as e:  # submitit raises what sbatch said, as several exception types
+                raise SweepError(f"--executor slurm: sbatch refused the trials: {_first_line(str(e))}. "
+                                 "Check the executor: slurm: settings of the sweep file (partition, "
+                                 "time, account, qos, sbatch).") from None
+            ids += [str(job.job_id) for job in jobs]
+            previous = ids[-1].split("_")[0]
+        return ids
+
+    def _parameters(self, cpus: int, sweep: str) -> dict:
+        o = self.options
+        extra = {"requeue": True}
+        for flag in o.get("sbatch") or []:
+            key, _, value = flag[2:].partition("=")
+            extra[key] = value if value else True
+        params = {"job_name": f"mnistlab-{sweep}", "cpus_per_task": cpus,
+                  "array_parallelism": self.jobs, "additional_parameters": extra,
+                  "partition": o.get("partition"), "time": o.get("time"), "account": o.get("account"),
+                  "qos": o.get("qos"), "gpus_per_node": o.get("gpus_per_trial"),
+                  "mem": f"{int(o['mem_gb'] * 1024)}M" if o.get("mem_gb") else None}
+        return {k: v for k, v in params.items() if v is not None}
+
+    def states(self, job_ids: list[str]) -> dict[str, str]:
+        ours = [j for j in job_ids if JOB_ID.fullmatch(j)]
+        out = {j: "unknown" for j in job_ids}
+        if not ours:
+            return out
+        listed = self._squeue(sorted({j.split("_")[0] for j in ours}))
+        for j in ours:
+            state = listed.get(j)
+            out[j] = ("finished" if state is None or state in ENDED else
+                      "pending" if state in PENDING else "running")
+        return out
+
+    def _squeue(self, array_ids: list[str]) -> dict[str, str]:
+        """Job id -> squeue state of the jobs of these arrays that SLURM still lists."""
+        for attempt in range(3):
+            answer = _run(["squeue", "--noheader", "--array", "--jobs", ",".join(array_ids),
+                           "--format", "%i|%T"])
+            if answer.returncode == 0:
+                return dict(line.split("|", 1) for line in answer.stdout.split() if "|" in line)
+            if "Invalid job id" in answer.stderr:  # every one of them ended and was forgotten
+                return {}
+            time.sleep(2 * (attempt + 1))
+        raise SweepError(f"--executor slurm: squeue failed ({_first_line(answer.stderr)}); the "
+                         "submitted trials keep running. Run the same sweep command again to "
+                         "attach to them.")
+
+    def cancel(self, job_ids: list[str], timeout: float = 120.0) -> None:
+        """scancel: SLURM sends SIGTERM (the trial saves) and SIGKILL after its KillWait."""
+        ours = [j for j in job_ids if JOB_ID.fullmatch(j)]
+        for start in range(0, len(ours), 500):
+            _run(["scancel", *ours[start:start + 500]])
+        deadline = time.monotonic() + timeout
+        while ours and time.monotonic() < deadline:
+            if all(s == "finished" for s in self.states(ours).values()):
+                return
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        pass
+
+
+def check_slurm_options(options: dict) -> dict:
+    """The executor: slurm: settings, each value checked (the keys are checked by the sweep file)."""
+    problems = []
+    for key in ("time", "cpus_per_trial", "gpus_per_trial"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            problems.append(f"executor.slurm.{key}: give a whole number of at least 1, not {value!r}")
+    mem = options.get("mem_gb")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0):
+        problems.append(f"executor.slurm.mem_gb: give the memory per trial in GB, e.g. 4, not {mem!r}")
+    for key in ("partition", "account", "qos"):
+        value = options.get(key)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"executor.slurm.{key}: give a name, not {value!r}")
+    flags = options.get("sbatch")
+    if flags is not None:
+        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+            problems.append("executor.slurm.sbatch: give a list of sbatch flags, e.g. "
+                            "[--constraint=avx512, --exclusive]")
+        else:
+            problems += [f"executor.slurm.sbatch: {flag!r} is not a long sbatch flag; write it as "
+                         "--name=value (e.g. --constraint=avx512)"
+                         for flag in flags if not re.fullmatch(r"--[a-z][a-z0-9-]*(=.+)?", flag)]
+    if problems:
+        raise ConfigError(problems)
+    return options
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return subprocess.CompletedProcess(argv, 1, "", str(e))
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[0] if lines else ""
