@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mnistlab.errors import ConfigError
-from mnistlab.prune import (Plan, epoch_metric, halve, keep_count, mean_score, promote, read_plan,
+from mnistlab.sweep.prune import (Plan, epoch_metric, halve, keep_count, mean_score, promote, read_plan,
                             rungs)
 
 

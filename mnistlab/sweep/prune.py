@@ -8,7 +8,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 PRUNE_KEYS = ("min_epochs", "eta", "metric")
 # the metrics that exist at every epoch (metrics.jsonl), so a trial can be judged at a rung
