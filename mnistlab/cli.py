@@ -53,6 +53,9 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue an interrupted run from its last.pt."),
+    until_epoch: Optional[int] = typer.Option(
+        None, "--until-epoch", min=1, metavar="K", show_default=False,
+        help="Stop after epoch K of the full schedule, saved as paused; --resume continues it."),
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
@@ -73,7 +76,8 @@ def train(
         typer.echo(to_yaml(cfg), nl=False)
         return
     fit(cfg, display.reporter(quiet), resume=resume,
-        source={"config": str(config) if config else None, "overrides": overrides})
+        source={"config": str(config) if config else None, "overrides": overrides},
+        until_epoch=until_epoch)
 
 
 @app.command("eval")
@@ -124,7 +128,7 @@ def runs_(
     filters: Optional[List[str]] = typer.Option(None, "--filter", metavar="KEY=VALUE",
                                                 help="Keep matching runs, e.g. model.kind=conv (repeatable)."),
     status: Optional[List[str]] = typer.Option(None, "--status", metavar="STATUS",
-                                               help="completed, running, interrupted or failed (repeatable)."),
+                                               help="completed, running, paused, pruned, interrupted or failed (repeatable)."),
     all_columns: bool = typer.Option(False, "--all-columns",
                                      help="Also show settings that are the same in every run."),
     fmt: str = FORMAT,

@@ -41,6 +41,8 @@ def summary_line(s: dict) -> str:
         parts.append(f"best val acc {_pct(best['val_accuracy'])} at epoch {best['epoch']}")
     parts.append(f"{s['epochs_completed']}/{s['epochs']} epochs, {s['train_seconds']:.1f}s training, "
                  f"{s['params']:,} parameters")
+    if s["status"] in ("paused", "pruned"):
+        parts.append(f"continue with: mnistlab train --resume {s['run_dir']}")
     return "; ".join(parts)
 
 

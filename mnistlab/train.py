@@ -187,21 +187,28 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
-        source: dict | None = None) -> dict:
+        source: dict | None = None, until_epoch: int | None = None) -> dict:
     """Train cfg into a new run directory (or continue the run at resume); return its summary.
 
+    With until_epoch the run stops after that epoch of its full schedule, saved and "paused";
+    --resume continues it as if it had never stopped.
     Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
     """
+    if resume is not None and until_epoch is not None:
+        summary = runs.read_json(Path(resume) / "summary.json")
+        if summary.get("status") in ("paused", "pruned") and summary["epochs_completed"] >= until_epoch:
+            (reporter or Silent()).finish(summary)
+            return summary  # already there: nothing to train, nothing rewritten
     threads = torch.get_num_threads()
     try:
         with stop_on_signals() as stop:
-            return _fit(cfg, reporter, resume, source, stop)
+            return _fit(cfg, reporter, resume, source, stop, until_epoch)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
 
 
 def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None,
-         stop: threading.Event) -> dict:
+         stop: threading.Event, until_epoch: int | None = None) -> dict:
     reporter = reporter or Silent()
     t_start = time.perf_counter()
     if cfg.train.threads:
@@ -287,7 +294,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     first_loss = None
     model.train()
     try:
-        for epoch in range(start_epoch, cfg.train.epochs):
+        for epoch in range(start_epoch, stop_after(cfg, until_epoch)):
             epoch_state = shuffle.get_state()
             perm = torch.randperm(n_train, generator=shuffle)
             first = skip_steps if epoch == start_epoch else 0
@@ -383,6 +390,8 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         finish("failed", f"{type(e).__name__}: {e}")
         raise
 
+    if stop_after(cfg, until_epoch) < cfg.train.epochs:
+        return finish("paused")  # last.pt is this epoch's: the schedule goes on where it stopped
     if len(data.test_x):
         test = evaluate(model, data.test_x, data.test_y, cfg.train.eval_batch_size, device,
                         loss_fn=loss_fn, bf16=bf16)
@@ -391,6 +400,11 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         summary["final"]["test"] = _metrics(test)
     summary["result"] = final_result(cfg, task)
     return finish("completed")
+
+
+def stop_after(cfg: Config, until_epoch: int | None) -> int:
+    """The epoch this invocation trains up to; the scheduler still spans all of train.epochs."""
+    return cfg.train.epochs if until_epoch is None else min(until_epoch, cfg.train.epochs)
 
 
 def check_divergence(cfg: Config, loss: float, first_loss: float, epoch: int, step: int) -> None:

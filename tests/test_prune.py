@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
+import matplotlib.image
+import pytest
+from typer.testing import CliRunner
+
+from mnistlab.cli import app
+from mnistlab.config import load_config
 from mnistlab.errors import ConfigError
+from mnistlab.runs import load_checkpoint, read_metrics
 from mnistlab.sweep.prune import (Plan, epoch_metric, halve, keep_count, mean_score, promote, read_plan,
                             rungs)
+from mnistlab.train import fit
+
+runner = CliRunner()
 
 
 @pytest.mark.parametrize("min_epochs, eta, epochs, expected", [
@@ -140,3 +151,52 @@ def test_prune_block_is_checked_with_did_you_mean():
         read_plan({"min_epochs": 0}, "p")
     with pytest.raises(ConfigError, match="give min_epochs"):
         read_plan([1, 3], "p")
+
+
+# ---------------------------------------------------------------- a trial that stops at a rung
+
+
+def _scores(records: list[dict]) -> list[tuple]:
+    """Every logged number that training decides (no timings)."""
+    return [(r["event"], r["epoch"], r["step"], r["split"], r["loss"], r.get("accuracy"), r.get("lr"))
+            for r in records]
+
+
+def test_until_epoch_pauses_on_the_full_schedule_and_resume_ends_like_an_uninterrupted_run(
+        tiny_config, tmp_path):
+    overrides = ["train.epochs=4", "optim.schedule=onecycle", "model.dropout=0.2"]
+    paused = runner.invoke(app, ["train", str(tiny_config), *overrides, "--until-epoch", "1", "-q"])
+    assert paused.exit_code == 0, paused.output
+    assert "paused" in paused.output and "mnistlab train --resume" in paused.output
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "paused" and summary["epochs_completed"] == 1
+    assert summary["epochs"] == 4 and "test" not in summary["final"] and summary["final"]["val"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+    listed = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--format", "json"])
+    assert json.loads(listed.output)[0]["status"] == "paused"
+    figure = tmp_path / "curves.png"
+    drawn = runner.invoke(app, ["plot", str(run), "-o", str(figure)])
+    assert drawn.exit_code == 0, drawn.output
+    assert matplotlib.image.imread(figure).shape[0] > 100
+
+    again = runner.invoke(app, ["train", "--resume", str(run), "--until-epoch", "1", "-q"])
+    assert again.exit_code == 0 and json.loads((run / "summary.json").read_text()) == summary
+    further = runner.invoke(app, ["train", "--resume", str(run), "--until-epoch", "3", "-q"])
+    assert further.exit_code == 0, further.output
+    assert json.loads((run / "summary.json").read_text())["epochs_completed"] == 3
+    done = runner.invoke(app, ["train", "--resume", str(run), "-q"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 4
+
+    reference = fit(load_config(tiny_config, overrides + [f"runs_dir={tmp_path / 'ref'}"]))
+    assert summary["final"] == reference["final"] and summary["best"] == reference["best"]
+    assert _scores(read_metrics(run / "metrics.jsonl")) == _scores(
+        read_metrics(Path(reference["run_dir"]) / "metrics.jsonl"))
+
+
+def test_until_epoch_at_or_past_the_end_is_an_ordinary_run(tiny_config, tmp_path):
+    summary = fit(load_config(tiny_config, ["train.epochs=2"]), until_epoch=5)
+    assert summary["status"] == "completed" and summary["final"]["test"]
