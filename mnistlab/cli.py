@@ -56,6 +56,10 @@ def train(
     until_epoch: Optional[int] = typer.Option(
         None, "--until-epoch", min=1, metavar="K", show_default=False,
         help="Stop after epoch K of the full schedule, saved as paused; --resume continues it."),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", metavar="DIR",
+        help="Write the run into DIR: a new run, the continuation of an interrupted one, or "
+             "nothing for a completed one (what sweep trials use)."),
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
@@ -63,7 +67,7 @@ def train(
 
     overrides = overrides or []
     if resume is not None:
-        if config is not None or overrides:
+        if config is not None or overrides or run_dir is not None:
             raise fail("--resume continues a run with the config it was started with; "
                        "give only the run directory: mnistlab train --resume RUN_DIR")
         cfg = resume_config(resume)
@@ -75,9 +79,12 @@ def train(
     if print_config:
         typer.echo(to_yaml(cfg), nl=False)
         return
-    fit(cfg, display.reporter(quiet), resume=resume,
-        source={"config": str(config) if config else None, "overrides": overrides},
-        until_epoch=until_epoch)
+    summary = fit(cfg, display.reporter(quiet), resume=resume, run_dir=run_dir,
+                  source={"config": str(config) if config else None, "overrides": overrides},
+                  until_epoch=until_epoch)
+    if summary.get("untouched"):
+        typer.echo(f"{run_dir or resume}: already {summary.get('status')} at epoch "
+                   f"{summary.get('epochs_completed')}; nothing to do.")
 
 
 @app.command("eval")

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import precision, runs
 from .config import Config, ConfigError, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
-from .errors import Diverged, Interrupted, TrainError
+from .errors import Diverged, Interrupted, RunError, TrainError
 from .models import count_parameters
 from .tasks import build_task, final_result, step_extras
 
@@ -187,28 +187,75 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
-        source: dict | None = None, until_epoch: int | None = None) -> dict:
+        source: dict | None = None, run_dir: Path | None = None,
+        until_epoch: int | None = None) -> dict:
     """Train cfg into a new run directory (or continue the run at resume); return its summary.
 
+    With run_dir the run goes into that directory, idempotently: a new run there, the continuation
+    of an interrupted one, or nothing at all for a completed one (its summary marked "untouched").
     With until_epoch the run stops after that epoch of its full schedule, saved and "paused";
-    --resume continues it as if it had never stopped.
-    Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
+    resuming it continues the same run as if it had never stopped.
+    Raises RunBusy when another live process writes the directory, Interrupted on Ctrl-C/SIGTERM
+    and TrainError on divergence, both after saving.
     """
-    if resume is not None and until_epoch is not None:
-        summary = runs.read_json(Path(resume) / "summary.json")
-        if summary.get("status") in ("paused", "pruned") and summary["epochs_completed"] >= until_epoch:
-            (reporter or Silent()).finish(summary)
-            return summary  # already there: nothing to train, nothing rewritten
     threads = torch.get_num_threads()
     try:
-        with stop_on_signals() as stop:
-            return _fit(cfg, reporter, resume, source, stop, until_epoch)
+        with stop_on_signals() as stop, runs.Lease() as lease:
+            if resume is not None or run_dir is not None:
+                lease.acquire(Path(resume or run_dir))  # before anything is read or written
+            if run_dir is not None:
+                resume, done = in_run_dir(cfg, Path(run_dir))
+                if done is not None:
+                    return {**done, "untouched": True}
+            if resume is not None and until_epoch is not None:
+                summary = runs.read_json(Path(resume) / "summary.json")
+                if summary.get("status") in ("paused", "pruned") and \
+                        summary.get("epochs_completed", 0) >= until_epoch:
+                    return {**summary, "untouched": True}  # already there: nothing rewritten
+            return _fit(cfg, reporter, resume, source, stop, run_dir, lease, until_epoch)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
 
 
+def in_run_dir(cfg: Config, run_dir: Path) -> tuple[Path | None, dict | None]:
+    """What training cfg into run_dir means: (run_dir to resume, None), (None, completed summary),
+    or (None, None) for a new run; RunError when run_dir holds a run of another config."""
+    try:
+        summary = runs.read_json(run_dir / "summary.json")
+    except FileNotFoundError:
+        summary = None
+    except (OSError, ValueError):
+        summary = {}  # damaged: the checkpoint decides
+    summary = summary if isinstance(summary, dict) else {}
+    recorded = summary.get("config_hash")
+    if (run_dir / "checkpoints" / "last.pt").is_file() and recorded is None:
+        recorded = config_hash(resume_config(run_dir))
+    if recorded is not None and recorded != config_hash(cfg):
+        raise RunError(f"{run_dir}: holds a run of another config (hash {recorded}, this config "
+                       f"has {config_hash(cfg)}); give another --run-dir, or resume it with "
+                       f"mnistlab train --resume {run_dir}")
+    if summary.get("status") == "completed":
+        return None, summary
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return run_dir, None
+    return None, None
+
+
+def new_run_dir(cfg: Config, run_dir: Path | None, lease: runs.Lease) -> Path:
+    """A new timestamped run directory owned by lease, or the given (owned) one made ready."""
+    if run_dir is None:
+        run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
+        lease.acquire(run_dir)
+        return run_dir
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # of an attempt that failed before a checkpoint
+    return run_dir
+
+
 def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None,
-         stop: threading.Event, until_epoch: int | None = None) -> dict:
+         stop: threading.Event, run_dir: Path | None, lease: runs.Lease,
+         until_epoch: int | None = None) -> dict:
     reporter = reporter or Silent()
     t_start = time.perf_counter()
     if cfg.train.threads:
@@ -233,7 +280,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
 
     start_epoch, skip_steps, best, train_seconds = 0, 0, None, 0.0
     if resume is None:
-        run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
+        run_dir = new_run_dir(cfg, run_dir, lease)
         header = f"# resolved config of this run; train it again with: mnistlab train {run_dir}/config.yaml\n"
         if source and source.get("overrides"):
             header += f"# made from {source.get('config')} with overrides: {' '.join(source['overrides'])}\n"
@@ -259,6 +306,7 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     summary = {
         "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
         "started": started, "ended": None, **runs.process_identity(),
+        "executor": runs.executor_identity(),
         "config_hash": config_hash(cfg), "source": source or {},
         "params": count_parameters(model), "device": str(device),
         "precision": chosen.name, "precision_reason": chosen.reason, "epochs": cfg.train.epochs,
