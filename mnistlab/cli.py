@@ -268,6 +268,15 @@ def sweep(
         help="Ranks the configurations: val_accuracy (the default; val_loss for linreg, f for "
              "quadratic), val_loss, best_val_accuracy, test_accuracy, test_loss, train_accuracy, "
              "train_loss, train_seconds, f or lstsq_gap."),
+    prune: Optional[bool] = typer.Option(
+        None, "--prune/--no-prune", show_default=False,
+        help="Successive halving: train every configuration to --min-epochs, continue the best "
+             "1/--eta of them, and so on to train.epochs; the others stay paused as pruned. "
+             "--no-prune ignores a prune: block and finishes the pruned trials."),
+    min_epochs: Optional[int] = typer.Option(None, "--min-epochs", min=1, show_default=False,
+                                             help="First rung of --prune (default 1)."),
+    eta: Optional[int] = typer.Option(None, "--eta", min=2, show_default=False,
+                                      help="Each rung of --prune keeps 1/eta (default 3)."),
 ) -> None:
     """Run a grid of trials, each an ordinary run; resume what is done, then compare them."""
     import sys
@@ -280,7 +289,8 @@ def sweep(
         raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(sw.METRICS)}")
     definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
     try:
-        sw.sweep_command(definition, jobs, dry_run, report_only, fail_fast, metric, out)
+        sw.sweep_command(definition, jobs, dry_run, report_only, fail_fast, metric, out,
+                         prune, min_epochs, eta)
     except KeyboardInterrupt:
         raise fail("interrupted; run the same command again to continue.", 130) from None
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import matplotlib.image
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mnistlab.cli import app
@@ -200,3 +202,83 @@ def test_until_epoch_pauses_on_the_full_schedule_and_resume_ends_like_an_uninter
 def test_until_epoch_at_or_past_the_end_is_an_ordinary_run(tiny_config, tmp_path):
     summary = fit(load_config(tiny_config, ["train.epochs=2"]), until_epoch=5)
     assert summary["status"] == "completed" and summary["final"]["test"]
+
+
+# ---------------------------------------------------------------- a pruned sweep
+
+
+def _summaries(directory: Path) -> dict[str, dict]:
+    """Each trial's run by its learning rate and seed."""
+    out = {}
+    for path in directory.glob("*/summary.json"):
+        s = json.loads(path.read_text())
+        cfg = yaml.safe_load((path.parent / "config.yaml").read_text())
+        out[(cfg["optim"]["lr"], cfg["train"]["seed"])] = s
+    return out
+
+
+def test_a_bad_learning_rate_is_pruned_at_the_first_rung_and_finished_later_without_prune(
+        tiny_config, tmp_path):
+    args = ["sweep", str(tiny_config), "--grid", "optim.lr=1e-5,0.01", "--seeds", "0,1",
+            "--jobs", "2", "train.epochs=3", "--name", "pruned"]
+    directory = tmp_path / "runs" / "pruned"
+    result = runner.invoke(app, args + ["--prune", "--eta", "2"])
+    assert result.exit_code == 0, result.output
+    runs_ = _summaries(directory)
+    assert len(runs_) == 4
+    for seed in (0, 1):
+        bad, good = runs_[(1e-5, seed)], runs_[(0.01, seed)]
+        assert bad["status"] == "pruned" and bad["epochs_completed"] == 1
+        assert bad["pruned"]["rung"] == 1 and bad["pruned"]["metric"] == "val_accuracy"
+        assert "test" not in bad["final"]
+        assert good["status"] == "completed" and good["epochs_completed"] == 3
+    assert "rungs at epochs 1, 2, 3" in result.output
+    assert "epochs trained: 8 of the 12 the full grid trains (67%)" in result.output
+    assert "1 of 2 configurations pruned (1 at epoch 1)" in result.output
+    md = (directory / "summary.md").read_text()
+    assert "pruned at epoch 1" in md and "| **0.01** |" in md
+    rows = {r["optim.lr"]: r for r in csv.DictReader((directory / "summary.csv").open())}
+    assert rows["1e-05"]["pruned_at"] == "1" and rows["0.01"]["pruned_at"] == ""
+    assert matplotlib.image.imread(directory / "plot-optim.lr-val_accuracy.png").shape[0] > 100
+    listed = runner.invoke(app, ["runs", str(directory), "--status", "pruned", "--format", "json"])
+    assert len(json.loads(listed.output)) == 2
+
+    again = runner.invoke(app, args + ["--prune", "--eta", "2"])
+    assert again.exit_code == 0, again.output
+    assert "0 trial runs" in again.output and "epochs trained: 8 of the 12" in again.output
+    assert _summaries(directory)[(1e-5, 0)]["status"] == "pruned"
+
+    finish = runner.invoke(app, args)  # without --prune: the pruned trials go on from their rung
+    assert finish.exit_code == 0, finish.output
+    assert "4 done before" not in finish.output and "2 to run" in finish.output
+    after = _summaries(directory)
+    assert len(list(directory.glob("*/summary.json"))) == 4  # continued, not started again
+    bad = after[(1e-5, 1)]
+    assert bad["status"] == "completed" and bad["epochs_completed"] == 3
+    reference = fit(load_config(tiny_config, ["optim.lr=1e-5", "train.seed=1", "train.epochs=3",
+                                              f"runs_dir={tmp_path / 'ref'}"]))
+    assert bad["final"] == reference["final"] and bad["best"] == reference["best"]
+    assert _scores(read_metrics(Path(bad["run_dir"]) / "metrics.jsonl")) == _scores(
+        read_metrics(Path(reference["run_dir"]) / "metrics.jsonl"))
+
+
+def test_prune_block_in_the_sweep_file(tiny_config, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": tiny_config.name, "grid": {"optim.lr": [0.01]},
+                                    "prune": {"min_epoch": 1, "eta": 1}}))
+    result = runner.invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "prune.min_epoch: unknown key, did you mean min_epochs?" in result.stderr
+    assert "prune.eta: 1: give a whole number, 2 or more" in result.stderr
+    path.write_text(yaml.safe_dump({"base": tiny_config.name, "grid": {"optim.lr": [0.01, 0.001]},
+                                    "overrides": ["train.epochs=9"],
+                                    "prune": {"min_epochs": 1, "eta": 3, "metric": "val_loss"}}))
+    dry = runner.invoke(app, ["sweep", str(path), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "rungs at epochs 1, 3, 9; the best 1/3 by val_loss" in dry.output
+    dry = runner.invoke(app, ["sweep", str(path), "--dry-run", "--eta", "2", "--metric", "val_accuracy"])
+    assert "rungs at epochs 1, 2, 4, 8, 9; the best 1/2 by val_accuracy" in dry.output
+    dry = runner.invoke(app, ["sweep", str(path), "--dry-run", "--no-prune"])
+    assert dry.exit_code == 0 and "rungs" not in dry.output
+    bad = runner.invoke(app, ["sweep", str(path), "--dry-run", "--metric", "test_accuracy"])
+    assert bad.exit_code == 2 and "not known at every epoch" in bad.stderr

@@ -42,8 +42,9 @@ def threads_per_job(jobs: int) -> int:
 
 
 def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], jobs: int = 1,
-              fail_fast: bool = False, progress: "Progress | None" = None) -> dict:
-    """Run every trial not done yet, jobs at a time; return counts and timings.
+              fail_fast: bool = False, progress: "Progress | None" = None,
+              until: int | None = None) -> dict:
+    """Run every trial not done yet, jobs at a time (with until: up to that epoch); return counts.
 
     Raises SweepInterrupted on Ctrl-C/SIGTERM after the running trials saved themselves.
     """
@@ -56,7 +57,7 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], jobs: int = 1,
     pending = [t for t in trials if states[t.hash] not in ("done", "running")]
     counts = {"total": len(trials), "done_before": sum(s == "done" for s in states.values()),
               "elsewhere": sum(s == "running" for s in states.values()),
-              "completed": 0, "failed": 0, "interrupted": 0, "skipped": 0}
+              "completed": 0, "failed": 0, "interrupted": 0, "paused": 0, "skipped": 0}
     threads = threads_per_job(min(jobs, max(len(pending), 1)))
     progress.start(sweep.name, len(pending), counts, jobs, threads)
     running: list[Job] = []
@@ -81,7 +82,7 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], jobs: int = 1,
     try:
         while (pending and not stopping) or running:
             while pending and not stopping and len(running) < jobs:
-                job = _launch(sweep, directory, pending.pop(0), threads)
+                job = _launch(sweep, directory, pending.pop(0), threads, until)
                 if job is None:
                     counts["skipped"] += 1
                     continue
@@ -102,7 +103,7 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], jobs: int = 1,
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.stop()
-    ran = counts["completed"] + counts["failed"] + counts["interrupted"]
+    ran = counts["completed"] + counts["failed"] + counts["interrupted"] + counts["paused"]
     counts.update(ran=ran, seconds=time.perf_counter() - t0, trial_seconds=wall_seconds,
                   jobs=min(jobs, max(ran, 1)), not_run=len(pending))
     return counts
@@ -112,7 +113,8 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _launch(sweep: Sweep, directory: Path, trial: Trial, threads: int) -> Job | None:
+def _launch(sweep: Sweep, directory: Path, trial: Trial, threads: int,
+            until: int | None = None) -> Job | None:
     """Claim the trial in the index and start its process; None when another sweep has it."""
     with locked_index(directory) as index:
         on_disk = runs_by_hash(directory).get(trial.hash, [])
@@ -124,6 +126,8 @@ def _launch(sweep: Sweep, directory: Path, trial: Trial, threads: int) -> Job | 
         else:
             args = [str(sweep.base)] + sweep.overrides + trial.overrides + [
                 f"runs_dir={directory}", f"name={trial.name}"]
+        if until is not None and until < trial.cfg.train.epochs:  # a rung of a pruned sweep
+            args += ["--until-epoch", str(until)]
         env = dict(os.environ)
         if not trial.cfg.train.threads:  # split the cores without touching the config (and its hash)
             env["OMP_NUM_THREADS"] = str(threads)
@@ -177,6 +181,8 @@ def _outcome(directory: Path, job: Job,
     shown = str(run_dir) if run_dir else None
     if rc == 0 and status == "completed":
         return "completed", shown, None, summary
+    if rc == 0 and status in ("paused", "pruned"):
+        return "paused", shown, None, summary
     if interrupted or status == "interrupted":
         return "interrupted", shown, "interrupted; the next run of the sweep continues it", summary
     if rc < 0:
@@ -274,4 +280,8 @@ def result_line(trial: Trial, status: str, summary: dict | None, error: str | No
         val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
         acc = f"val acc {100 * val:.2f}%, " if val is not None else ""
         return f"completed {trial.name}: {acc}{summary.get('wall_seconds') or 0:.1f}s"
+    if status == "paused":
+        val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
+        acc = f", val acc {100 * val:.2f}%" if val is not None else ""
+        return f"paused {trial.name} at epoch {summary.get('epochs_completed')}{acc}"
     return f"{status} {trial.name}: {error}"

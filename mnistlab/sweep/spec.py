@@ -17,7 +17,7 @@ import yaml
 from .. import runs
 from ..config import Config, ConfigError, config_hash, flatten, load_config, parse_override, read_yaml, to_dict
 
-SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides")
+SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "prune")
 
 @dataclass
 class Sweep:
@@ -29,6 +29,7 @@ class Sweep:
     grid: dict[str, list] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list)
     random: dict | None = None  # {"n": int, "seed": int, "space": {key: list | {kind: [lo, hi]}}}
+    prune: dict | None = None  # the prune: block as written (min_epochs, eta, metric); see prune.py
 
     @property
     def keys(self) -> list[str]:
@@ -199,6 +200,14 @@ def _sweep_from_file(path: Path, raw: dict, problems: list[str]) -> Sweep:
         for key in sweep.random["space"]:
             if key in sweep.grid:
                 problems.append(f"{path}: {key} is in both grid: and random:; keep one")
+    if raw.get("prune") is not None:
+        from .prune import read_plan  # checked now, with the other problems; used by the command
+
+        try:
+            read_plan(raw["prune"], f"{path}: prune")
+            sweep.prune = raw["prune"] if isinstance(raw["prune"], dict) else {}
+        except ConfigError as e:
+            problems += e.problems
     return sweep
 
 

@@ -68,7 +68,7 @@ def _alive(owner: dict | None) -> bool:
 
 
 def trial_state(summaries: list[dict], entry: dict | None) -> str:
-    """done, running (by another live sweep), failed, interrupted or new."""
+    """done, running (by another live sweep), failed, interrupted, paused or pruned (at a rung), or new."""
     if any(s.get("status") == "completed" for s in summaries):
         return "done"
     if entry and entry.get("status") == "running" and _alive(entry.get("owner")):
@@ -76,7 +76,8 @@ def trial_state(summaries: list[dict], entry: dict | None) -> str:
     if entry and entry.get("status") in ("failed", "interrupted"):
         return entry["status"]
     if summaries:
-        return "failed" if summaries[-1].get("status") == "failed" else "interrupted"
+        last = summaries[-1].get("status")
+        return last if last in ("failed", "paused", "pruned") else "interrupted"
     return "new"
 
 
@@ -86,8 +87,8 @@ def completed_run(summaries: list[dict]) -> dict | None:
 
 
 def _resumable(summaries: list[dict]) -> Path | None:
-    """The last run of a trial if it stopped mid-way (interrupted or killed) with a checkpoint."""
-    if summaries and summaries[-1].get("status") in ("interrupted", "running"):
+    """The last run of a trial if it stopped mid-way (interrupted, killed, at a rung) with a checkpoint."""
+    if summaries and summaries[-1].get("status") in ("interrupted", "running", "paused", "pruned"):
         run_dir = Path(summaries[-1]["run_dir"])
         if (run_dir / "checkpoints" / "last.pt").is_file():
             return run_dir
