@@ -15,7 +15,8 @@ from mnistlab.cli import app
 from mnistlab.config import load_config
 from mnistlab.errors import ConfigError
 from mnistlab.runs import load_checkpoint, read_metrics
-from mnistlab.sweep.prune import (Plan, epoch_metric, halve, keep_count, mean_score, promote, read_plan,
+from mnistlab.sweep import build_trials, read_sweep
+from mnistlab.sweep.prune import (Plan, config_key, epoch_metric, halve, keep_count, mean_score, promote, read_plan,
                             rungs)
 from mnistlab.train import fit
 
@@ -219,21 +220,20 @@ def _summaries(directory: Path) -> dict[str, dict]:
 
 def test_a_bad_learning_rate_is_pruned_at_the_first_rung_and_finished_later_without_prune(
         tiny_config, tmp_path):
-    args = ["sweep", str(tiny_config), "--grid", "optim.lr=1e-5,0.01", "--seeds", "0,1",
-            "--jobs", "2", "train.epochs=3", "--name", "pruned"]
+    args = ["sweep", str(tiny_config), "--grid", "optim.lr=1e-5,0.01", "--jobs", "2",
+            "train.epochs=3", "train.seed=1", "--name", "pruned"]
     directory = tmp_path / "runs" / "pruned"
     result = runner.invoke(app, args + ["--prune", "--eta", "2"])
     assert result.exit_code == 0, result.output
     runs_ = _summaries(directory)
-    assert len(runs_) == 4
-    for seed in (0, 1):
-        bad, good = runs_[(1e-5, seed)], runs_[(0.01, seed)]
-        assert bad["status"] == "pruned" and bad["epochs_completed"] == 1
-        assert bad["pruned"]["rung"] == 1 and bad["pruned"]["metric"] == "val_accuracy"
-        assert "test" not in bad["final"]
-        assert good["status"] == "completed" and good["epochs_completed"] == 3
+    assert len(runs_) == 2
+    bad, good = runs_[(1e-5, 1)], runs_[(0.01, 1)]
+    assert bad["status"] == "pruned" and bad["epochs_completed"] == 1
+    assert bad["pruned"]["rung"] == 1 and bad["pruned"]["metric"] == "val_accuracy"
+    assert "test" not in bad["final"]
+    assert good["status"] == "completed" and good["epochs_completed"] == 3
     assert "rungs at epochs 1, 2, 3" in result.output
-    assert "epochs trained: 8 of the 12 the full grid trains (67%)" in result.output
+    assert "epochs trained: 4 of the 6 the full grid trains (67%)" in result.output
     assert "1 of 2 configurations pruned (1 at epoch 1)" in result.output
     md = (directory / "summary.md").read_text()
     assert "pruned at epoch 1" in md and "| **0.01** |" in md
@@ -241,18 +241,18 @@ def test_a_bad_learning_rate_is_pruned_at_the_first_rung_and_finished_later_with
     assert rows["1e-05"]["pruned_at"] == "1" and rows["0.01"]["pruned_at"] == ""
     assert matplotlib.image.imread(directory / "plot-optim.lr-val_accuracy.png").shape[0] > 100
     listed = runner.invoke(app, ["runs", str(directory), "--status", "pruned", "--format", "json"])
-    assert len(json.loads(listed.output)) == 2
+    assert len(json.loads(listed.output)) == 1
 
     again = runner.invoke(app, args + ["--prune", "--eta", "2"])
     assert again.exit_code == 0, again.output
-    assert "0 trial runs" in again.output and "epochs trained: 8 of the 12" in again.output
-    assert _summaries(directory)[(1e-5, 0)]["status"] == "pruned"
+    assert "0 trial runs" in again.output and "epochs trained: 4 of the 6" in again.output
+    assert _summaries(directory)[(1e-5, 1)]["status"] == "pruned"
 
     finish = runner.invoke(app, args)  # without --prune: the pruned trials go on from their rung
     assert finish.exit_code == 0, finish.output
-    assert "4 done before" not in finish.output and "2 to run" in finish.output
+    assert "2 trials, 1 done before" in finish.output and "1 to run" in finish.output
     after = _summaries(directory)
-    assert len(list(directory.glob("*/summary.json"))) == 4  # continued, not started again
+    assert len(list(directory.glob("*/summary.json"))) == 2  # continued, not started again
     bad = after[(1e-5, 1)]
     assert bad["status"] == "completed" and bad["epochs_completed"] == 3
     reference = fit(load_config(tiny_config, ["optim.lr=1e-5", "train.seed=1", "train.epochs=3",
@@ -260,6 +260,17 @@ def test_a_bad_learning_rate_is_pruned_at_the_first_rung_and_finished_later_with
     assert bad["final"] == reference["final"] and bad["best"] == reference["best"]
     assert _scores(read_metrics(Path(bad["run_dir"]) / "metrics.jsonl")) == _scores(
         read_metrics(Path(reference["run_dir"]) / "metrics.jsonl"))
+
+
+def test_seeds_of_a_configuration_are_pruned_together(tiny_config):
+    sweep = read_sweep(tiny_config, grid=["optim.lr=0.1,0.01"], seeds="0,1,2")
+    _, trials = build_trials(sweep)
+    groups = {}
+    for t in trials:
+        groups.setdefault(config_key(sweep, t), []).append(t.cfg.train.seed)
+    assert sorted(groups.values()) == [[0, 1, 2], [0, 1, 2]]
+    swept = read_sweep(tiny_config, grid=["optim.lr=0.1,0.01", "train.seed=0,1"])
+    assert len({config_key(swept, t) for t in build_trials(swept)[1]}) == 4  # a swept seed is a key
 
 
 def test_prune_block_in_the_sweep_file(tiny_config, tmp_path):
