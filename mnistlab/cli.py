@@ -245,7 +245,8 @@ def predict(
 def sweep(
     spec: Path = typer.Argument(..., metavar="SWEEP_FILE_OR_CONFIG", show_default=False,
                                 help="A sweep file (base: and grid:/random:), e.g. "
-                                     "configs/sweep-lr.yaml, or a config with --grid/--seeds."),
+                                     "configs/sweep-lr.yaml, a config with --grid/--seeds, or a "
+                                     "sweep directory, e.g. runs/sweep-lr."),
     overrides: Optional[List[str]] = typer.Argument(
         None, show_default=False, help="key=value overrides for every trial, e.g. train.epochs=1"),
     grid: Optional[List[str]] = typer.Option(
@@ -256,13 +257,23 @@ def sweep(
                                         help="Replicates of every point (train.seed=N)."),
     name: Optional[str] = typer.Option(
         None, "--name", show_default=False,
-        help="Sweep name, the directory under runs_dir (default: the file's name: or stem)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run in parallel; cores are "
-                                                            "split between them."),
+        help="Sweep name, the directory under runs_dir (default: the file's name: or stem; for a "
+             "config, its stem and the swept keys)."),
+    executor: str = typer.Option("local", "--executor", metavar="local|slurm|ray",
+                                 help="What runs the trials: subprocesses here, SLURM job arrays "
+                                      "(submitit) or Ray tasks."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run at once; locally the "
+                                                            "cores are split between them."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the trials and exit."),
     report_only: bool = typer.Option(False, "--report", help="Write the summary and plots of "
                                                              "what has completed, run nothing."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed trial."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Run the trials that failed before again."),
+    detach: bool = typer.Option(False, "--detach", help="Submit and return at once (slurm, ray); "
+                                                        "the same command later collects."),
+    max_trials: int = typer.Option(10_000, "--max-trials", min=1, metavar="N",
+                                   help="Refuse sweeps of more trials than this."),
     metric: Optional[str] = typer.Option(
         None, "--metric", show_default=False,
         help="Ranks the configurations: val_accuracy (the default; val_loss for linreg, f for "
@@ -282,17 +293,18 @@ def sweep(
     import sys
 
     from . import sweep as sw
+    from .sweep.executors import EXECUTORS
 
     tty = sys.stdout.isatty()
     out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty)
-    if metric is not None and metric not in sw.METRICS:
-        raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(sw.METRICS)}")
+    ranked = sw.ranked_metrics()
+    if metric is not None and metric not in ranked:
+        raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(ranked)}")
+    if executor not in EXECUTORS:
+        raise fail(f"--executor {executor}: unknown executor; choose one of: {', '.join(EXECUTORS)}")
     definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
-    try:
-        sw.sweep_command(definition, jobs, dry_run, report_only, fail_fast, metric, out,
-                         prune, min_epochs, eta)
-    except KeyboardInterrupt:
-        raise fail("interrupted; run the same command again to continue.", 130) from None
+    sw.sweep_command(definition, out, executor, jobs, dry_run, report_only, fail_fast,
+                     retry_failed, detach, metric, max_trials, prune, min_epochs, eta)
 
 
 @app.callback()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -188,6 +189,12 @@ def _check_bounds(f: dataclasses.Field, value: Any, path: str, problems: list[st
         problems.append(f"{path}: {value!r} is out of range; allowed: at least {lo}{high}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict:
+    """The field types of a config class, resolved once (a sweep builds thousands of configs)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[str]) -> Any:
     if raw is None:
         raw = {}
@@ -195,7 +202,7 @@ def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[st
         problems.append(f"{path or 'config'}: expected a mapping of keys, got {_describe(raw)}")
         return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for key in raw:
         if key in fields:
             continue

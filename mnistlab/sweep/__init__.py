@@ -1,71 +1,111 @@
-"""Sweeps: grids of train overrides, each trial an ordinary run; resumable, parallel, summarised."""
+"""Sweeps: grids of train overrides, each trial an ordinary run in its own directory; the run
+directories are the truth, any executor runs the trials, the summary compares them."""
 
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import TrialsMissed
-from .runner import SweepInterrupted, progress_for, run_sweep
+from .. import metrics
+from ..errors import SweepError, TrialsMissed
+from .executors import create_executor
 from .prune import epochs_line, resolve_plan, rungs, run_pruned
-from .spec import (Sweep, Trial, build_trials, expand, format_value, parse_grid_option, read_sweep,
-                   sample_random, split_values, train_command)
-from .store import locked_index, read_index, runs_by_hash
-from .summary import DEFAULT_METRIC, METRICS, report_table, summarize, trial_table, write_report
+from .runner import SweepInterrupted, jobs_alive, progress_for, run_sweep
+from .spec import (MAX_TRIALS, Sweep, Trial, build_trials, expand, format_value, parse_grid_option,
+                   read_sweep, sample_random, split_values, train_command)
+from .store import locked_index, read_index, scan, trial_states
+from .summary import DEFAULT_METRIC, report_table, summarize, trial_table, write_report
 
-def sweep_command(sweep: Sweep, jobs: int, dry_run: bool, report_only: bool, fail_fast: bool,
-                  metric: str | None, out: Console, prune: bool | None = None,
-                  min_epochs: int | None = None, eta: int | None = None) -> str | None:
+__all__ = ["MAX_TRIALS", "Sweep", "SweepInterrupted", "Trial", "build_trials", "expand",
+           "format_value", "locked_index", "parse_grid_option", "read_index", "read_sweep",
+           "sample_random", "split_values", "sweep_command", "train_command"]
+
+
+def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int = 1,
+                  dry_run: bool = False, report_only: bool = False, fail_fast: bool = False,
+                  retry_failed: bool = False, detach: bool = False, metric: str | None = None,
+                  max_trials: int = MAX_TRIALS, prune: bool | None = None,
+                  min_epochs: int | None = None, eta: int | None = None) -> None:
     """The sweep command: show the trials, or run them and report; say what did not complete.
 
     prune (--prune/--no-prune; None: as the file's prune: block says) runs successive halving.
     """
-    directory, trials = build_trials(sweep)
+    directory, trials = build_trials(sweep, max_trials)
     plan = resolve_plan(sweep, prune, min_epochs, eta, metric, DEFAULT_METRIC[trials[0].cfg.task])
     metric = metric or DEFAULT_METRIC[trials[0].cfg.task]
+    if detach and executor == "local":
+        raise SweepError("--detach: local trials are processes of this command and stop with it; "
+                         "detach with --executor slurm or ray, or run the sweep in tmux/nohup.")
+    engine = None if report_only or dry_run else create_executor(
+        executor, sweep.executor.get(executor) or {}, jobs)
+    try:
+        if dry_run or report_only:
+            states = trial_states(trials, scan(directory), lambda jobs: set())
+            counts = None
+        elif plan is not None:
+            if detach:
+                raise SweepError("--detach with --prune: a rung is decided when its trials end, "
+                                 "so the sweep command has to wait for them; run it without --detach")
+            counts = run_pruned(sweep, directory, trials, plan, engine, fail_fast,
+                                lambda: progress_for(out), lambda text: out.print(text, markup=False))
+            states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
+        else:
+            counts = run_sweep(sweep, directory, trials, engine, retry_failed, fail_fast, detach,
+                               progress_for(out))
+            states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
+    finally:
+        if engine is not None:
+            engine.close()
     if dry_run:
         if plan is not None:
             epochs = trials[0].cfg.train.epochs
             out.print(f"prune: rungs at epochs {', '.join(map(str, rungs(plan.min_epochs, plan.eta, epochs)))}"
                       f"; the best 1/{plan.eta} by {plan.metric} go on at each", markup=False)
-        out.print(trial_table(sweep, directory, trials))
+        out.print(trial_table(sweep, directory, trials, states))
         out.print("Each trial is the command:")
         for t in trials:
             out.print("  " + shlex.join(train_command(sweep, t)), markup=False)
-        return None
-    if report_only:
-        counts = None
-    elif plan is not None:
-        counts = run_pruned(sweep, directory, trials, plan, jobs, fail_fast,
-                            lambda: progress_for(out), lambda text: out.print(text, markup=False))
-    else:
-        counts = run_sweep(sweep, directory, trials, jobs, fail_fast, progress_for(out))
-    rows = summarize(sweep, directory, trials, metric)
+        return
+    if counts and counts.get("detached") is not None:
+        out.print(f"submitted {counts['detached']} trials to {executor}; they run without this "
+                  "command. Run the same command again to follow them and collect the results "
+                  "(it submits nothing twice).", markup=False)
+        return
+    rows = summarize(sweep, trials, states, metric)
     if any(r["mean"] is not None for r in rows):
         out.print(report_table(sweep, rows, metric))
         files = write_report(sweep, directory, rows, metric)
         out.print(f"wrote {', '.join(str(p) for p in files)}", markup=False)
     else:
-        out.print(f"sweep {sweep.name}: no completed trial yet, so no summary.")
+        out.print(f"sweep {sweep.name}: no completed trial yet, so no summary.", markup=False)
     if counts is None:
-        return None
+        return
     if plan is not None:
         out.print(f"{counts['ran']} trial runs in {counts['seconds']:.1f}s: {counts['completed']} "
                   f"completed, {counts['paused']} paused at a rung, {counts['failed']} failed, "
                   f"{counts['interrupted']} interrupted", markup=False)
         out.print(epochs_line(counts), markup=False)
+        missed = counts["failed"] + counts["interrupted"] + counts["undecided"]
     elif counts["ran"]:
         overhead = (counts["seconds"] * counts["jobs"] - counts["trial_seconds"]) / counts["ran"]
         out.print(f"{counts['ran']} trials in {counts['seconds']:.1f}s: {counts['completed']} "
                   f"completed, {counts['failed']} failed, {counts['interrupted']} interrupted; "
-                  f"sweep overhead {overhead:.1f}s per trial beyond its own run")
+                  f"sweep overhead {overhead:.1f}s per trial beyond its own run", markup=False)
     else:
+        failed = (f", {counts['failed_before']} failed before (--retry-failed runs them again)"
+                  if counts["failed_before"] else "")
         out.print(f"nothing to run: {counts['done_before']} of {counts['total']} trials "
-                  "already completed")
-    missed = counts["failed"] + counts["interrupted"] + counts["not_run"] + counts.get("undecided", 0)
+                  f"already completed{failed}", markup=False)
+    if plan is None:
+        missed = counts["failed_total"] + counts["interrupted"] + counts["not_run"]
     if missed:
-        raise TrialsMissed(f"{missed} of {counts['total']} trials did not complete; see {directory}/sweep.json "
-            f"and the logs in {directory}/logs. Running the same command again re-runs them.")
-    return None
+        raise TrialsMissed(
+            f"{missed} of {counts['total']} trials did not complete; each trial's run directory in "
+            f"{directory} holds its trial.log, and {directory}/sweep.json lists the errors. Running "
+            "the same command again continues interrupted trials; --retry-failed also re-runs the "
+            "failed ones.")
+
+
+def ranked_metrics() -> list[str]:
+    return metrics.ranked()

@@ -16,7 +16,7 @@ from ..errors import ConfigError, SweepError
 from ..metrics import METRICS as METRIC_REGISTRY
 from .runner import Progress, run_sweep
 from .spec import Sweep, Trial
-from .store import completed_run, runs_by_hash
+from .store import scan
 
 PRUNE_KEYS = ("min_epochs", "eta", "metric")
 # the metrics that exist at every epoch (metrics.jsonl), so a trial can be judged at a rung
@@ -180,7 +180,8 @@ def config_key(sweep: Sweep, trial: Trial) -> str:
 
 def latest(summaries: list[dict]) -> dict | None:
     """The run that speaks for a trial: its completed run, else its last one."""
-    return completed_run(summaries) or (summaries[-1] if summaries else None)
+    done = [s for s in summaries if s.get("status") == "completed"]
+    return done[-1] if done else (summaries[-1] if summaries else None)
 
 
 def trial_score(summary: dict | None, metric: str, rung: int) -> tuple[bool, float | None]:
@@ -207,7 +208,7 @@ def mark_pruned(summary: dict, rung: int, metric: str, value: float | None) -> N
     runs.write_json(run_dir / "summary.json", on_disk)
 
 
-def run_pruned(sweep: Sweep, directory: Path, trials: list[Trial], plan: Plan, jobs: int,
+def run_pruned(sweep: Sweep, directory: Path, trials: list[Trial], plan: Plan, executor,
                fail_fast: bool, progress: Callable[[], Progress], say: Callable[[str], None]) -> dict:
     """Successive halving: run the trials rung by rung, the best 1/eta configurations going on.
 
@@ -229,9 +230,9 @@ def run_pruned(sweep: Sweep, directory: Path, trials: list[Trial], plan: Plan, j
         f"{', '.join(map(str, rung_list))}; the best 1/{plan.eta} by {plan.metric} go on at each")
     totals = {k: 0 for k in ("completed", "failed", "interrupted", "paused", "skipped", "ran",
                              "trial_seconds", "not_run")}
-    t0, seconds, stuck = time.perf_counter(), 0.0, None
+    t0, stuck = time.perf_counter(), None
     while True:
-        on_disk = runs_by_hash(directory)
+        on_disk = scan(directory)
         def score(config: str, rung: int) -> list[float | None] | None:
             got = [trial_score(latest(on_disk.get(t.hash, [])), plan.metric, rung) for t in groups[config]]
             return None if not all(reached for reached, _ in got) else [v for _, v in got]
@@ -248,16 +249,16 @@ def run_pruned(sweep: Sweep, directory: Path, trials: list[Trial], plan: Plan, j
         todo = [t for c in decision.todo for t in groups[c]
                 if not trial_score(latest(on_disk.get(t.hash, [])), plan.metric, decision.rung)[0]]
         say(f"rung epoch {decision.rung}: {len(decision.todo)} configurations, {len(todo)} trials to train")
-        counts = run_sweep(sweep, directory, todo, jobs, fail_fast, progress(), until=decision.rung)
-        seconds += counts["seconds"]
+        counts = run_sweep(sweep, directory, todo, executor, fail_fast=fail_fast, progress=progress(),
+                           until=decision.rung)
         for k in totals:
             totals[k] += counts.get(k, 0)
         if fail_fast and counts["failed"]:
             break
-    on_disk = runs_by_hash(directory)
+    on_disk = scan(directory)
     spent = sum((latest(on_disk.get(t.hash, [])) or {}).get("epochs_completed") or 0 for t in trials)
     totals.update(
-        total=len(trials), seconds=time.perf_counter() - t0, jobs=min(jobs, max(totals["ran"], 1)),
+        total=len(trials), seconds=time.perf_counter() - t0,
         done_before=0, rungs=rung_list, decision=decision, epochs_spent=spent,
         epochs_full=len(trials) * epochs, configurations=len(groups),
         undecided=sum(len(groups[c]) for c in decision.todo))

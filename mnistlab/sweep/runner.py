@@ -1,39 +1,49 @@
-"""Scheduling: run every trial not done yet through an executor, show progress, collect results."""
+"""Scheduling: claim each trial not done, submit it through an executor, watch, collect results."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 
 from .. import runs
-from ..errors import Interrupted
+from ..config import to_dict
+from ..errors import Interrupted, SweepError
+from . import store
+from .executors import Executor, TrialSpec
 from .spec import Sweep, Trial
-from .store import _entry, _resumable, locked_index, runs_by_hash, trial_state
+from .store import DONE, FAILED, NEW, PAUSED, QUEUED, RUNNING, STOPPED, TrialState
+
+POLL_SECONDS = 0.1
+RECHECK_SECONDS = 1.0  # how often trials that others run are looked at again
+INDEX_SECONDS = 5.0  # sweep.json is rewritten at most this often while trials run
+LEASE_TIMEOUT = 300.0  # a job running this long whose trial never showed its lease: no shared disk
+MAX_ATTEMPTS = 3  # submissions of one trial by one sweep command (a trial killed again and again fails)
+
 
 class SweepInterrupted(Interrupted):
-    """Ctrl-C or SIGTERM stopped the sweep after its running trials saved themselves."""
+    """Ctrl-C or SIGTERM stopped the sweep after cancelling the trials it had submitted."""
 
-    def __init__(self):
-        super().__init__("sweep interrupted; the running trials saved their state. Run the same "
-                         "command again to continue where it stopped.")
-
+    def __init__(self, cancelled: int, executor: str):
+        what = (f"cancelled the {cancelled} trial{'s' if cancelled != 1 else ''} this sweep had "
+                f"submitted ({executor} executor); they saved their state as interrupted"
+                if cancelled else "no trial of this sweep was running")
+        super().__init__(f"sweep interrupted: {what}. Run the same command again to continue "
+                         "where it stopped.")
 
 
 @dataclass
 class Job:
     trial: Trial
-    proc: subprocess.Popen
-    log: Path
-    before: set[str]  # run directories of this trial that existed before it started
-    resumed: Path | None
+    job_id: str
+    attempt: int
+    running_since: float | None = None
 
 
 def threads_per_job(jobs: int) -> int:
@@ -41,156 +51,249 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], jobs: int = 1,
-              fail_fast: bool = False, progress: "Progress | None" = None,
-              until: int | None = None) -> dict:
-    """Run every trial not done yet, jobs at a time (with until: up to that epoch); return counts.
+def trial_argv(sweep: Sweep, trial: Trial, until: int | None = None) -> list[str]:
+    """The trial as the executor runs it: the train command, with absolute paths (any cwd, any host).
 
-    Raises SweepInterrupted on Ctrl-C/SIGTERM after the running trials saved themselves.
+    With until (a rung of a pruned sweep) the trial stops after that epoch, paused.
+    """
+    rung = ["--until-epoch", str(until)] if until is not None and until < trial.cfg.train.epochs else []
+    return [sys.executable, "-m", "mnistlab", "train", "--quiet", str(Path(sweep.base).resolve()),
+            *sweep.overrides, *trial.overrides, f"runs_dir={trial.run_dir.parent.resolve()}",
+            f"name={trial.name}", "--run-dir", str(trial.run_dir.resolve()), *rung]
+
+
+def check_data(trials: list[Trial]) -> None:
+    """Build the data of each distinct data setting once, as train does; a DataError stops here."""
+    from ..tasks import build_task
+
+    seen = set()
+    for t in trials:
+        d = to_dict(t.cfg)
+        key = json.dumps([d.get(k) for k in ("task", "data", "linreg")], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            build_task(t.cfg)
+
+
+def jobs_alive(executor: Executor, jobs: list[dict]) -> set[str]:
+    """The job ids of job.json records whose job still exists (pending or running)."""
+    ids = [j["job_id"] for j in jobs if j.get("executor") == executor.name and j.get("job_id")]
+    states = executor.states(ids) if ids else {}
+    alive = {i for i, s in states.items() if s in ("pending", "running")}
+    me = runs.process_identity()
+    for j in jobs:  # a local job queued by another sweep command runs while that command lives
+        driver = j.get("driver") or {}
+        if (j.get("executor") == "local" and states.get(j.get("job_id"), "unknown") == "unknown"
+                and driver.get("pid") != me["pid"] and runs.process_alive(driver) is True):
+            alive.add(j.get("job_id"))
+    return alive
+
+
+class Runner:
+    """One sweep command's work: what it submitted, what it watches, what it counted."""
+
+    def __init__(self, sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
+                 progress: "Progress", threads: int, lease_timeout: float, until: int | None = None):
+        self.sweep, self.directory, self.trials, self.executor = sweep, directory, trials, executor
+        self.until = until  # the rung this command trains up to (pruned sweeps), None: the end
+        self.progress, self.threads, self.lease_timeout = progress, threads, lease_timeout
+        self.jobs: dict[str, Job] = {}  # job id -> the trial this command submitted
+        self.watched: dict[str, Trial] = {}  # hash -> trial that another command runs
+        self.attempts: dict[str, int] = {}
+        self.states: dict[str, TrialState] = {}
+        self.errors: dict[str, str] = {}
+        self.counts = {"completed": 0, "failed": 0, "interrupted": 0, "paused": 0, "trial_seconds": 0.0}
+        self.index_written = self.rechecked = 0.0
+
+    def alive(self, jobs: list[dict]) -> set[str]:
+        return jobs_alive(self.executor, jobs)
+
+    def look(self, trials: list[Trial]) -> dict[str, TrialState]:
+        """The current state of these trials, read from their own run directories."""
+        return store.trial_states(trials, store.scan_trials(trials), self.alive)
+
+    def submit(self, trials: list[Trial], retry_failed: bool = False) -> None:
+        """Claim under the sweep lock each trial nobody else runs (job.json), then submit them."""
+        with store.locked(self.directory):
+            wanted = {NEW, STOPPED, PAUSED} | ({FAILED} if retry_failed else set())
+            now = self.look(trials)
+            claim = [t for t in trials if now[t.hash].state in wanted]
+            for t in trials:
+                if now[t.hash].state in (RUNNING, QUEUED):
+                    self.watched[t.hash] = t
+            specs = []
+            for t in claim:
+                t.run_dir.mkdir(parents=True, exist_ok=True)
+                specs.append(TrialSpec(t.hash, t.name, trial_argv(self.sweep, t, self.until), t.run_dir,
+                                       t.run_dir / "trial.log", self.threads))
+            ids = self.executor.submit(specs) if specs else []
+            for t, job_id in zip(claim, ids):
+                runs.write_json(t.run_dir / "job.json", {
+                    "executor": self.executor.name, "job_id": job_id,
+                    "driver": runs.process_identity(), "submitted": time.time()})
+                self.attempts[t.hash] = self.attempts.get(t.hash, 0) + 1
+                self.jobs[job_id] = Job(t, job_id, self.attempts[t.hash])
+                self.states[t.hash] = TrialState(QUEUED, t.run_dir, None, {"job_id": job_id})
+                self.progress.started(t, t.run_dir if now[t.hash].state != NEW else None)
+
+    def poll(self) -> None:
+        """Collect finished jobs, check that running ones show their lease, look at watched trials."""
+        states = self.executor.states(list(self.jobs)) if self.jobs else {}
+        ended = []
+        for job_id, job in list(self.jobs.items()):
+            state = states.get(job_id, "unknown")
+            if state == "running":
+                self.check_shared(job)
+            elif state in ("finished", "unknown"):
+                ended.append(self.jobs.pop(job_id))
+        for job in ended:
+            self.ended(job.trial, mine=True)
+        if self.watched and time.monotonic() - self.rechecked > RECHECK_SECONDS:
+            self.rechecked = time.monotonic()
+            now = self.look(list(self.watched.values()))
+            for h, t in list(self.watched.items()):
+                if now[h].state not in (RUNNING, QUEUED):
+                    del self.watched[h]
+                    self.ended(t, mine=False, st=now[h])
+        self.progress.update(len(self.jobs))
+        if time.monotonic() - self.index_written > INDEX_SECONDS:
+            self.write_index()
+
+    def check_shared(self, job: Job) -> None:
+        """A job the executor runs must show its lease (or its result) in the run directory."""
+        now = time.monotonic()
+        job.running_since = job.running_since or now
+        run_dir = job.trial.run_dir
+        if now - job.running_since < self.lease_timeout:
+            return
+        if (run_dir / "owner.json").exists() or (run_dir / "summary.json").exists():
+            job.running_since = float("inf")  # seen once: the disk is shared
+            return
+        raise SweepError(
+            f"trial {job.trial.name} has been running as {self.executor.name} job {job.job_id} "
+            f"for {self.lease_timeout:.0f}s, but its run directory {run_dir} never showed the "
+            f"trial's lease (owner.json): the runs directory {self.directory.resolve()} is not on a "
+            "filesystem the workers share. Set runs_dir to a directory every node mounts (e.g. "
+            "in your home or project space), or run the sweep with --executor local.")
+
+    def ended(self, trial: Trial, mine: bool, st: TrialState | None = None) -> None:
+        """A trial's job ended (or another command's trial changed): read its run directory."""
+        st = st or self.look([trial])[trial.hash]
+        self.states[trial.hash] = st
+        if st.state in (RUNNING, QUEUED):  # another command's process or job holds it now
+            self.watched[trial.hash] = trial
+            return
+        if st.state == DONE:
+            self.counts["completed"] += 1
+            self.counts["trial_seconds"] += (st.summary or {}).get("wall_seconds") or 0.0
+            self.progress.finished(trial, "completed", st.summary, None if mine else "another sweep ran it")
+            return
+        if st.state == PAUSED and (st.summary or {}).get("epochs_completed", 0) >= (self.until or 0):
+            self.counts["paused"] += 1
+            self.counts["trial_seconds"] += (st.summary or {}).get("wall_seconds") or 0.0
+            self.progress.finished(trial, "paused", st.summary, None)
+            return
+        if st.state in (STOPPED, PAUSED) and self.attempts.get(trial.hash, 0) < MAX_ATTEMPTS:
+            self.submit([trial])  # killed or preempted: continue from its last.pt
+            return
+        if st.state in (NEW, STOPPED) and not mine:  # its owner died: take it over
+            if self.attempts.get(trial.hash, 0) < MAX_ATTEMPTS:
+                self.submit([trial])
+                return
+        error = (st.summary or {}).get("error") if st.state == FAILED else None
+        if error is None:
+            tail = _log_tail(trial.run_dir / "trial.log")
+            what = "stopped without completing" + (
+                f" {self.attempts[trial.hash]} times" if self.attempts.get(trial.hash, 0) > 1 else "")
+            error = f"the trial {what}" + (f": {tail}" if tail else "")
+            self.states[trial.hash] = TrialState(FAILED, trial.run_dir, st.summary)
+        self.errors[trial.hash] = error
+        self.counts["failed"] += 1
+        self.progress.finished(trial, "failed", st.summary, error)
+
+    def cancel(self) -> int:
+        """Cancel every job this command submitted; they save themselves as interrupted."""
+        ids = list(self.jobs)
+        if ids:
+            self.executor.cancel(ids)
+        for job in self.jobs.values():
+            self.states[job.trial.hash] = self.look([job.trial])[job.trial.hash]
+            self.counts["interrupted"] += 1
+            self.progress.finished(job.trial, "interrupted", None,
+                                   "cancelled; the next run of the sweep continues it")
+        self.jobs.clear()
+        return len(ids)
+
+    def write_index(self) -> None:
+        self.index_written = time.monotonic()
+        store.write_index(self.sweep, self.directory, self.trials, self.states, self.errors)
+
+
+def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
+              retry_failed: bool = False, fail_fast: bool = False, detach: bool = False,
+              progress: "Progress | None" = None, lease_timeout: float = LEASE_TIMEOUT,
+              until: int | None = None) -> dict:
+    """Run every trial not done yet through the executor (with until: up to that epoch); return counts.
+
+    The run directories decide each trial's state; sweep.json is rewritten from them. Raises
+    SweepInterrupted on Ctrl-C/SIGTERM after cancelling what this command submitted.
     """
     progress = progress or Progress(Console(quiet=True))
-    on_disk = runs_by_hash(directory)
-    with locked_index(directory) as index:
-        index.update(name=sweep.name, base=str(sweep.base), overrides=sweep.overrides, keys=sweep.keys)
-        states = {t.hash: trial_state(on_disk.get(t.hash, []), index["trials"].get(t.hash))
-                  for t in trials}
-    pending = [t for t in trials if states[t.hash] not in ("done", "running")]
-    counts = {"total": len(trials), "done_before": sum(s == "done" for s in states.values()),
-              "elsewhere": sum(s == "running" for s in states.values()),
-              "completed": 0, "failed": 0, "interrupted": 0, "paused": 0, "skipped": 0}
-    threads = threads_per_job(min(jobs, max(len(pending), 1)))
-    progress.start(sweep.name, len(pending), counts, jobs, threads)
-    running: list[Job] = []
-    stopping = False
+    states = store.trial_states(trials, store.scan(directory), lambda jobs: jobs_alive(executor, jobs))
+    todo = [t for t in trials if states[t.hash].state in (NEW, STOPPED)
+            or (retry_failed and states[t.hash].state == FAILED)
+            or (states[t.hash].state == PAUSED and (until is None or (
+                states[t.hash].summary or {}).get("epochs_completed", 0) < until))]
+    by_state = {s: sum(st.state == s for st in states.values()) for s in (DONE, RUNNING, QUEUED, FAILED)}
+    counts = {"total": len(trials), "done_before": by_state[DONE],
+              "elsewhere": by_state[RUNNING] + by_state[QUEUED],
+              "failed_before": 0 if retry_failed else by_state[FAILED], "to_run": len(todo)}
+    if todo:
+        check_data(todo)  # a data problem said once, before any trial starts
+    jobs = getattr(executor, "jobs", 1)
+    threads = (threads_per_job(min(jobs, max(len(todo), 1))) if executor.name == "local"
+               else int((sweep.executor.get(executor.name) or {}).get("cpus_per_trial") or 1))
+    runner = Runner(sweep, directory, trials, executor, progress, threads, lease_timeout, until)
+    runner.states = states
+    runner.errors = {h: st.summary.get("error") for h, st in states.items()
+                     if st.state == FAILED and st.summary}
+    store.write_definition(sweep, directory)
+    progress.start(sweep.name, len(todo) + counts["elsewhere"], counts, jobs, threads)
     t0 = time.perf_counter()
-    wall_seconds = 0.0
-
-    def finish(job: Job, interrupted: bool) -> None:
-        nonlocal stopping, wall_seconds
-        status, run_dir, error, summary = _outcome(directory, job, interrupted)
-        wall_seconds += (summary or {}).get("wall_seconds") or 0.0
-        counts[status] += 1
-        with locked_index(directory) as index:
-            index["trials"][job.trial.hash] = _entry(
-                sweep, job.trial, status=status, run_dir=run_dir, error=error, log=str(job.log),
-                ended=datetime.now().isoformat(timespec="seconds"))
-        progress.finished(job.trial, status, summary, error)
-        if status == "failed" and fail_fast:
-            stopping = True
-
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        while (pending and not stopping) or running:
-            while pending and not stopping and len(running) < jobs:
-                job = _launch(sweep, directory, pending.pop(0), threads, until)
-                if job is None:
-                    counts["skipped"] += 1
-                    continue
-                running.append(job)
-                progress.started(job.trial, job.resumed)
-            for job in [j for j in running if j.proc.poll() is not None]:
-                running.remove(job)
-                finish(job, interrupted=False)
-            if stopping:
-                _stop(running)
-            progress.update(len(running))
-            time.sleep(0.05)
+        runner.watched = {t.hash: t for t in trials if states[t.hash].state in (RUNNING, QUEUED)}
+        runner.submit(todo, retry_failed)
+        if detach:
+            counts["detached"] = len(runner.jobs)
+            runner.jobs.clear()
+        while runner.jobs or runner.watched:
+            time.sleep(POLL_SECONDS)
+            runner.poll()
+            if fail_fast and runner.counts["failed"]:
+                runner.cancel()
+                runner.watched.clear()
     except KeyboardInterrupt:
-        _stop(running)
-        for job in running:
-            finish(job, interrupted=True)
-        raise SweepInterrupted() from None
+        cancelled = runner.cancel()
+        runner.write_index()
+        raise SweepInterrupted(cancelled, executor.name) from None
+    except BaseException:
+        runner.cancel()
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         progress.stop()
-    ran = counts["completed"] + counts["failed"] + counts["interrupted"] + counts["paused"]
-    counts.update(ran=ran, seconds=time.perf_counter() - t0, trial_seconds=wall_seconds,
-                  jobs=min(jobs, max(ran, 1)), not_run=len(pending))
+    runner.write_index()
+    c = runner.counts
+    ran = c["completed"] + c["failed"] + c["interrupted"] + c["paused"]
+    counts.update(c, ran=ran, seconds=time.perf_counter() - t0, jobs=min(jobs, max(ran, 1)),
+                  not_run=sum(runner.states[t.hash].state in (NEW, STOPPED) for t in trials))
+    counts["failed_total"] = sum(runner.states[t.hash].state == FAILED for t in trials)
     return counts
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def _launch(sweep: Sweep, directory: Path, trial: Trial, threads: int,
-            until: int | None = None) -> Job | None:
-    """Claim the trial in the index and start its process; None when another sweep has it."""
-    with locked_index(directory) as index:
-        on_disk = runs_by_hash(directory).get(trial.hash, [])
-        if trial_state(on_disk, index["trials"].get(trial.hash)) in ("done", "running"):
-            return None
-        resumed = _resumable(on_disk)
-        if resumed is not None:
-            args = ["--resume", str(resumed)]
-        else:
-            args = [str(sweep.base)] + sweep.overrides + trial.overrides + [
-                f"runs_dir={directory}", f"name={trial.name}"]
-        if until is not None and until < trial.cfg.train.epochs:  # a rung of a pruned sweep
-            args += ["--until-epoch", str(until)]
-        env = dict(os.environ)
-        if not trial.cfg.train.threads:  # split the cores without touching the config (and its hash)
-            env["OMP_NUM_THREADS"] = str(threads)
-        logs = directory / "logs"
-        logs.mkdir(exist_ok=True)
-        log = logs / f"{trial.name}-{trial.hash}.log"
-        with open(log, "w") as out:
-            # a session of its own: Ctrl-C reaches only the sweep, which stops each trial once
-            proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "--quiet", *args],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
-        index["trials"][trial.hash] = _entry(
-            sweep, trial, status="running", run_dir=str(resumed) if resumed else None, error=None,
-            log=str(log), pid=proc.pid, owner=runs.process_identity(),
-            started=datetime.now().isoformat(timespec="seconds"))
-    return Job(trial, proc, log, {s["run_dir"] for s in on_disk}, resumed)
-
-
-def _stop(jobs: list[Job], timeout: float = 60.0) -> None:
-    """SIGTERM each trial (it saves its run as interrupted), wait, then kill what still runs."""
-    for job in jobs:
-        if job.proc.poll() is None:
-            job.proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    try:
-        for job in jobs:
-            job.proc.wait(max(deadline - time.monotonic(), 0.1))
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):  # stuck, or a second Ctrl-C
-        for job in jobs:
-            if job.proc.poll() is None:
-                job.proc.kill()
-                job.proc.wait()
-
-
-def _outcome(directory: Path, job: Job,
-             interrupted: bool) -> tuple[str, str | None, str | None, dict | None]:
-    """(status, run_dir, error, summary) of a finished trial process."""
-    rc = job.proc.wait()
-    run_dir = job.resumed
-    if run_dir is None:
-        new = [s for s in runs_by_hash(directory).get(job.trial.hash, [])
-               if s["run_dir"] not in job.before]
-        run_dir = Path(new[-1]["run_dir"]) if new else None
-    summary = None
-    if run_dir is not None:
-        try:
-            summary = runs.read_json(run_dir / "summary.json")
-        except (OSError, ValueError):
-            pass
-    status = (summary or {}).get("status")
-    shown = str(run_dir) if run_dir else None
-    if rc == 0 and status == "completed":
-        return "completed", shown, None, summary
-    if rc == 0 and status in ("paused", "pruned"):
-        return "paused", shown, None, summary
-    if interrupted or status == "interrupted":
-        return "interrupted", shown, "interrupted; the next run of the sweep continues it", summary
-    if rc < 0:
-        name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
-        return "failed", shown, f"the trial process was killed by {name}", summary
-    if status == "failed" and summary.get("error"):
-        return "failed", shown, summary["error"], summary
-    return "failed", shown, _log_tail(job.log) or f"the trial process exited with code {rc}", summary
 
 
 def _log_tail(path: Path) -> str:

@@ -15,9 +15,12 @@ from typing import Any
 import yaml
 
 from .. import runs
-from ..config import Config, ConfigError, config_hash, flatten, load_config, parse_override, read_yaml, to_dict
+from .executors import check_options
+from ..config import (Config, ConfigError, apply_overrides, config_from_dict, config_hash,
+                      load_config, parse_override, read_yaml)
 
-SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "prune")
+SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "executor", "prune")
+MAX_TRIALS = 10_000  # a larger sweep is refused unless --max-trials raises the limit
 
 @dataclass
 class Sweep:
@@ -29,6 +32,7 @@ class Sweep:
     grid: dict[str, list] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list)
     random: dict | None = None  # {"n": int, "seed": int, "space": {key: list | {kind: [lo, hi]}}}
+    executor: dict = field(default_factory=dict)  # the executor: block, {engine: {setting: value}}
     prune: dict | None = None  # the prune: block as written (min_epochs, eta, metric); see prune.py
 
     @property
@@ -45,6 +49,7 @@ class Trial:
     overrides: list[str]  # the trial's own overrides, after the sweep's
     cfg: Config
     hash: str
+    run_dir: Path  # its own, named by trial name and config hash: the same on every run of the sweep
 
 
 # ---------------------------------------------------------------- values on the command line
@@ -122,14 +127,21 @@ def is_sweep_file(raw: dict) -> bool:
 
 def read_sweep(path: Path, grid: list[str] = (), seeds: str | None = None,
                overrides: list[str] = (), name: str | None = None) -> Sweep:
-    """A sweep file, or a plain config with --grid/--seeds; the command line adds to the file."""
+    """A sweep file, a sweep directory (its sweep.yaml), or a plain config with --grid/--seeds;
+    the command line adds to the file."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / "sweep.yaml").is_file():
+            raise ConfigError([f"{path}: is a directory without a sweep.yaml, so not a sweep made by "
+                               "mnistlab sweep; give a sweep file, a config with --grid, or a "
+                               "sweep directory such as runs/sweep-lr"])
+        path = path / "sweep.yaml"
     raw = read_yaml(path)
     problems: list[str] = []
     if is_sweep_file(raw):
         sweep = _sweep_from_file(path, raw, problems)
     elif grid or seeds:
-        sweep = Sweep(name=f"{path.stem}-sweep", base=path)
+        sweep = Sweep(name=path.stem, base=path)  # the swept keys are added to the name below
     else:
         raise ConfigError([f"{path}: is a config, not a sweep file; sweep it with options, e.g. "
                            f"mnistlab sweep {path} --grid optim.lr=0.1,0.01 --seeds 0,1, or write "
@@ -146,6 +158,8 @@ def read_sweep(path: Path, grid: list[str] = (), seeds: str | None = None,
         except ConfigError as e:
             problems += e.problems
     sweep.overrides += list(overrides)
+    if not is_sweep_file(raw) and not name:  # different --grid keys never share a directory
+        sweep.name = "-".join([sweep.name] + [k.split(".")[-1] for k in sweep.keys])
     sweep.name = runs.slug(name or sweep.name)
     if "train.seed" in sweep.keys[:-1] and sweep.seeds:
         problems.append("train.seed is both swept and given as seeds:; keep one of them")
@@ -195,6 +209,10 @@ def _sweep_from_file(path: Path, raw: dict, problems: list[str]) -> Sweep:
                         "or a mapping of dotted keys")
     else:
         sweep.overrides = overrides
+    executor = raw.get("executor")
+    problems += check_options(executor, f"{path}: executor")
+    if isinstance(executor, dict) and not problems:
+        sweep.executor = {str(k): dict(v or {}) for k, v in executor.items()}
     if raw.get("random") is not None:
         sweep.random = _random_block(path, raw["random"], problems)
         for key in sweep.random["space"]:
@@ -292,8 +310,19 @@ def sample_random(space: dict, n: int, seed: int) -> list[dict]:
     return points
 
 
-def expand(sweep: Sweep) -> list[dict]:
+def count_points(sweep: Sweep) -> int:
+    """How many points expand() makes, without making them."""
+    n = math.prod(len(v) for v in sweep.grid.values())
+    return n * (sweep.random["n"] if sweep.random else 1) * (len(sweep.seeds) or 1)
+
+
+def expand(sweep: Sweep, limit: int = MAX_TRIALS) -> list[dict]:
     """Every point: the grid's cartesian product, times the random points, times the seeds."""
+    n = count_points(sweep)
+    if n > limit:
+        raise ConfigError([f"the sweep has {n:,} trials, more than the limit of {limit:,}; "
+                           "sweep fewer values, or raise the limit with --max-trials "
+                           f"{n} if you mean it"])
     points = [dict(zip(sweep.grid, values)) for values in itertools.product(*sweep.grid.values())]
     if sweep.random:
         sampled = sample_random(sweep.random["space"], sweep.random["n"], sweep.random["seed"])
@@ -320,17 +349,21 @@ def sweep_dir(sweep: Sweep) -> Path:
     return Path(load_config(sweep.base, sweep.overrides).runs_dir) / sweep.name
 
 
-def build_trials(sweep: Sweep) -> tuple[Path, list[Trial]]:
+def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Trial]]:
     """Every trial's config, by the train command's own load_config; all problems raised together."""
+    points = expand(sweep, limit)
     directory = sweep_dir(sweep)
+    # the base file and the sweep's overrides are read once; each point's values are set on a copy
+    base, keys = apply_overrides(read_yaml(sweep.base), sweep.overrides)
     trials, seen, problems = [], set(), {}
-    points = expand(sweep)
     for point in points:
         name = _trial_name(point, sweep.name)
         own = [f"{key}={format_value(v)}" for key, v in point.items()]
         try:
-            cfg = load_config(sweep.base, sweep.overrides + own +
-                              [f"runs_dir={directory}", f"name={name}"])
+            raw = _with_values(base, {**point, "runs_dir": str(directory), "name": name})
+            if raw is None:  # a key that names a value as a section: load_config says so
+                load_config(sweep.base, sweep.overrides + own)
+            cfg = config_from_dict(raw, keys | set(point))
         except ConfigError as e:
             for p in e.problems:
                 problems.setdefault(p, []).append(name)
@@ -339,8 +372,8 @@ def build_trials(sweep: Sweep) -> tuple[Path, list[Trial]]:
         if h in seen:  # two points resolving to one config (e.g. channels of a dense model) run once
             continue
         seen.add(h)
-        values = flatten(to_dict(cfg))
-        trials.append(Trial(name, {k: values[k] for k in point}, own, cfg, h))
+        trials.append(Trial(name, {k: _value(cfg, k) for k in point}, own, cfg, h,
+                            directory / f"{name}-{h[:8]}"))
     if problems:
         raise ConfigError([p if len(names) == len(points) else
                            f"{p} (trial{'s' if len(names) > 1 else ''} {', '.join(names[:5])}"
@@ -348,10 +381,35 @@ def build_trials(sweep: Sweep) -> tuple[Path, list[Trial]]:
     return directory, trials
 
 
+def _value(cfg: Config, key: str):
+    """The resolved value of a dotted key, e.g. optim.lr, as the config holds it."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _with_values(raw: dict, values: dict) -> dict | None:
+    """A deep copy of raw with each dotted key set to its value; None if a key cannot be set."""
+    out = json.loads(json.dumps(raw))
+    for key, value in values.items():
+        node, parts = out, key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                return None
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
 def train_command(sweep: Sweep, trial: Trial) -> list[str]:
-    """The command that runs this trial by hand."""
+    """The command that runs this trial by hand, exactly as the sweep runs it."""
     return (["mnistlab", "train", _shown_path(sweep.base)] + sweep.overrides + trial.overrides
-            + [f"runs_dir={trial.cfg.runs_dir}", f"name={trial.name}"])
+            + [f"runs_dir={trial.cfg.runs_dir}", f"name={trial.name}",
+               "--run-dir", _shown_path(trial.run_dir)])
 
 
 def _shown_path(path: Path) -> str:

@@ -5,45 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
-from .. import runs
+from .. import metrics, runs
 from .spec import Sweep, Trial, format_value
-from .store import completed_run, read_index, runs_by_hash, trial_state
+from .store import DONE, FAILED, TrialState
 
-INDEX_FORMAT = "mnistlab-sweep"
-# metric name -> (where it is in summary.json, higher is better)
-METRICS = {
-    "val_accuracy": (("final", "val", "accuracy"), True),
-    "val_loss": (("final", "val", "loss"), False),
-    "best_val_accuracy": (("best", "val_accuracy"), True),
-    "test_accuracy": (("final", "test", "accuracy"), True),
-    "test_loss": (("final", "test", "loss"), False),
-    "train_accuracy": (("final", "train", "accuracy"), True),
-    "train_loss": (("final", "train", "loss"), False),
-    "train_seconds": (("train_seconds",), False),
-    "f": (("result", "f"), False),  # quadratic: f(x) at the end
-    "lstsq_gap": (("result", "lstsq_gap"), False),  # linreg: MSE above least squares
-}
 DEFAULT_METRIC = {"classify": "val_accuracy", "linreg": "val_loss", "quadratic": "f"}
 
 
-def metric_of(summary: dict, metric: str) -> float | None:
-    value: Any = summary
-    for part in METRICS[metric][0]:
-        value = value.get(part) if isinstance(value, dict) else None
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def summarize(sweep: Sweep, directory: Path, trials: list[Trial], metric: str) -> list[dict]:
+def summarize(sweep: Sweep, trials: list[Trial], states: dict[str, TrialState],
+              metric: str) -> list[dict]:
     """One row per configuration (seeds pooled): mean and std of the metric, best first."""
-    on_disk = runs_by_hash(directory)
-    index = read_index(directory)["trials"]
     keys = [k for k in sweep.keys if k != "train.seed" or not sweep.seeds]
     rows: dict[str, dict] = {}
     for t in trials:
@@ -52,16 +28,16 @@ def summarize(sweep: Sweep, directory: Path, trials: list[Trial], metric: str) -
             "params": params, "values": [], "test": [], "seconds": [], "trials": 0, "failed": 0,
             "pruned_at": None, "pruned_values": [], "pruned_metric": None})
         row["trials"] += 1
-        summary = completed_run(on_disk.get(t.hash, []))
-        if summary is None:
-            row["failed"] += trial_state(on_disk.get(t.hash, []), index.get(t.hash)) == "failed"
-            _add_pruned(row, on_disk.get(t.hash, []))
+        st = states[t.hash]
+        if st.state != DONE:
+            row["failed"] += st.state == FAILED
+            _add_pruned(row, st.summary)
             continue
-        value = metric_of(summary, metric)
+        value = metrics.value(st.summary, metric)
         if value is not None:
             row["values"].append(value)
-            row["test"].append(metric_of(summary, "test_accuracy"))
-            row["seconds"].append(summary.get("train_seconds") or 0.0)
+            row["test"].append(metrics.value(st.summary, "test_accuracy"))
+            row["seconds"].append(st.summary.get("train_seconds") or 0.0)
     out = []
     for row in rows.values():
         v = row["values"]
@@ -73,7 +49,7 @@ def summarize(sweep: Sweep, directory: Path, trials: list[Trial], metric: str) -
         pv = row["pruned_values"]
         row["pruned_mean"] = statistics.fmean(pv) if pv and row["pruned_metric"] == metric else None
         out.append(row)
-    higher = METRICS[metric][1]
+    higher = metrics.METRICS[metric].higher
 
     def rank(r: dict) -> tuple:
         value = r["mean"] if r["mean"] is not None else r["pruned_mean"] or 0.0
@@ -84,16 +60,25 @@ def summarize(sweep: Sweep, directory: Path, trials: list[Trial], metric: str) -
     return out
 
 
-def _add_pruned(row: dict, summaries: list[dict]) -> None:
+def _add_pruned(row: dict, summary: dict | None) -> None:
     """A trial a pruned sweep stopped at a rung: where, and its metric there."""
-    if not summaries or summaries[-1].get("status") != "pruned":
+    if not summary or summary.get("status") != "pruned":
         return
-    info = summaries[-1].get("pruned") or {}
-    rung = info.get("rung") or summaries[-1].get("epochs_completed")
+    info = summary.get("pruned") or {}
+    rung = info.get("rung") or summary.get("epochs_completed")
     row["pruned_at"] = min(rung, row["pruned_at"] or rung)
     row["pruned_metric"] = info.get("metric")
     if isinstance(info.get("value"), (int, float)):
         row["pruned_values"].append(info["value"])
+
+
+def _show_test(rows: list[dict], metric: str) -> bool:
+    """The test accuracy column: only when there is one, and not twice."""
+    return metric != "test_accuracy" and any(r["test_accuracy"] is not None for r in rows)
+
+
+def _over(sweep: Sweep) -> str:
+    return "mean ± std over seeds" if sweep.seeds else "one run each"
 
 
 def _num(x: float | None, metric: str) -> str:
@@ -134,16 +119,19 @@ def write_report(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -
             "" if r[c] is None else r[c] for c in ("test_accuracy", "train_seconds", "pruned_at")])
     runs.atomic_write_text(directory / "summary.csv", buf.getvalue())
 
-    head = keys + [_unit(metric) + " mean ± std", "runs", "test acc (%)", "train s"]
+    test = _show_test(rows, metric)
+    head = keys + [_unit(metric) + (" mean ± std" if sweep.seeds else ""), "runs"] + (
+        ["test acc (%)"] if test else []) + ["train s"]
     lines = [f"# Sweep {sweep.name}", "",
              f"{len(rows)} configurations, sorted by {metric} "
-             f"({'higher' if METRICS[metric][1] else 'lower'} is better); mean ± std over seeds; "
-             "the best in bold.", "",
+             f"({'higher' if metrics.METRICS[metric].higher else 'lower'} is better); "
+             f"{_over(sweep)}; the best in bold.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows):
         cells = [format_value(r["params"][k]) for k in keys] + [
-            _mean_std(r, metric), f"{len(r['values'])}/{r['trials']}",
-            _num(r["test_accuracy"], "test_accuracy"), _seconds(r["train_seconds"])]
+            _mean_std(r, metric), f"{len(r['values'])}/{r['trials']}"] + (
+            [_num(r["test_accuracy"], "test_accuracy")] if test else []) + [
+            _seconds(r["train_seconds"])]
         if i == 0 and r["mean"] is not None:
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -153,18 +141,21 @@ def write_report(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -
 
 def report_table(sweep: Sweep, rows: list[dict], metric: str) -> Table:
     keys = list(rows[0]["params"]) if rows else []
-    table = Table(title=f"sweep {sweep.name}: {metric}, mean ± std over seeds", title_justify="left")
+    test = _show_test(rows, metric)
+    table = Table(title=f"sweep {sweep.name}: {metric}, {_over(sweep)}", title_justify="left")
     for key in keys:
         table.add_column(key)
     table.add_column(_unit(metric), justify="right")
     table.add_column("runs", justify="right")
-    table.add_column("test acc (%)", justify="right")
+    if test:
+        table.add_column("test acc (%)", justify="right")
     table.add_column("train s", justify="right")
     for i, r in enumerate(rows):
-        table.add_row(*[format_value(r["params"][k]) for k in keys], _mean_std(r, metric),
-                      f"{len(r['values'])}/{r['trials']}", _num(r["test_accuracy"], "test_accuracy"),
-                      _seconds(r["train_seconds"]),
-                      style="bold green" if i == 0 and r["mean"] is not None else None)
+        cells = [format_value(r["params"][k]) for k in keys] + [
+            _mean_std(r, metric), f"{len(r['values'])}/{r['trials']}"] + (
+            [_num(r["test_accuracy"], "test_accuracy")] if test else []) + [
+            _seconds(r["train_seconds"])]
+        table.add_row(*cells, style="bold green" if i == 0 and r["mean"] is not None else None)
     return table
 
 
@@ -228,16 +219,17 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
     return paths
 
 
-def trial_table(sweep: Sweep, directory: Path, trials: list[Trial]) -> Table:
-    """What --dry-run shows: each trial's overrides, hash, and whether it is done."""
-    on_disk = runs_by_hash(directory)
-    index = read_index(directory)["trials"]
+def trial_table(sweep: Sweep, directory: Path, trials: list[Trial],
+                states: dict[str, TrialState]) -> Table:
+    """What --dry-run shows: each trial's overrides, hash, and its state on disk."""
     table = Table(title=f"sweep {sweep.name}: {len(trials)} trials in {directory}", title_justify="left")
     for col in ("#", "trial", "overrides", "hash", "state"):
         table.add_column(col, overflow="fold")
     for i, t in enumerate(trials, 1):
-        state = trial_state(on_disk.get(t.hash, []), index.get(t.hash))
-        style = {"done": "green", "failed": "red", "interrupted": "yellow", "paused": "yellow",
+        state = states[t.hash].state
+        if state == "paused" and (states[t.hash].summary or {}).get("status") == "pruned":
+            state = "pruned"
+        style = {"completed": "green", "failed": "red", "stopped": "yellow", "paused": "yellow",
                  "pruned": "magenta"}.get(state)
         table.add_row(str(i), t.name, " ".join(t.overrides), t.hash, state, style=style)
     return table
