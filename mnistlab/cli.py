@@ -78,6 +78,9 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue an interrupted run from its last.pt."),
+    until_epoch: Optional[int] = typer.Option(
+        None, "--until-epoch", min=1, metavar="K", show_default=False,
+        help="Stop after epoch K of the full schedule, saved as paused; --resume continues it."),
     run_dir: Optional[Path] = typer.Option(
         None, "--run-dir", metavar="DIR",
         help="Write the run into DIR: a new run, the continuation of an interrupted one, or "
@@ -109,9 +112,11 @@ def train(
     if resume is None and run_dir is None and not where.is_relative_to(Path.cwd()):
         err.print(Text(f"note: runs go to {where}, outside the working directory."))
     summary = fit(cfg, display.reporter(quiet), resume=resume, run_dir=run_dir,
-                  source={"config": str(config) if config else None, "overrides": overrides})
+                  source={"config": str(config) if config else None, "overrides": overrides},
+                  until_epoch=until_epoch)
     if summary.get("untouched"):
-        typer.echo(f"{run_dir}: already completed; nothing to do.")
+        typer.echo(f"{run_dir or resume}: already {summary.get('status')} at epoch "
+                   f"{summary.get('epochs_completed')}; nothing to do.")
 
 
 @app.command("eval")
@@ -164,7 +169,7 @@ def runs_(
     filters: Optional[List[str]] = typer.Option(None, "--filter", metavar="KEY=VALUE",
                                                 help="Keep matching runs, e.g. model.kind=conv (repeatable)."),
     status: Optional[List[str]] = typer.Option(None, "--status", metavar="STATUS",
-                                               help="completed, running, interrupted, failed, killed or damaged (repeatable)."),
+                                               help="completed, running, paused, pruned, interrupted, failed, killed or damaged (repeatable)."),
     all_columns: bool = typer.Option(False, "--all-columns",
                                      help="Also show settings that are the same in every run."),
     fmt: str = FORMAT,
@@ -315,6 +320,15 @@ def sweep(
         help="Ranks the configurations: val_accuracy (the default; val_loss for linreg, f for "
              "quadratic), val_loss, best_val_accuracy, test_accuracy, test_loss, train_accuracy, "
              "train_loss, train_seconds, f or lstsq_gap."),
+    prune: Optional[bool] = typer.Option(
+        None, "--prune/--no-prune", show_default=False,
+        help="Successive halving: train every configuration to --min-epochs, continue the best "
+             "1/--eta of them, and so on to train.epochs; the others stay paused as pruned. "
+             "--no-prune ignores a prune: block and finishes the pruned trials."),
+    min_epochs: Optional[int] = typer.Option(None, "--min-epochs", min=1, show_default=False,
+                                             help="First rung of --prune (default 1)."),
+    eta: Optional[int] = typer.Option(None, "--eta", min=2, show_default=False,
+                                      help="Each rung of --prune keeps 1/eta (default 3)."),
 ) -> None:
     """Run a grid of trials, each an ordinary run; resume what is done, then compare them."""
     import sys
@@ -336,7 +350,7 @@ def sweep(
         raise fail(f"--executor {executor}: unknown executor; choose one of: {', '.join(EXECUTORS)}")
     definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
     sw.sweep_command(definition, out, executor, jobs, dry_run, report_only, fail_fast,
-                     retry_failed, detach, metric, max_trials)
+                     retry_failed, detach, metric, max_trials, prune, min_epochs, eta)
 
 
 def _print_version(value: bool) -> None:

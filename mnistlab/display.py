@@ -41,6 +41,8 @@ def summary_line(s: dict) -> str:
     if partial > 0:  # an interrupted epoch counts too
         epochs += f" and {partial}/{s['steps_per_epoch']} steps of the next"
     parts.append(f"{epochs}, {s['train_seconds']:.1f}s training, {s['params']:,} parameters")
+    if s["status"] in ("paused", "pruned"):
+        parts.append(f"continue with: mnistlab train --resume {s['run_dir']}")
     return "; ".join(parts)
 
 

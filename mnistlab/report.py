@@ -24,7 +24,7 @@ from .errors import RunError
 
 FORMATS = ("table", "csv", "markdown", "json")
 STATUS_STYLE = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red",
-                "killed": "red", "pruned": "yellow", "damaged": "bold red"}
+                "killed": "red", "paused": "yellow", "pruned": "magenta", "damaged": "bold red"}
 # keys every run has but that are not hyperparameters
 NOT_PARAMS = ("name", "runs_dir", "model.kind")
 
@@ -531,6 +531,8 @@ def curves_figure(rows: list[dict]):
     for i, (row, label) in enumerate(zip(rows, labels)):
         color = f"C{i % 10}"
         curves = all_curves[i]
+        if row["status"] in ("paused", "pruned"):  # a sweep stopped it at a rung
+            label += f" ({row['status']} at epoch {row['epochs']})"
         for split, style in (("train", "-"), ("val", "--")):
             recs = curves[split]
             if not recs:

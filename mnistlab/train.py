@@ -232,11 +232,14 @@ class Run:
 
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
-        source: dict | None = None, run_dir: Path | None = None) -> dict:
+        source: dict | None = None, run_dir: Path | None = None,
+        until_epoch: int | None = None) -> dict:
     """Train cfg into a new run directory (or continue the run at resume); return its summary.
 
     With run_dir the run goes into that directory, idempotently: a new run there, the continuation
     of an interrupted one, or nothing at all for a completed one (its summary marked "untouched").
+    With until_epoch the run stops after that epoch of its full schedule, saved and "paused";
+    resuming it continues the same run as if it had never stopped.
     Raises RunBusy when another live process writes the directory, RunError for a completed run
     at resume, Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
     """
@@ -253,7 +256,12 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
                 resume, done = in_run_dir(cfg, Path(run_dir))
                 if done is not None:
                     return {**done, "untouched": True}
-            return _fit(cfg, reporter or Silent(), resume, source, stop, run_dir, lease)
+            if resume is not None and until_epoch is not None:
+                summary = runs.read_summary(Path(resume))
+                if summary.get("status") in ("paused", "pruned") and \
+                        summary.get("epochs_completed", 0) >= until_epoch:
+                    return {**summary, "untouched": True}  # already there: nothing rewritten
+            return _fit(cfg, reporter or Silent(), resume, source, stop, run_dir, lease, until_epoch)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
 
@@ -304,7 +312,8 @@ def completed(run_dir: Path) -> dict | None:
 
 
 def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | None,
-         stop: threading.Event, run_dir: Path | None, lease: runs.Lease) -> dict:
+         stop: threading.Event, run_dir: Path | None, lease: runs.Lease,
+         until_epoch: int | None = None) -> dict:
     device, task, optimizer, scheduler, chosen = setup(cfg)
     model, data = task.model, task.data
     batch, n_train = cfg.train.batch_size, len(data.train_x)
@@ -325,7 +334,7 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
     model.train()
     t_epoch = time.perf_counter()
     try:
-        for epoch in range(state.epoch, cfg.train.epochs):
+        for epoch in range(state.epoch, stop_after(cfg, until_epoch)):
             state.epoch_shuffle = state.shuffle.get_state()
             perm = torch.randperm(n_train, generator=state.shuffle).to(device)
             t_epoch = t_window = time.perf_counter()
@@ -392,6 +401,8 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
     except BaseException as e:
         run.finish("failed", state, e.message() if isinstance(e, MnistlabError) else f"{type(e).__name__}: {e}")
         raise
+    if stop_after(cfg, until_epoch) < cfg.train.epochs:
+        return run.finish("paused", state)  # last.pt is this epoch's: the schedule goes on from it
     try:
         if len(data.test_x):
             test = evaluate(model, task, data.test_x, data.test_y, cfg.train.eval_batch_size,
@@ -404,6 +415,11 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
         run.finish("failed", state, e.message())
         raise
     return run.finish("completed", state)
+
+
+def stop_after(cfg: Config, until_epoch: int | None) -> int:
+    """The epoch this invocation trains up to; the schedule still spans all of train.epochs."""
+    return cfg.train.epochs if until_epoch is None else min(until_epoch, cfg.train.epochs)
 
 
 def setup(cfg: Config):

@@ -10,6 +10,7 @@ from rich.console import Console
 from .. import metrics
 from ..errors import SweepError, TrialsMissed
 from .executors import create_executor
+from .prune import epochs_line, resolve_plan, rungs, run_pruned
 from .runner import SweepInterrupted, jobs_alive, progress_for, run_sweep
 from .spec import (MAX_TRIALS, Sweep, Trial, build_trials, expand, format_value, parse_grid_option,
                    read_sweep, sample_random, split_values, train_command)
@@ -24,9 +25,14 @@ __all__ = ["MAX_TRIALS", "Sweep", "SweepInterrupted", "Trial", "build_trials", "
 def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int = 1,
                   dry_run: bool = False, report_only: bool = False, fail_fast: bool = False,
                   retry_failed: bool = False, detach: bool = False, metric: str | None = None,
-                  max_trials: int = MAX_TRIALS) -> None:
-    """The sweep command: show the trials, or run them and report; say what did not complete."""
+                  max_trials: int = MAX_TRIALS, prune: bool | None = None,
+                  min_epochs: int | None = None, eta: int | None = None) -> None:
+    """The sweep command: show the trials, or run them and report; say what did not complete.
+
+    prune (--prune/--no-prune; None: as the file's prune: block says) runs successive halving.
+    """
     directory, trials = build_trials(sweep, max_trials)
+    plan = resolve_plan(sweep, prune, min_epochs, eta, metric, DEFAULT_METRIC[trials[0].cfg.task])
     metric = metric or DEFAULT_METRIC[trials[0].cfg.task]
     if detach and executor in ("local", "ray"):
         whose = {"local": "local trials are processes of this command",
@@ -39,6 +45,13 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
         if dry_run or report_only:
             states = trial_states(trials, scan(directory), lambda jobs: set())
             counts = None
+        elif plan is not None:
+            if detach:
+                raise SweepError("--detach with --prune: a rung is decided when its trials end, "
+                                 "so the sweep command has to wait for them; run it without --detach")
+            counts = run_pruned(sweep, directory, trials, plan, engine, fail_fast,
+                                lambda: progress_for(out), lambda text: out.print(text, markup=False))
+            states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
         else:
             counts = run_sweep(sweep, directory, trials, engine, retry_failed, fail_fast, detach,
                                progress_for(out))
@@ -47,6 +60,10 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
         if engine is not None:
             engine.close()
     if dry_run:
+        if plan is not None:
+            epochs = trials[0].cfg.train.epochs
+            out.print(f"prune: rungs at epochs {', '.join(map(str, rungs(plan.min_epochs, plan.eta, epochs)))}"
+                      f"; the best 1/{plan.eta} by {plan.metric} go on at each", markup=False)
         out.print(trial_table(sweep, directory, trials, states))
         out.print("Each trial is the command:")
         for t in trials:
@@ -66,7 +83,13 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
         out.print(f"sweep {sweep.name}: no completed trial yet, so no summary.", markup=False)
     if counts is None:
         return
-    if counts["ran"]:
+    if plan is not None:
+        out.print(f"{counts['ran']} trial runs in {counts['seconds']:.1f}s: {counts['completed']} "
+                  f"completed, {counts['paused']} paused at a rung, {counts['failed']} failed, "
+                  f"{counts['interrupted']} interrupted", markup=False)
+        out.print(epochs_line(counts), markup=False)
+        missed = counts["failed"] + counts["interrupted"] + counts["undecided"]
+    elif counts["ran"]:
         overhead = (counts["seconds"] * counts["jobs"] - counts["trial_seconds"]) / counts["ran"]
         out.print(f"{counts['ran']} trials in {counts['seconds']:.1f}s: {counts['completed']} "
                   f"completed, {counts['failed']} failed, {counts['interrupted']} interrupted; "
@@ -76,7 +99,8 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
                   if counts["failed_before"] else "")
         out.print(f"nothing to run: {counts['done_before']} of {counts['total']} trials "
                   f"already completed{failed}", markup=False)
-    missed = counts["failed_total"] + counts["interrupted"] + counts["not_run"]
+    if plan is None:
+        missed = counts["failed_total"] + counts["interrupted"] + counts["not_run"]
     if missed:
         raise TrialsMissed(
             f"{missed} of {counts['total']} trials did not complete; each trial's run directory in "

@@ -18,7 +18,7 @@ from ..errors import Interrupted, SweepError
 from . import store
 from .executors import Executor, TrialSpec
 from .spec import Sweep, Trial
-from .store import DONE, FAILED, NEW, QUEUED, RUNNING, STOPPED, TrialState
+from .store import DONE, FAILED, NEW, PAUSED, QUEUED, RUNNING, STOPPED, TrialState
 
 POLL_SECONDS = 0.1
 RECHECK_SECONDS = 1.0  # how often trials that others run are looked at again
@@ -51,11 +51,15 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def trial_argv(sweep: Sweep, trial: Trial) -> list[str]:
-    """The trial as the executor runs it: the train command, with absolute paths (any cwd, any host)."""
+def trial_argv(sweep: Sweep, trial: Trial, until: int | None = None) -> list[str]:
+    """The trial as the executor runs it: the train command, with absolute paths (any cwd, any host).
+
+    With until (a rung of a pruned sweep) the trial stops after that epoch, paused.
+    """
+    rung = ["--until-epoch", str(until)] if until is not None and until < trial.cfg.train.epochs else []
     return [sys.executable, "-m", "mnistlab", "train", "--quiet", str(Path(sweep.base).resolve()),
             *sweep.overrides, *trial.overrides, f"runs_dir={trial.run_dir.parent.resolve()}",
-            f"name={trial.name}", "--run-dir", str(trial.run_dir.resolve())]
+            f"name={trial.name}", "--run-dir", str(trial.run_dir.resolve()), *rung]
 
 
 def check_data(trials: list[Trial]) -> None:
@@ -89,15 +93,16 @@ class Runner:
     """One sweep command's work: what it submitted, what it watches, what it counted."""
 
     def __init__(self, sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
-                 progress: "Progress", threads: int, lease_timeout: float):
+                 progress: "Progress", threads: int, lease_timeout: float, until: int | None = None):
         self.sweep, self.directory, self.trials, self.executor = sweep, directory, trials, executor
+        self.until = until  # the rung this command trains up to (pruned sweeps), None: the end
         self.progress, self.threads, self.lease_timeout = progress, threads, lease_timeout
         self.jobs: dict[str, Job] = {}  # job id -> the trial this command submitted
         self.watched: dict[str, Trial] = {}  # hash -> trial that another command runs
         self.attempts: dict[str, int] = {}
         self.states: dict[str, TrialState] = {}
         self.errors: dict[str, str] = {}
-        self.counts = {"completed": 0, "failed": 0, "interrupted": 0, "trial_seconds": 0.0}
+        self.counts = {"completed": 0, "failed": 0, "interrupted": 0, "paused": 0, "trial_seconds": 0.0}
         self.index_written = self.rechecked = 0.0
 
     def alive(self, jobs: list[dict]) -> set[str]:
@@ -110,7 +115,7 @@ class Runner:
     def submit(self, trials: list[Trial], retry_failed: bool = False) -> None:
         """Claim under the sweep lock each trial nobody else runs (job.json), then submit them."""
         with store.locked(self.directory):
-            wanted = {NEW, STOPPED} | ({FAILED} if retry_failed else set())
+            wanted = {NEW, STOPPED, PAUSED} | ({FAILED} if retry_failed else set())
             now = self.look(trials)
             claim = [t for t in trials if now[t.hash].state in wanted]
             for t in trials:
@@ -120,7 +125,7 @@ class Runner:
             for t in claim:
                 with runs.writing(t.run_dir):
                     t.run_dir.mkdir(parents=True, exist_ok=True)
-                specs.append(TrialSpec(t.hash, t.name, trial_argv(self.sweep, t), t.run_dir,
+                specs.append(TrialSpec(t.hash, t.name, trial_argv(self.sweep, t, self.until), t.run_dir,
                                        t.run_dir / "trial.log", self.threads))
             ids = self.executor.submit(specs) if specs else []
             for t, job_id in zip(claim, ids):
@@ -184,7 +189,12 @@ class Runner:
             self.counts["trial_seconds"] += (st.summary or {}).get("wall_seconds") or 0.0
             self.progress.finished(trial, "completed", st.summary, None if mine else "another sweep ran it")
             return
-        if st.state == STOPPED and self.attempts.get(trial.hash, 0) < MAX_ATTEMPTS:
+        if st.state == PAUSED and (st.summary or {}).get("epochs_completed", 0) >= (self.until or 0):
+            self.counts["paused"] += 1
+            self.counts["trial_seconds"] += (st.summary or {}).get("wall_seconds") or 0.0
+            self.progress.finished(trial, "paused", st.summary, None)
+            return
+        if st.state in (STOPPED, PAUSED) and self.attempts.get(trial.hash, 0) < MAX_ATTEMPTS:
             self.submit([trial])  # killed or preempted: continue from its last.pt
             return
         if st.state in (NEW, STOPPED) and not mine:  # its owner died: take it over
@@ -222,8 +232,9 @@ class Runner:
 
 def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
               retry_failed: bool = False, fail_fast: bool = False, detach: bool = False,
-              progress: "Progress | None" = None, lease_timeout: float = LEASE_TIMEOUT) -> dict:
-    """Run every trial not done yet through the executor; return counts and timings.
+              progress: "Progress | None" = None, lease_timeout: float = LEASE_TIMEOUT,
+              until: int | None = None) -> dict:
+    """Run every trial not done yet through the executor (with until: up to that epoch); return counts.
 
     The run directories decide each trial's state; sweep.json is rewritten from them. Raises
     SweepInterrupted on Ctrl-C/SIGTERM after cancelling what this command submitted.
@@ -231,7 +242,9 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     progress = progress or Progress(Console(quiet=True))
     states = store.trial_states(trials, store.scan(directory), lambda jobs: jobs_alive(executor, jobs))
     todo = [t for t in trials if states[t.hash].state in (NEW, STOPPED)
-            or (retry_failed and states[t.hash].state == FAILED)]
+            or (retry_failed and states[t.hash].state == FAILED)
+            or (states[t.hash].state == PAUSED and (until is None or (
+                states[t.hash].summary or {}).get("epochs_completed", 0) < until))]
     by_state = {s: sum(st.state == s for st in states.values()) for s in (DONE, RUNNING, QUEUED, FAILED)}
     counts = {"total": len(trials), "done_before": by_state[DONE],
               "elsewhere": by_state[RUNNING] + by_state[QUEUED],
@@ -241,7 +254,7 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     jobs = getattr(executor, "jobs", 1)
     threads = (threads_per_job(min(jobs, max(len(todo), 1))) if executor.name == "local"
                else int((sweep.executor.get(executor.name) or {}).get("cpus_per_trial") or 1))
-    runner = Runner(sweep, directory, trials, executor, progress, threads, lease_timeout)
+    runner = Runner(sweep, directory, trials, executor, progress, threads, lease_timeout, until)
     runner.states = states
     runner.errors = {h: st.summary.get("error") for h, st in states.items()
                      if st.state == FAILED and st.summary}
@@ -274,7 +287,7 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
         progress.stop()
     runner.write_index()
     c = runner.counts
-    ran = c["completed"] + c["failed"] + c["interrupted"]
+    ran = c["completed"] + c["failed"] + c["interrupted"] + c["paused"]
     counts.update(c, ran=ran, seconds=time.perf_counter() - t0, jobs=min(jobs, max(ran, 1)),
                   not_run=sum(runner.states[t.hash].state in (NEW, STOPPED) for t in trials))
     counts["failed_total"] = sum(runner.states[t.hash].state == FAILED for t in trials)
@@ -372,4 +385,8 @@ def result_line(trial: Trial, status: str, summary: dict | None, error: str | No
         val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
         acc = f"val acc {100 * val:.2f}%, " if val is not None else ""
         return f"completed {trial.name}: {acc}{summary.get('wall_seconds') or 0:.1f}s"
+    if status == "paused":
+        val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
+        acc = f", val acc {100 * val:.2f}%" if val is not None else ""
+        return f"paused {trial.name} at epoch {summary.get('epochs_completed')}{acc}"
     return f"{status} {trial.name}: {error}"

@@ -19,7 +19,7 @@ from .executors import check_options
 from ..config import (Config, ConfigError, apply_overrides, config_from_file_dict, config_hash,
                       load_config, parse_override, read_yaml)
 
-SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "executor")
+SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "executor", "prune")
 MAX_TRIALS = 10_000  # a larger sweep is refused unless --max-trials raises the limit
 
 @dataclass
@@ -33,6 +33,7 @@ class Sweep:
     seeds: list[int] = field(default_factory=list)
     random: dict | None = None  # {"n": int, "seed": int, "space": {key: list | {kind: [lo, hi]}}}
     executor: dict = field(default_factory=dict)  # the executor: block, {engine: {setting: value}}
+    prune: dict | None = None  # the prune: block as written (min_epochs, eta, metric); see prune.py
 
     @property
     def keys(self) -> list[str]:
@@ -217,6 +218,14 @@ def _sweep_from_file(path: Path, raw: dict, problems: list[str]) -> Sweep:
         for key in sweep.random["space"]:
             if key in sweep.grid:
                 problems.append(f"{path}: {key} is in both grid: and random:; keep one")
+    if raw.get("prune") is not None:
+        from .prune import read_plan  # checked now, with the other problems; used by the command
+
+        try:
+            read_plan(raw["prune"], f"{path}: prune")
+            sweep.prune = raw["prune"] if isinstance(raw["prune"], dict) else {}
+        except ConfigError as e:
+            problems += e.problems
     return sweep
 
 

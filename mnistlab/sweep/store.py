@@ -18,8 +18,10 @@ from .spec import Sweep, Trial, train_command
 
 INDEX_FORMAT = "mnistlab-sweep"
 DEFINITION = "sweep.yaml"  # what was swept, so that --report on the folder needs nothing retyped
-# states a trial can be in; "stopped" ran part-way (interrupted or killed) and continues from last.pt
+# states a trial can be in; "stopped" ran part-way (interrupted or killed) and continues from last.pt;
+# "paused" stopped at a rung of a pruned sweep (summary status paused or pruned), also from last.pt
 DONE, RUNNING, QUEUED, FAILED, STOPPED, NEW = "completed", "running", "queued", "failed", "stopped", "new"
+PAUSED = "paused"
 
 
 @dataclass
@@ -72,7 +74,7 @@ def scan_trials(trials: list[Trial]) -> dict[str, list[dict]]:
 
 
 def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) -> dict[str, TrialState]:
-    """Each trial: done, running (a live lease), queued (a live job), failed, stopped or new.
+    """Each trial: done, running (a live lease), queued (a live job), failed, stopped, paused or new.
 
     found is scan()'s result; jobs_alive(job.json records) -> ids of the jobs that still exist,
     asked once for all trials (one call to the scheduler).
@@ -97,7 +99,8 @@ def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) 
             jobs[t.hash] = job
         mine = [s for s in summaries if Path(s["run_dir"]) == t.run_dir]
         if mine:
-            status = FAILED if mine[-1].get("status") == "failed" else STOPPED
+            status = {"failed": FAILED, "paused": PAUSED, "pruned": PAUSED}.get(
+                mine[-1].get("status"), STOPPED)
             states[t.hash] = TrialState(status, t.run_dir, mine[-1])
         else:
             states[t.hash] = TrialState(NEW, t.run_dir)

@@ -25,11 +25,13 @@ def summarize(sweep: Sweep, trials: list[Trial], states: dict[str, TrialState],
     for t in trials:
         params = {k: t.params[k] for k in keys}
         row = rows.setdefault(json.dumps(params, sort_keys=True), {
-            "params": params, "values": [], "test": [], "seconds": [], "trials": 0, "failed": 0})
+            "params": params, "values": [], "test": [], "seconds": [], "trials": 0, "failed": 0,
+            "pruned_at": None, "pruned_values": [], "pruned_metric": None})
         row["trials"] += 1
         st = states[t.hash]
         if st.state != DONE:
             row["failed"] += st.state == FAILED
+            _add_pruned(row, st.summary)
             continue
         value = metrics.value(st.summary, metric)
         if value is not None:
@@ -44,10 +46,30 @@ def summarize(sweep: Sweep, trials: list[Trial], states: dict[str, TrialState],
         tests = [x for x in row["test"] if x is not None]
         row["test_accuracy"] = statistics.fmean(tests) if tests else None
         row["train_seconds"] = statistics.fmean(row["seconds"]) if row["seconds"] else None
+        pv = row["pruned_values"]
+        row["pruned_mean"] = statistics.fmean(pv) if pv and row["pruned_metric"] == metric else None
         out.append(row)
     higher = metrics.METRICS[metric].higher
-    out.sort(key=lambda r: (r["mean"] is None, -(r["mean"] or 0) if higher else (r["mean"] or 0)))
+
+    def rank(r: dict) -> tuple:
+        value = r["mean"] if r["mean"] is not None else r["pruned_mean"] or 0.0
+        return (r["mean"] is None, r["pruned_at"] is None, -(r["pruned_at"] or 0),
+                -value if higher else value)
+
+    out.sort(key=rank)
     return out
+
+
+def _add_pruned(row: dict, summary: dict | None) -> None:
+    """A trial a pruned sweep stopped at a rung: where, and its metric there."""
+    if not summary or summary.get("status") != "pruned":
+        return
+    info = summary.get("pruned") or {}
+    rung = info.get("rung") or summary.get("epochs_completed")
+    row["pruned_at"] = min(rung, row["pruned_at"] or rung)
+    row["pruned_metric"] = info.get("metric")
+    if isinstance(info.get("value"), (int, float)):
+        row["pruned_values"].append(info["value"])
 
 
 def _show_test(rows: list[dict], metric: str) -> bool:
@@ -70,6 +92,9 @@ def _seconds(x: float | None) -> str:
 
 
 def _mean_std(row: dict, metric: str) -> str:
+    if row["mean"] is None and row["pruned_at"] is not None:
+        at = f" ({_num(row['pruned_mean'], metric)})" if row["pruned_mean"] is not None else ""
+        return f"pruned at epoch {row['pruned_at']}{at}"
     if row["mean"] is None:
         return "failed" if row["failed"] else "not run"
     std = f" ± {_num(row['std'], metric)}" if row["std"] is not None else ""
@@ -86,12 +111,12 @@ def write_report(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(keys + [f"{metric}_mean", f"{metric}_std", "runs", "trials", "failed",
-                            "test_accuracy_mean", "train_seconds_mean"])
+                            "test_accuracy_mean", "train_seconds_mean", "pruned_at"])
     for r in rows:
         writer.writerow([format_value(r["params"][k]) for k in keys] + [
             "" if r[c] is None else r[c] for c in ("mean", "std")] + [
             len(r["values"]), r["trials"], r["failed"]] + [
-            "" if r[c] is None else r[c] for c in ("test_accuracy", "train_seconds")])
+            "" if r[c] is None else r[c] for c in ("test_accuracy", "train_seconds", "pruned_at")])
     runs.atomic_write_text(directory / "summary.csv", buf.getvalue())
 
     test = _show_test(rows, metric)
@@ -145,13 +170,14 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    pruned = [r for r in rows if r["mean"] is None and r["pruned_mean"] is not None]
     rows = [r for r in rows if r["mean"] is not None]
     keys = list(rows[0]["params"]) if rows else []
     scale = 100 if metric.endswith("accuracy") else 1
     paths = []
     for key in keys:
         xs = []
-        for r in rows:
+        for r in rows + pruned:
             if r["params"][key] not in xs:
                 xs.append(r["params"][key])
         numeric = _numeric(xs)
@@ -169,6 +195,10 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
             ax.errorbar(x, [scale * r["mean"] for r in members],
                         yerr=[scale * (r["std"] or 0.0) for r in members],
                         marker="o", capsize=3, label=label or None)
+        if pruned:  # where the pruned configurations stood at their rung, not at the end
+            ax.scatter([r["params"][key] if numeric else xs.index(r["params"][key]) for r in pruned],
+                       [scale * r["pruned_mean"] for r in pruned], marker="x", color="grey",
+                       label="pruned (value at its rung)", zorder=3)
         if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
         if not numeric:
@@ -177,7 +207,7 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
         ax.set_ylabel(_unit(metric))
         ax.set_title(f"sweep {sweep.name}: {metric} vs {key}")
         ax.grid(True, alpha=0.3)
-        if len(lines) > 1:
+        if len(lines) > 1 or pruned:
             ax.legend(title=", ".join(others), fontsize="small")
         fig.tight_layout()
         buf = io.BytesIO()
@@ -197,6 +227,9 @@ def trial_table(sweep: Sweep, directory: Path, trials: list[Trial],
         table.add_column(col, overflow="fold")
     for i, t in enumerate(trials, 1):
         state = states[t.hash].state
-        style = {"completed": "green", "failed": "red", "stopped": "yellow"}.get(state)
+        if state == "paused" and (states[t.hash].summary or {}).get("status") == "pruned":
+            state = "pruned"
+        style = {"completed": "green", "failed": "red", "stopped": "yellow", "paused": "yellow",
+                 "pruned": "magenta"}.get(state)
         table.add_row(str(i), t.name, " ".join(t.overrides), t.hash, state, style=style)
     return table
