@@ -50,6 +50,13 @@ class Commands(TyperGroup):
             raise fail(e.message(), e.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted; nothing more was written.", 130) from None
+        except OSError as e:  # a write no runs.writing() wrapped: still a disk error, not a traceback
+            from .runs import DISK_REASONS, disk_error
+
+            if e.errno not in DISK_REASONS:
+                raise
+            error = disk_error(Path(e.filename or "a file"), e)
+            raise fail(error.message(), error.exit_code) from None
 
 
 app = typer.Typer(
@@ -185,9 +192,12 @@ def compare(
 
     if _format(fmt) == "csv":
         raise fail("--format: compare prints table, markdown or json.")
-    if len(run_dirs) < 2:
+    dirs, skipped = report.runs_of(run_dirs)
+    for note in skipped:
+        err.print(note, markup=False)
+    if len(dirs) < 2:
         raise fail("give two or more runs to compare, e.g. mnistlab compare runs/A runs/B")
-    rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
+    rows = [report.load_run(d) for d in dirs]
     report.compare(rows, fmt, all_keys, report.console())
 
 

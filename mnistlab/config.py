@@ -487,6 +487,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError([f"{path}: is a sweep file (it has base: and grid:/random:), not a "
                            f"config; run it with: mnistlab sweep {path}"])
     raw, keys = apply_overrides(raw, list(overrides))
+    return config_from_file_dict(raw, keys, path)
+
+
+def config_from_file_dict(raw: dict, keys: set[str], path: str | Path) -> Config:
+    """The end of load_config: the mapping read from path, overrides applied (their keys), validated."""
     if raw.get("name") is None:
         raw["name"] = Path(path).stem
     _absolute_paths(raw, keys, Path(path).parent)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -141,11 +142,12 @@ def find_runs(runs_dir: Path) -> list[dict]:
 def runs_of(args: list[str], runs_dir: str | Path = "runs") -> tuple[list[Path], list[str]]:
     """The run directories among args (as a shell glob gives them), and notes on what was skipped.
 
-    Folders that are not runs (a sweep's logs/) are skipped when other arguments are runs."""
+    Files and folders that are not runs (a sweep's logs/ or summary.csv) are skipped when other
+    arguments are runs; a path that does not exist is an error (a typo)."""
     dirs, skipped = [], []
     for arg in args:
         path = Path(arg)
-        if path.is_dir() and not _is_run(path) and len(args) > 1:
+        if len(args) > 1 and path.exists() and not (path.is_dir() and _is_run(path)):
             skipped.append(f"skipped {arg}: not a run directory")
         else:
             dirs.append(resolve_run(arg, runs_dir))
@@ -289,10 +291,13 @@ def _csv(v):
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
-def _table_width(out: Console, columns, texts) -> int:
-    """Width the table needs so that no header or value is folded."""
-    table = rich_table("", columns, texts)
-    return out.measure(table, options=out.options.update_width(100_000)).maximum
+def _table_width(widths: list[int]) -> int:
+    """Width of a rich_table whose columns need these widths: padding 1 each side, edges and gaps 1."""
+    return sum(w + 2 for w in widths) + len(widths) + 1
+
+
+def _column_widths(columns: list[tuple[str, str, float]], texts: dict[str, list[str]]) -> dict[str, int]:
+    return {k: max([cell_len(h)] + [cell_len(t) for t in texts[k]]) for k, h, _ in columns}
 
 
 def runs_columns(rows: list[dict], all_columns: bool) -> list[tuple[str, str, float]]:
@@ -313,15 +318,13 @@ def runs_columns(rows: list[dict], all_columns: bool) -> list[tuple[str, str, fl
             + [("epochs", "epochs", 6), ("wall_seconds", "wall time", 7), ("started", "started", 8)])
 
 
-def fit_columns(columns: list[tuple[str, str, float]], texts: dict[str, list[str]], width: int,
-                out: Console) -> tuple[list[tuple[str, str, float]], list[str]]:
+def fit_columns(columns: list[tuple[str, str, float]], texts: dict[str, list[str]],
+                width: int) -> tuple[list[tuple[str, str, float]], list[str]]:
     """The columns, by priority, that fit in width whole; and the headers of those left out."""
+    widths = _column_widths(columns, texts)
     kept: list[tuple[str, str, float]] = []
     for col in sorted(columns, key=lambda c: c[2]):
-        trial = [c for c in columns if c in kept or c == col]
-        needed = _table_width(out, [(k, h) for k, h, _ in trial],
-                              [list(t) for t in zip(*[texts[k] for k, _, _ in trial])])
-        if needed <= width or col[2] <= 1:
+        if _table_width([widths[k] for k, _, _ in kept + [col]]) <= width or col[2] <= 1:
             kept.append(col)
     return [c for c in columns if c in kept], [h for k, h, _ in columns if (k, h, _) not in kept]
 
@@ -347,11 +350,12 @@ def runs_table(rows: list[dict], fmt: str, all_columns: bool, out: Console) -> N
                  for r, f in zip(rows, flat)] for k, _, _ in columns}
     dropped: list[str] = []
     if not all_columns:
-        columns, dropped = fit_columns(columns, texts, out.width, out)
+        columns, dropped = fit_columns(columns, texts, out.width)
     pairs = [(k, h) for k, h, _ in columns]
     cells = [[texts[k][i] for k, _ in pairs] for i in range(len(rows))]
     if all_columns and not out.is_terminal:  # asked for everything: as wide as it takes
-        out = Console(highlight=False, width=max(out.width, _table_width(out, pairs, cells)))
+        needed = _table_width(list(_column_widths(columns, texts).values()))
+        out = Console(highlight=False, width=max(out.width, needed))
     out.print(rich_table(f"{len(rows)} run{'s' * (len(rows) != 1)}", pairs, cells))
     notes = []
     hidden = len(all_keys(rows)) - len(varying_keys(rows))
@@ -574,6 +578,25 @@ def log_if_wide(ax, span: float = 30) -> None:
     ys = [y for line in ax.lines for y in line.get_ydata() if isinstance(y, (int, float))
           and math.isfinite(y)]
     if ys and min(ys) > 0 and max(ys) / min(ys) > span:
+        ax.set_yscale("log")
+
+
+def metric_axis(ax, metric: str, values: list[float]) -> None:
+    """Label the y axis by the metric registry; a log axis when the values span 1000x or more
+    (symlog when one is exactly 0, which a log axis cannot show).
+
+    values are in the unit the axis shows (metrics.plotted)."""
+    import math
+
+    ax.set_ylabel(metrics.axis_label(metric))
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    positive = [v for v in finite if v > 0]
+    if any(v < 0 for v in finite) or len(positive) < 2 or max(positive) / min(positive) < 1000:
+        return
+    if 0 in finite:
+        ax.set_yscale("symlog", linthresh=min(positive))
+        ax.set_ylim(bottom=-0.3 * min(positive), top=max(positive) * 3)  # not down to -max
+    else:
         ax.set_yscale("log")
 
 

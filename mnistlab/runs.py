@@ -43,15 +43,13 @@ FILE_MODE = _file_mode()
 
 
 # why a write failed, and what to do about it
+ELSEWHERE = "write elsewhere (runs_dir=DIR for runs, -o FILE for a figure)"
 DISK_REASONS = {
-    errno.ENOSPC: ("the disk is full", "free some space, or point runs_dir=DIR at a disk with room"),
-    errno.EDQUOT: ("the disk quota is exceeded", "free some space, or point runs_dir=DIR elsewhere"),
-    errno.EROFS: ("the file system is read-only",
-                  "point runs_dir=DIR at a writable directory, or remount it read-write"),
-    errno.EACCES: ("permission denied", "make the directory writable for this user, or point "
-                   "runs_dir=DIR at one that is"),
-    errno.EPERM: ("permission denied", "make the directory writable for this user, or point "
-                  "runs_dir=DIR at one that is"),
+    errno.ENOSPC: ("the disk is full", f"free some space, or {ELSEWHERE}"),
+    errno.EDQUOT: ("the disk quota is exceeded", f"free some space, or {ELSEWHERE}"),
+    errno.EROFS: ("the file system is read-only", f"remount it read-write, or {ELSEWHERE}"),
+    errno.EACCES: ("permission denied", f"make the directory writable for this user, or {ELSEWHERE}"),
+    errno.EPERM: ("permission denied", f"make the directory writable for this user, or {ELSEWHERE}"),
 }
 
 
@@ -350,11 +348,15 @@ class Lease:
 
 @contextlib.contextmanager
 def _dir_lock(directory: Path):
-    """An exclusive lock on directory/.lock, held for the block."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """An exclusive lock on the directory itself (no lock file left in the run), held for the block."""
+    with writing(directory / "owner.json"):
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def run_status(summary: dict) -> str:

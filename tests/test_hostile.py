@@ -175,6 +175,12 @@ def test_eval_and_plot_on_a_read_only_run(done_run, disk, tmp_path):
     assert snapshot(run) == before
 
 
+def test_a_sweep_into_a_read_only_directory_is_a_disk_error(tiny_config, disk):
+    read_only(disk)
+    one_paragraph(cli("sweep", tiny_config, "--grid", "optim.lr=0.1,0.01", f"runs_dir={disk}"),
+                  1, str(disk), "read-only")
+
+
 def test_resume_removes_the_temporary_files_of_killed_writes(interrupted_run):
     stale = [interrupted_run / ".summary.json.abc123.tmp",
              interrupted_run / "checkpoints" / ".last.pt.def456.tmp"]

@@ -240,6 +240,9 @@ def test_plot_of_a_sweep_glob_skips_folders_that_are_not_runs(damaged, tmp_path)
     assert f"skipped {damaged / 'logs'}: not a run directory" in result.output and png.is_file()
     alone = cli("plot", damaged / "logs", "-o", png)
     assert alone.exit_code == 2 and "not a run directory" in alone.output
+    (damaged / "summary.csv").write_text("a,b\n")
+    result = cli("compare", fast, slow, damaged / "summary.csv", "--format", "json")
+    assert result.exit_code == 0 and "skipped" in result.output
 
 
 def test_plot_skips_damaged_lines_of_metrics_jsonl(damaged, tmp_path):
@@ -263,3 +266,17 @@ def test_runs_fill_each_task_metric_only_for_its_task(runs_dir, tmp_path):
              for task in ("-fast", "-linreg")}
     assert cells["-fast"].strip() == "" and float(cells["-linreg"]) == pytest.approx(
         float(rows["linreg"]["val_loss"]), rel=1e-3)
+
+
+@pytest.mark.parametrize("values, scale", [
+    ([0.8512, 0.8733, 0.8921], "linear"),  # accuracies
+    ([2.582, 2.3e-7, 2.3e-7, 13.0], "log"),  # the quadratic sweep's f: ten orders of magnitude
+    ([0.0, 2.582, 2.3e-7, 13.0], "symlog"),  # lr=0.5 reaches f = 0 exactly
+    ([-1.0, 1e-6, 10.0], "linear"),  # a negative value has no place on a log axis
+])
+def test_metric_axis_goes_log_when_values_span_orders_of_magnitude(values, scale):
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    report.metric_axis(ax, "f", values)
+    assert ax.get_yscale() == scale and ax.get_ylabel() == "final f(x)"

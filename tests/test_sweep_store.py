@@ -211,3 +211,39 @@ def test_lease_of_another_host_lives_by_its_heartbeat(tmp_path):
         owner = json.loads((run / "owner.json").read_text())
         assert owner["host"] == socket.gethostname() and runs.live_owner(run)["token"] == owner["token"]
     assert not (run / "owner.json").exists()  # released
+
+
+def test_missing_data_is_said_once_before_any_trial_starts(tmp_path, tiny_config):
+    cfg = yaml.safe_load(tiny_config.read_text())
+    cfg["data"]["root"] = str(tmp_path / "nowhere")
+    offline = tmp_path / "offline.yaml"
+    offline.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["sweep", str(offline), "--grid", "optim.lr=0.1,0.01"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.count("error:") == 1 and "nowhere" in result.stderr
+    assert not (tmp_path / "runs").exists()  # no trial started, no folder made
+
+
+def test_quadratic_table_has_no_empty_or_repeated_columns(tmp_path):
+    from mnistlab.sweep import Sweep, Trial
+    from mnistlab.sweep.store import TrialState
+    from mnistlab.sweep.summary import report_table, summarize, write_report
+
+    sweep = Sweep(name="q", base=tmp_path / "q.yaml", grid={"optim.lr": [0.1, 0.5]})
+    trials = [Trial(f"lr-{lr}", {"optim.lr": lr}, [], None, f"h{lr}", tmp_path / f"t{lr}")
+              for lr in (0.1, 0.5)]
+    states = {t.hash: TrialState("completed", t.run_dir, {"result": {"f": t.params["optim.lr"]},
+                                                         "train_seconds": 0.1}) for t in trials}
+    rows = summarize(sweep, trials, states, "f")
+    table = report_table(sweep, rows, "f")
+    headers = [c.header for c in table.columns]
+    assert headers == ["optim.lr", "f", "runs", "train s"] and "seeds" not in table.title
+    write_report(sweep, tmp_path, rows, "f")
+    md = (tmp_path / "summary.md").read_text()
+    assert "test acc" not in md and "over seeds" not in md and "one run each" in md
+
+    for t in trials:
+        states[t.hash].summary["final"] = {"test": {"accuracy": 0.9}}
+    rows = summarize(sweep, trials, states, "test_accuracy")
+    headers = [c.header for c in report_table(sweep, rows, "test_accuracy").columns]
+    assert headers == ["optim.lr", "test_accuracy (%)", "runs", "train s"]  # not twice

@@ -30,7 +30,7 @@ def test_train_through_the_cli_writes_a_complete_run_directory(tiny_config, tmp_
     assert result.exit_code == 0, result.output
     run = only_run(tmp_path / "runs")
     assert run.name.endswith("-tiny")
-    assert sorted(p.name for p in run.iterdir()) == [
+    assert sorted(p.name for p in run.iterdir()) == [  # the lease leaves neither owner.json nor a lock file
         "checkpoints", "config.yaml", "env.json", "metrics.jsonl", "summary.json"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     # plain lines when stdout is not a terminal: one per epoch, then the summary

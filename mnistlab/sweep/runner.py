@@ -118,7 +118,8 @@ class Runner:
                     self.watched[t.hash] = t
             specs = []
             for t in claim:
-                t.run_dir.mkdir(parents=True, exist_ok=True)
+                with runs.writing(t.run_dir):
+                    t.run_dir.mkdir(parents=True, exist_ok=True)
                 specs.append(TrialSpec(t.hash, t.name, trial_argv(self.sweep, t), t.run_dir,
                                        t.run_dir / "trial.log", self.threads))
             ids = self.executor.submit(specs) if specs else []
@@ -251,9 +252,10 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     try:
         runner.watched = {t.hash: t for t in trials if states[t.hash].state in (RUNNING, QUEUED)}
         runner.submit(todo, retry_failed)
-        if detach:
+        if detach:  # the jobs run on without this command; the next one attaches to them
             counts["detached"] = len(runner.jobs)
             runner.jobs.clear()
+            runner.watched.clear()
         while runner.jobs or runner.watched:
             time.sleep(POLL_SECONDS)
             runner.poll()

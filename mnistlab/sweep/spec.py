@@ -16,7 +16,7 @@ import yaml
 
 from .. import runs
 from .executors import check_options
-from ..config import (Config, ConfigError, apply_overrides, config_from_dict, config_hash,
+from ..config import (Config, ConfigError, apply_overrides, config_from_file_dict, config_hash,
                       load_config, parse_override, read_yaml)
 
 SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "executor")
@@ -354,7 +354,7 @@ def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Tria
             raw = _with_values(base, {**point, "runs_dir": str(directory), "name": name})
             if raw is None:  # a key that names a value as a section: load_config says so
                 load_config(sweep.base, sweep.overrides + own)
-            cfg = config_from_dict(raw, keys | set(point))
+            cfg = config_from_file_dict(raw, keys | set(point), sweep.base)
         except ConfigError as e:
             for p in e.problems:
                 problems.setdefault(p, []).append(name)

@@ -111,8 +111,10 @@ def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) 
 @contextlib.contextmanager
 def locked(directory: Path):
     """An exclusive lock on the sweep directory: claims and index updates happen one at a time."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".sweep.lock", "a") as lock:
+    with runs.writing(directory / ".sweep.lock"):
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / ".sweep.lock", "a")
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -178,7 +180,8 @@ def write_definition(sweep: Sweep, directory: Path) -> None:
     head = "# written by mnistlab sweep: the last definition run here; repeat or report it with\n" \
            f"#   mnistlab sweep {directory} --report\n"
     text = head + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
-    directory.mkdir(parents=True, exist_ok=True)
+    with runs.writing(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     path = directory / DEFINITION
     if not path.is_file() or path.read_text() != text:
         runs.atomic_write_text(path, text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from ...errors import ConfigError, ExecutorUnavailable
+from ...errors import ExecutorUnavailable
 from .base import Executor, TrialSpec
 
 # the keys of each engine in a sweep file's executor: block

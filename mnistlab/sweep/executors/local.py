@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 
+from ... import runs
 from .base import TrialSpec
 
 
@@ -35,7 +36,9 @@ class LocalExecutor:
             job_id, spec = self.queue.pop(0)
             env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), **spec.env,
                    "MNISTLAB_EXECUTOR": self.name, "MNISTLAB_JOB_ID": job_id}
-            with open(spec.log, "a") as out:
+            with runs.writing(spec.log):
+                out = open(spec.log, "a")
+            with out:
                 # a session of its own: Ctrl-C reaches only the sweep, which stops each trial once
                 self.procs[job_id] = subprocess.Popen(
                     spec.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
