@@ -12,6 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from mnistlab.config import HASH_VERSION
 from mnistlab import runs
 from mnistlab.cli import app
 from mnistlab.config import ConfigError
@@ -58,6 +59,7 @@ def big_sweep(tmp_path: Path, tiny_config: Path, n: int) -> Path:
 def complete(run_dir: Path, h: str, accuracy: float = 0.5) -> None:
     run_dir.mkdir(parents=True)
     runs.write_json(run_dir / "summary.json", {"status": "completed", "config_hash": h,
+                                               "hash_version": HASH_VERSION,
                                                "final": {"val": {"accuracy": accuracy}}})
 
 
@@ -99,7 +101,8 @@ def test_states_come_from_lease_job_and_summary(tmp_path, tiny_config):
     complete(done.run_dir, done.hash)
     for t in (live, dead):
         t.run_dir.mkdir(parents=True)
-        runs.write_json(t.run_dir / "summary.json", {"status": "running", "config_hash": t.hash})
+        runs.write_json(t.run_dir / "summary.json", {"status": "running", "config_hash": t.hash,
+                                                       "hash_version": HASH_VERSION})
     runs.write_json(live.run_dir / "owner.json", {"host": "elsewhere", "pid": 1,
                                                   "heartbeat": time.time()})
     runs.write_json(dead.run_dir / "owner.json", {"host": "elsewhere", "pid": 1,
@@ -108,6 +111,7 @@ def test_states_come_from_lease_job_and_summary(tmp_path, tiny_config):
     runs.write_json(queued.run_dir / "job.json", {"executor": "slurm", "job_id": "42"})
     failed.run_dir.mkdir(parents=True)
     runs.write_json(failed.run_dir / "summary.json", {"status": "failed", "config_hash": failed.hash,
+                                                      "hash_version": HASH_VERSION,
                                                       "error": "diverged"})
     states = trial_states(trials, scan(directory), lambda jobs: {"42"})
     assert [states[t.hash].state for t in trials] == [
