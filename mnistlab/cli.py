@@ -39,6 +39,11 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
+TRUST = typer.Option(False, "--trust-run-code",
+                     help="For a run of your own model class (model.kind: module) whose file has "
+                          "changed or is gone: import the copy of the code kept in the run "
+                          "directory. This executes that Python file; use it only for runs you trust.")
+
 OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. optim.lr=0.01 train.epochs=3",
                            show_default=False)
 
@@ -53,6 +58,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue an interrupted run from its last.pt."),
+    trust_run_code: bool = TRUST,
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
@@ -64,6 +70,9 @@ def train(
             raise fail("--resume continues a run with the config it was started with; "
                        "give only the run directory: mnistlab train --resume RUN_DIR")
         cfg = resume_config(resume)
+    elif trust_run_code:
+        raise fail("--trust-run-code runs the model code kept in a run directory, so it goes with "
+                   "--resume RUN_DIR; a new run imports the file its config names.")
     elif config is None:
         raise fail("give a config file, e.g. mnistlab train configs/cnn.yaml "
                    "(or --resume RUN_DIR)")
@@ -73,7 +82,8 @@ def train(
         typer.echo(to_yaml(cfg), nl=False)
         return
     fit(cfg, display.reporter(quiet), resume=resume,
-        source={"config": str(config) if config else None, "overrides": overrides})
+        source={"config": str(config) if config else None, "overrides": overrides},
+        trust_run_code=trust_run_code)
 
 
 @app.command("eval")
@@ -87,6 +97,7 @@ def eval_(
                                        help="Checkpoint of a run directory: last (default) or best."),
     split: str = typer.Option("test", "--split", metavar="test|val|train", help="Split to score."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    trust_run_code: bool = TRUST,
 ) -> None:
     """Score a trained model: loss, accuracy, per-class accuracy, confusion matrix."""
     import json
@@ -96,7 +107,7 @@ def eval_(
 
     if ckpt is not None and ckpt not in CKPTS:
         raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
-    result = evaluate_run(target, ckpt, split, overrides or [])
+    result = evaluate_run(target, ckpt, split, overrides or [], trust_run_code=trust_run_code)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -202,6 +213,7 @@ def predict(
     ckpt: Optional[str] = typer.Option(None, "--ckpt", metavar="best|last",
                                        help="Checkpoint of a run directory: last (default) or best."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    trust_run_code: bool = TRUST,
 ) -> None:
     """Classify your own images of digits or garments; print the top-3 classes."""
     import json
@@ -211,7 +223,7 @@ def predict(
     from . import report
     from .predict import predict as run_predict
 
-    results = run_predict(target, images, ckpt)
+    results = run_predict(target, images, ckpt, trust_run_code=trust_run_code)
     failed = [r for r in results if "error" in r]
     for r in failed:
         fail(r["error"])

@@ -25,7 +25,7 @@ def bounds(lo: float | None = None, hi: float | None = None, hi_open: bool = Fal
 
 @dataclass
 class ModelConfig:
-    kind: Literal["dense", "conv"] = "conv"
+    kind: Literal["dense", "conv", "module"] = "conv"
     # dense: sizes of the hidden layers; one hidden layer is the course's 2-layer network
     hidden: list[int] = field(default_factory=lambda: [256])
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
@@ -35,6 +35,10 @@ class ModelConfig:
     kernel_size: int = field(default=3, metadata=bounds(1, 15))
     pool: Literal["max", "avg", "none"] = "max"
     batch_norm: bool = True
+    # module: your own nn.Module class, FILE.py:Class (relative to the config file) or package.module:Class
+    module: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its constructor
+    source_digest: str | None = None  # sha256 of the module's source, filled in when the config is loaded
 
 
 @dataclass
@@ -141,6 +145,15 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             hint = f"; did you mean {close[0]}?" if close else ""
         problems.append(f"{path}: {_describe(value)} is not allowed; choose one of: {allowed}{hint}")
         return None
+    if tp is Any:
+        return value
+    if origin is dict:
+        key_tp, value_tp = args
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, e.g. {{c1: 6, c2: 16}}, got {_describe(value)}")
+            return None
+        return {_convert(key_tp, k, path, problems): _convert(value_tp, v, _join(path, str(k)), problems)
+                for k, v in value.items()}
     if origin is list:
         (inner,) = args
         if not isinstance(value, list):
@@ -235,6 +248,9 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
         problems.append(
             f"model.kernel_size: {m.kernel_size} is even; use an odd size (3, 5, 7) so the "
             "image keeps its size before pooling")
+    if m.kind == "module" and not m.module:
+        problems.append("model.module: model.kind is module, so name your class, e.g. "
+                        "model.module=models/lenet.py:Net (a file relative to the config file)")
     if cfg.task == "quadratic" and not cfg.quadratic.x0:
         problems.append("quadratic.x0: give the start point as a list, e.g. [3.0, -2.0]")
     if cfg.task == "classify" and cfg.data.name == "idx" and not cfg.data.root:
@@ -339,7 +355,12 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     raw, keys = apply_overrides(raw, list(overrides))
     if raw.get("name") is None:
         raw["name"] = Path(path).stem
-    return config_from_dict(raw, keys)
+    cfg = config_from_dict(raw, keys)
+    if cfg.model.kind == "module":
+        from .usermodel import resolve
+
+        cfg.model = resolve(cfg.model, Path(path).parent)
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:
@@ -374,4 +395,6 @@ def config_hash(cfg: Config) -> str:
     d = to_dict(cfg)
     d.pop("name", None)
     d.pop("runs_dir", None)
+    if cfg.model.kind == "module":  # changed model code is a new experiment
+        d["model_source_digest"] = cfg.model.source_digest
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -46,10 +46,10 @@ class Quadratic(nn.Module):
         return (self.x ** 2).sum()
 
 
-def build_task(cfg: Config) -> Task:
+def build_task(cfg: Config, model_source: Path | None = None) -> Task:
     if cfg.task == "classify":
         data = load_data(cfg.data, cfg.train.val_split, cfg.train.seed)
-        model = build_model(cfg.model, data.image_shape, data.num_classes)
+        model = build_model(cfg.model, data.image_shape, data.num_classes, model_source)
         info = {"dataset": cfg.data.name, "mean": data.mean, "std": data.std,
                 "image_shape": list(data.image_shape), "num_classes": data.num_classes,
                 "class_names": data.class_names}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import precision, runs
+from . import precision, runs, usermodel
 from .config import Config, ConfigError, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
 from .errors import Diverged, Interrupted, TrainError
 from .models import count_parameters
@@ -187,21 +187,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
-        source: dict | None = None) -> dict:
+        source: dict | None = None, trust_run_code: bool = False) -> dict:
     """Train cfg into a new run directory (or continue the run at resume); return its summary.
 
+    trust_run_code: a resumed model.kind=module run imports the copy of the code in its directory.
     Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
     """
     threads = torch.get_num_threads()
     try:
         with stop_on_signals() as stop:
-            return _fit(cfg, reporter, resume, source, stop)
+            return _fit(cfg, reporter, resume, source, stop, trust_run_code)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
 
 
 def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None,
-         stop: threading.Event) -> dict:
+         stop: threading.Event, trust_run_code: bool = False) -> dict:
     reporter = reporter or Silent()
     t_start = time.perf_counter()
     if cfg.train.threads:
@@ -209,11 +210,15 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     writer_class = runs.tensorboard_class() if cfg.log.tensorboard else None
-    task = build_task(cfg)
+    own_model = cfg.model.kind == "module" and cfg.task == "classify"
+    task = build_task(cfg, usermodel.trusted_copy(resume, trust_run_code) if own_model else None)
     data, model = task.data, task.model.to(device)
     channels_last = is_conv(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if own_model:  # the user's class meets one batch before anything is written
+        first = as_input(data.train_x[:cfg.train.batch_size], device, channels_last)
+        usermodel.probe(model, first, data.num_classes)
     chosen = choose_precision(cfg, device, model, task, channels_last)
     bf16 = chosen.bf16
     loss_fn = None if task.classify else task.loss  # for evaluate()
@@ -231,6 +236,8 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         if source and source.get("overrides"):
             header += f"# made from {source.get('config')} with overrides: {' '.join(source['overrides'])}\n"
         runs.atomic_write_text(run_dir / "config.yaml", header + to_yaml(cfg))
+        if own_model:
+            usermodel.save_copy(cfg.model, run_dir)
         started = datetime.now().isoformat(timespec="seconds")
     else:
         run_dir = Path(resume)
