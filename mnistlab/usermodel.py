@@ -165,8 +165,7 @@ def constructor_args(cls: type, path: Path, model: ModelConfig, image_shape: tup
         names = ", ".join(p for p in params if p not in ("self", "args", "kwargs")) or "none"
         raise ConfigError([f"model.args: {cls.__name__} in {path} rejects "
                            f"{kwargs}: {e}. Its parameters: {names} (num_classes and image_shape "
-                           "are given by mnistlab); set model.args to match, e.g. "
-                           "model.args.c1=6"]) from None
+                           "are given by mnistlab); set model.args to match"]) from None
     return kwargs
 
 
@@ -190,10 +189,12 @@ def probe(net: nn.Module, x: torch.Tensor, num_classes: int) -> None:
         with torch.no_grad():
             out = net(x)
     except Exception as e:
-        layout = ", channels-last as in training" if x.is_contiguous(
-            memory_format=torch.channels_last) and not x.is_contiguous() else ""
-        raise code_error(path, f"{type(net).__name__}.forward on a batch of shape "
-                               f"{tuple(x.shape)}{layout}", e) from None
+        error = code_error(path, f"{type(net).__name__}.forward on a batch of shape "
+                                 f"{tuple(x.shape)}", e)
+        if "view size is not compatible" in str(e):  # the course's x.view(-1, n) meets channels-last
+            error = ModelCodeError(f"{error}\nmnistlab feeds conv nets channels-last batches (faster "
+                                   "on CPUs); flatten with torch.flatten(x, 1) or x.reshape, not x.view.")
+        raise error from None
     finally:
         net.load_state_dict(state)
         torch.set_rng_state(rng)
