@@ -58,6 +58,10 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the final summary."),
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue an interrupted run from its last.pt."),
+    run_dir: Optional[Path] = typer.Option(
+        None, "--run-dir", metavar="DIR",
+        help="Write the run into DIR: a new run, the continuation of an interrupted one, or "
+             "nothing for a completed one (what sweep trials use)."),
     trust_run_code: bool = TRUST,
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
@@ -66,7 +70,7 @@ def train(
 
     overrides = overrides or []
     if resume is not None:
-        if config is not None or overrides:
+        if config is not None or overrides or run_dir is not None:
             raise fail("--resume continues a run with the config it was started with; "
                        "give only the run directory: mnistlab train --resume RUN_DIR")
         cfg = resume_config(resume)
@@ -81,9 +85,11 @@ def train(
     if print_config:
         typer.echo(to_yaml(cfg), nl=False)
         return
-    fit(cfg, display.reporter(quiet), resume=resume,
-        source={"config": str(config) if config else None, "overrides": overrides},
-        trust_run_code=trust_run_code)
+    summary = fit(cfg, display.reporter(quiet), resume=resume, run_dir=run_dir,
+                  source={"config": str(config) if config else None, "overrides": overrides},
+                  trust_run_code=trust_run_code)
+    if summary.get("untouched"):
+        typer.echo(f"{run_dir}: already completed; nothing to do.")
 
 
 @app.command("eval")
@@ -108,6 +114,8 @@ def eval_(
     if ckpt is not None and ckpt not in CKPTS:
         raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
     result = evaluate_run(target, ckpt, split, overrides or [], trust_run_code=trust_run_code)
+    if result.get("not_saved"):
+        err.print(Text(f"note: the result is shown but not saved: {result['not_saved']}"))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -135,7 +143,7 @@ def runs_(
     filters: Optional[List[str]] = typer.Option(None, "--filter", metavar="KEY=VALUE",
                                                 help="Keep matching runs, e.g. model.kind=conv (repeatable)."),
     status: Optional[List[str]] = typer.Option(None, "--status", metavar="STATUS",
-                                               help="completed, running, interrupted or failed (repeatable)."),
+                                               help="completed, running, interrupted, failed, killed or damaged (repeatable)."),
     all_columns: bool = typer.Option(False, "--all-columns",
                                      help="Also show settings that are the same in every run."),
     fmt: str = FORMAT,
@@ -147,7 +155,7 @@ def runs_(
     rows = report.find_runs(runs_dir)
     rows = report.sort_rows(report.select(rows, filters or [], status or []), sort, reverse)
     if not rows and fmt == "table":
-        err.print(f"no runs{' match' if filters or status else ''} in {runs_dir}.")
+        err.print(Text(f"no runs{' match' if filters or status else ''} in {runs_dir}."))
         return
     report.runs_table(rows, fmt, all_columns, report.console())
 
@@ -187,7 +195,10 @@ def plot(
     from . import report
     from .evaluate import saved_or_evaluate
 
-    rows = [report.load_run(report.resolve_run(r)) for r in run_dirs]
+    dirs, skipped = report.runs_of(run_dirs)
+    for note in skipped:
+        err.print(note, markup=False)
+    rows = [report.load_run(d) for d in dirs]
     if confusion:
         if ckpt not in ("best", "last"):
             raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
@@ -231,12 +242,13 @@ def predict(
         typer.echo(json.dumps(results, indent=2))
     elif len(failed) < len(results):
         table = Table(box=None, pad_edge=False)
-        for header in ("image", "1st", "2nd", "3rd"):
-            table.add_column(header)
+        table.add_column("image", overflow="fold")  # a path is never cut short
+        for header in ("1st", "2nd", "3rd"):
+            table.add_column(header, no_wrap=True)
         for r in results:
             if "top" in r:
-                table.add_row(r["file"], *[f"{t['name']} {100 * t['probability']:.1f}%"
-                                           for t in r["top"]])
+                table.add_row(Text(r["file"]), *[Text(f"{t['name']} {100 * t['probability']:.1f}%")
+                                                 for t in r["top"]])
         report.console().print(table)
     if failed:
         raise typer.Exit(2)
@@ -246,7 +258,8 @@ def predict(
 def sweep(
     spec: Path = typer.Argument(..., metavar="SWEEP_FILE_OR_CONFIG", show_default=False,
                                 help="A sweep file (base: and grid:/random:), e.g. "
-                                     "configs/sweep-lr.yaml, or a config with --grid/--seeds."),
+                                     "configs/sweep-lr.yaml, a config with --grid/--seeds, or a "
+                                     "sweep directory, e.g. runs/sweep-lr."),
     overrides: Optional[List[str]] = typer.Argument(
         None, show_default=False, help="key=value overrides for every trial, e.g. train.epochs=1"),
     grid: Optional[List[str]] = typer.Option(
@@ -257,13 +270,23 @@ def sweep(
                                         help="Replicates of every point (train.seed=N)."),
     name: Optional[str] = typer.Option(
         None, "--name", show_default=False,
-        help="Sweep name, the directory under runs_dir (default: the file's name: or stem)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run in parallel; cores are "
-                                                            "split between them."),
+        help="Sweep name, the directory under runs_dir (default: the file's name: or stem; for a "
+             "config, its stem and the swept keys)."),
+    executor: str = typer.Option("local", "--executor", metavar="local|slurm|ray",
+                                 help="What runs the trials: subprocesses here, SLURM job arrays "
+                                      "(submitit) or Ray tasks."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run at once; locally the "
+                                                            "cores are split between them."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the trials and exit."),
     report_only: bool = typer.Option(False, "--report", help="Write the summary and plots of "
                                                              "what has completed, run nothing."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed trial."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Run the trials that failed before again."),
+    detach: bool = typer.Option(False, "--detach", help="Submit and return at once (slurm, ray); "
+                                                        "the same command later collects."),
+    max_trials: int = typer.Option(10_000, "--max-trials", min=1, metavar="N",
+                                   help="Refuse sweeps of more trials than this."),
     metric: Optional[str] = typer.Option(
         None, "--metric", show_default=False,
         help="Ranks the configurations: val_accuracy (the default; val_loss for linreg, f for "
@@ -274,16 +297,19 @@ def sweep(
     import sys
 
     from . import sweep as sw
+    from .sweep.executors import EXECUTORS
 
     tty = sys.stdout.isatty()
-    out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty)
-    if metric is not None and metric not in sw.METRICS:
-        raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(sw.METRICS)}")
+    # markup=False: trial names, overrides and errors are the user's text, printed as typed
+    out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, markup=False)
+    ranked = sw.ranked_metrics()
+    if metric is not None and metric not in ranked:
+        raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(ranked)}")
+    if executor not in EXECUTORS:
+        raise fail(f"--executor {executor}: unknown executor; choose one of: {', '.join(EXECUTORS)}")
     definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
-    try:
-        sw.sweep_command(definition, jobs, dry_run, report_only, fail_fast, metric, out)
-    except KeyboardInterrupt:
-        raise fail("interrupted; run the same command again to continue.", 130) from None
+    sw.sweep_command(definition, out, executor, jobs, dry_run, report_only, fail_fast,
+                     retry_failed, detach, metric, max_trials)
 
 
 @app.callback()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import os
 import shutil
 import struct
@@ -17,8 +19,8 @@ from pathlib import Path
 import torch
 
 from .config import DataConfig
-from .errors import DataError
-from .runs import atomic_torch_save
+from .errors import DataError, DiskError
+from .runs import digest_ok, save_verified
 
 # the folder names of torchvision's dataset classes, which also give checksums, mirrors and classes
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
@@ -75,6 +77,40 @@ class Splits:
 # ---------------------------------------------------------------- IDX files
 
 
+def memory_limit() -> int:
+    """The largest IDX file inflated into memory: half of this machine's RAM."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def inflate(path: Path, disk: bytes) -> bytes:
+    """Decompress a gzipped IDX file no further than its header's claim (plus one byte to notice more).
+
+    A small file that would inflate to gigabytes is refused before it is inflated.
+    """
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(disk)) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0" or not 1 <= head[3] <= 4:
+                return head + f.read(64)  # not IDX: parse_idx names the problem
+            head += f.read(4 * head[3])
+            if len(head) < 4 + 4 * head[3]:
+                return head
+            claimed = len(head) + math.prod(struct.unpack(f">{head[3]}I", head[4:]))
+            if claimed > memory_limit():
+                raise DataError(
+                    f"{path}: its header announces {claimed / 1e9:.1f} GB of data, more than half "
+                    f"of this machine's memory ({memory_limit() / 1e9:.1f} GB can be loaded); it "
+                    "is not an MNIST-family file, or it needs a machine with more memory.")
+            return head + f.read(claimed - len(head) + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{path}: is not a complete gzip file ({e}); it is probably truncated or corrupt. "
+            "Delete it and download it again, or replace it with a good copy.") from None
+
+
 def _read_bytes(path: Path) -> tuple[bytes, bytes]:
     """Return (bytes on disk, decompressed bytes)."""
     try:
@@ -83,12 +119,7 @@ def _read_bytes(path: Path) -> tuple[bytes, bytes]:
         raise DataError(f"{path}: cannot be read ({e.strerror}).") from None
     if not path.name.endswith(".gz"):
         return disk, disk
-    try:
-        return disk, gzip.decompress(disk)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(
-            f"{path}: is not a complete gzip file ({e}); it is probably truncated or corrupt. "
-            "Delete it and download it again, or replace it with a good copy.") from None
+    return disk, inflate(path, disk)
 
 
 def parse_idx(path: Path, raw: bytes, ndim: int) -> torch.Tensor:
@@ -205,9 +236,9 @@ def _fetch(url: str, dest: Path, name: str) -> None:
                 shutil.copyfileobj(response, f)
             disk = Path(tmp).read_bytes()
             try:
-                raw = gzip.decompress(disk)
-            except (OSError, EOFError, zlib.error):
-                raise ValueError("the file served is not a complete gzip file") from None
+                raw = inflate(dest, disk)
+            except DataError:
+                raise ValueError("the file served is not a complete gzip file of IDX data") from None
             if not _checksum_ok(name, dest.name, disk, raw, strict=True):
                 raise ValueError("checksum mismatch: the file served is not the published one")
             os.replace(tmp, dest)
@@ -265,7 +296,7 @@ def read_all(name: str, directory: Path) -> dict:
         f"{name}-{hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]}.pt")
     try:
         entry = torch.load(cache, weights_only=True)
-        if entry.get("stamp") == stamp:
+        if entry.get("stamp") == stamp and "digest" in entry and digest_ok(entry):
             return entry
     except Exception:  # a missing, stale or damaged cache is simply rebuilt
         pass
@@ -279,13 +310,22 @@ def read_all(name: str, directory: Path) -> dict:
              "class_names": class_names}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(cache, entry)
-    except (OSError, RuntimeError):  # a read-only or full disk only costs the speed-up
+        save_verified(cache, entry)  # the digest inside lets a damaged cache be noticed and rebuilt
+    except (OSError, DiskError):  # a read-only or full disk only costs the speed-up
         pass
     return entry
 
 
 # ---------------------------------------------------------------- splits in memory
+
+
+def val_count(n: int, val_split: float, source: str) -> int:
+    """How many of n samples go to validation; refused when no training sample would be left."""
+    n_val = int(round(n * val_split))
+    if n - n_val < 1:
+        raise DataError(f"{source}: train.val_split={val_split:g} of {n} samples leaves no "
+                        f"training sample; lower train.val_split (or use more samples).")
+    return n_val
 
 
 def load_data(cfg: DataConfig, val_split: float, seed: int,
@@ -313,7 +353,7 @@ def load_data(cfg: DataConfig, val_split: float, seed: int,
     def normalise(u8: torch.Tensor) -> torch.Tensor:
         return u8.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
 
-    n_val = int(round(len(train_u8) * val_split))
+    n_val = val_count(len(train_u8), val_split, str(directory))
     perm = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     train_x = normalise(train_u8)

@@ -49,7 +49,7 @@ class Plain:
 
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
-        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.console = console or Console(highlight=False, soft_wrap=True, markup=False)  # paths may hold [x]
         self.epochs = 0
 
     def start(self, info: dict) -> None:

@@ -6,32 +6,31 @@ import csv
 import difflib
 import io
 import json
-import sys
+import re
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from . import runs
+from . import metrics, runs
 from .config import flatten
 from .errors import RunError
-from .display import _pct as pct
 
 FORMATS = ("table", "csv", "markdown", "json")
 STATUS_STYLE = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red",
-                "killed": "red"}
+                "killed": "red", "pruned": "yellow", "damaged": "bold red"}
 # keys every run has but that are not hyperparameters
 NOT_PARAMS = ("name", "runs_dir", "model.kind")
 
 
 def console() -> Console:
-    """Rich console; off a terminal, wide enough that tables are never cut or wrapped."""
-    if sys.stdout.isatty():
-        return Console(highlight=False)
-    return Console(highlight=False, width=400, soft_wrap=True)
+    """Rich console as wide as the terminal, or as COLUMNS (80 when unset) off a terminal."""
+    return Console(highlight=False)
 
 
 # ---------------------------------------------------------------- reading runs
@@ -45,53 +44,122 @@ def resolve_run(arg: str | Path, runs_dir: str | Path = "runs") -> Path:
     if not path.is_dir():
         raise RunError(f"{arg}: no such run directory. Give the path of a run made by "
                        "'mnistlab train'; 'mnistlab runs' lists them.")
-    if not (path / "summary.json").is_file():
+    if not _is_run(path):
         raise RunError(f"{path}: is not a run directory (it has no summary.json). Give the path "
                        "of a run made by 'mnistlab train'; 'mnistlab runs' lists them.")
     return path
 
 
-def load_run(path: Path) -> dict:
-    """Summary, flat config and shown metrics of one run directory."""
+def _read_mapping(path: Path, parse) -> tuple[dict, str | None]:
+    """A JSON or YAML file holding a mapping, or {} and a short reason why it cannot be used."""
     try:
-        summary = runs.read_json(path / "summary.json")
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as e:
-        raise RunError(f"{path}: its summary.json or config.yaml cannot be read "
-                       f"({type(e).__name__}); the run directory is damaged.") from None
-    if not isinstance(summary, dict) or not isinstance(config, dict):
-        raise RunError(f"{path}: its summary.json or config.yaml is not a mapping; "
-                       "the run directory is damaged.")
-    final, best = summary.get("final") or {}, summary.get("best") or {}
-    test = final.get("test") or {}
-    return {
-        "dir": path, "run": path.name, "config": flatten(config), "summary": summary,
-        "model": (config.get("model") or {}).get("kind") if config.get("task", "classify") == "classify"
-        else config.get("task"),
-        "started": summary.get("started"), "status": runs.run_status(summary),
-        "val.accuracy": best.get("val_accuracy"), "best.epoch": best.get("epoch"),
-        "test.accuracy": test.get("accuracy"), "test.loss": test.get("loss"),
-        "loss": (final.get("val") or final.get("train") or {}).get("loss"),
-        "epochs": summary.get("epochs_completed"), "params": summary.get("params"),
-        "wall_seconds": summary.get("wall_seconds"),
-    }
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return {}, f"{path.name} is missing"
+    except UnicodeDecodeError:
+        return {}, f"{path.name} is binary, not text"
+    except OSError as e:
+        return {}, f"{path.name} cannot be read ({e.strerror or type(e).__name__})"
+    try:
+        data = parse(text)
+    except (ValueError, RecursionError, yaml.YAMLError):
+        return {}, f"{path.name} is truncated or not valid {path.suffix[1:].upper()}"
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        return {}, f"{path.name} is {what}"
+    return data, None
+
+
+def model_name(config: dict) -> str | None:
+    """The model column: model.kind for classifiers, the task's name for the other tasks."""
+    task = config.get("task", "classify")
+    return (config.get("model") or {}).get("kind") if task == "classify" else task
+
+
+def table_metrics(task: str) -> tuple[str, ...]:
+    """The metrics the runs table shows for a task, its headline first."""
+    return {"classify": ("test_accuracy", "val_accuracy", "best_val_accuracy"),
+            "linreg": ("val_loss",), "quadratic": ("f",)}.get(task, ())
+
+
+def read_run(path: Path) -> dict:
+    """Summary, flat config, status and metrics of one run directory; never raises.
+
+    A run whose summary.json or config.yaml cannot be used has status 'damaged' and a 'problem'."""
+    path = Path(path)
+    summary, problem = _read_mapping(path / "summary.json", json.loads)
+    config, config_problem = _read_mapping(path / "config.yaml", yaml.safe_load)
+    problem = problem or config_problem
+    status = summary.get("status")
+    if not problem and not isinstance(status, str):
+        problem = "summary.json has no status"
+    if not problem:
+        try:
+            status = runs.run_status(summary)
+        except (TypeError, ValueError, OverflowError):
+            problem = "summary.json has an invalid pid"
+    started = summary.get("started")
+    if not isinstance(started, str):  # damaged: the time in the directory's name
+        stamp = re.match(r"(\d{4})(\d\d)(\d\d)-(\d\d)(\d\d)(\d\d)", path.name)
+        started = "{}-{}-{}T{}:{}:{}".format(*stamp.groups()) if stamp else None
+    task = config.get("task") or summary.get("task") or "classify"
+    row = {"dir": path, "run": path.name, "config": flatten(config), "summary": summary,
+           "task": task if isinstance(task, str) else "?", "model": model_name(config),
+           "started": started,
+           "status": "damaged" if problem else status, "problem": problem}
+    row.update({name: metrics.value(summary, name) for name in metrics.METRICS})
+    return row
+
+
+def load_run(path: Path) -> dict:
+    """read_run of a run that compare or plot needs whole: a damaged one is a RunError."""
+    row = read_run(path)
+    if row["problem"]:
+        raise RunError(f"{path}: {row['problem']}, so the run is damaged and cannot be shown. "
+                       "Leave it out ('mnistlab runs' lists it as damaged), put back the file from "
+                       "a copy if you have one, or delete the run directory.")
+    return row
+
+
+def _is_run(path: Path) -> bool:
+    """A directory train wrote: it has a summary.json, or a config.yaml beside its log or checkpoints."""
+    return (path / "summary.json").exists() or ((path / "config.yaml").exists() and (
+        (path / "metrics.jsonl").exists() or (path / "checkpoints").is_dir()))
 
 
 def find_runs(runs_dir: Path) -> list[dict]:
-    """Every run under runs_dir (a run directory itself counts), oldest first."""
+    """Every run under runs_dir (a run directory itself counts), damaged ones too, oldest first."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise RunError(f"{runs_dir}: no such directory. Give the directory that holds your runs "
                        "(runs_dir in the config, 'runs' by default).")
-    found = sorted({p.parent for p in runs_dir.rglob("summary.json")
-                    if (p.parent / "config.yaml").is_file()})
-    out = [load_run(p) for p in found]
+    found = {p.parent for name in ("summary.json", "config.yaml") for p in runs_dir.rglob(name)}
+    out = [read_run(p) for p in sorted(found) if _is_run(p)]
     out.sort(key=lambda r: (r["started"] or "", r["run"]))
     return out
 
 
+def runs_of(args: list[str], runs_dir: str | Path = "runs") -> tuple[list[Path], list[str]]:
+    """The run directories among args (as a shell glob gives them), and notes on what was skipped.
+
+    Folders that are not runs (a sweep's logs/) are skipped when other arguments are runs."""
+    dirs, skipped = [], []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir() and not _is_run(path) and len(args) > 1:
+            skipped.append(f"skipped {arg}: not a run directory")
+        else:
+            dirs.append(resolve_run(arg, runs_dir))
+    if not dirs:
+        raise RunError(f"none of {', '.join(args)} is a run directory. Give run directories made "
+                       "by 'mnistlab train' (e.g. runs/SWEEP/*/); 'mnistlab runs' lists them.")
+    return dirs, skipped
+
+
 def varying_keys(rows: list[dict]) -> list[str]:
-    """Config keys whose values are not the same in all rows, in config order."""
+    """Config keys whose values are not the same in all rows, in config order (damaged runs without
+    a config are left out of the comparison)."""
+    rows = [r for r in rows if r["config"]]
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r["config"]))
@@ -106,19 +174,21 @@ def all_keys(rows: list[dict]) -> list[str]:
     return list(keys)
 
 
+ROW_KEYS = ("run", "started", "status", "problem", "task", "model", *metrics.METRICS)
+
+
 def value_of(row: dict, key: str):
-    return row[key] if key in row and key not in ("config", "summary", "dir") else row["config"].get(key)
+    return row[key] if key in ROW_KEYS else row["config"].get(key)
 
 
 def _known(rows: list[dict]) -> list[str]:
-    return ["run", "started", "status", "model", "val.accuracy", "test.accuracy", "test.loss",
-            "loss", "epochs", "params", "wall_seconds", "model.kind"] + all_keys(rows)
+    return [*ROW_KEYS, "model.kind", *all_keys(rows)]
 
 
 def _unknown_key(key: str, rows: list[dict], what: str) -> RunError:
     known = _known(rows)
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "use a column such as test.accuracy, " \
+    hint = f"did you mean {close[0]}?" if close else "use a column such as test_accuracy, " \
         "status, started, or a config key such as optim.lr"
     return RunError(f"{what}: {key!r} is not a column or config key of these runs; {hint}")
 
@@ -132,7 +202,10 @@ def select(rows: list[dict], filters: list[str], statuses: list[str]) -> list[di
             raise RunError(f"--filter {text!r}: a filter is key=value, e.g. model.kind=conv")
         if rows and key not in _known(rows):
             raise _unknown_key(key, rows, "--filter")
-        parsed = yaml.safe_load(want) if want.strip() else None
+        try:
+            parsed = yaml.safe_load(want) if want.strip() else None
+        except yaml.YAMLError:
+            parsed = want
         rows = [r for r in rows if value_of(r, key) == parsed or str(value_of(r, key)) == want]
     if statuses:
         rows = [r for r in rows if r["status"] in statuses]
@@ -140,10 +213,10 @@ def select(rows: list[dict], filters: list[str], statuses: list[str]) -> list[di
 
 
 def sort_rows(rows: list[dict], key: str, reverse: bool = False) -> list[dict]:
-    """Accuracies best first, everything else ascending; runs without the value go last."""
+    """Metrics best first, everything else ascending; runs without the value go last."""
     if rows and key not in _known(rows):
         raise _unknown_key(key, rows, "--sort")
-    high_first = key.endswith("accuracy")
+    high_first = key in metrics.METRICS and metrics.METRICS[key].higher is True
     present = [r for r in rows if value_of(r, key) is not None]
     absent = [r for r in rows if value_of(r, key) is None]
     present.sort(key=lambda r: _sortable(value_of(r, key)), reverse=high_first != reverse)
@@ -157,12 +230,6 @@ def _sortable(v):
 # ---------------------------------------------------------------- rendering
 
 
-def seconds(x) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.1f}s" if x < 60 else f"{int(x // 60)}m{int(x % 60):02d}s"
-
-
 def cell(v) -> str:
     if v is None:
         return "-"
@@ -171,6 +238,31 @@ def cell(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
+
+
+def _text(key: str, v) -> str:
+    if key in metrics.METRICS:
+        return metrics.text(key, v)
+    if key == "started" and v:
+        try:
+            return datetime.fromisoformat(v).strftime("%Y-%m-%d %H:%M")
+        except ValueError:
+            return str(v)
+    return cell(v)
+
+
+def rich_table(title: str, columns: list[tuple[str, str]], texts: list[list[str]],
+               caption: str | None = None) -> Table:
+    """A Rich table of plain texts (never markup); a cell too wide folds, it is never cut."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption, title_justify="left",
+                  caption_justify="left")
+    for key, header in columns:
+        numeric = key in metrics.METRICS
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+    for text in texts:
+        table.add_row(*[Text(t, style=STATUS_STYLE.get(t, "")) if k == "status" else Text(t)
+                        for (k, _), t in zip(columns, text)])
+    return table
 
 
 def render(title: str, columns: list[tuple[str, str]], rows: list[dict], texts: list[list[str]],
@@ -191,67 +283,91 @@ def render(title: str, columns: list[tuple[str, str]], rows: list[dict], texts: 
         lines += ["| " + " | ".join(t.replace("|", "\\|") for t in row) + " |" for row in texts]
         print("\n".join(lines))
     else:
-        table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption, title_justify="left",
-                      caption_justify="left")
-        for key, header in columns:
-            numeric = key.endswith(("accuracy", "loss", "seconds", "params", "epochs"))
-            table.add_column(header, justify="right" if numeric else "left", no_wrap=True)
-        for row, text in zip(rows, texts):
-            styled = [f"[{STATUS_STYLE[t]}]{t}[/]" if k == "status" and t in STATUS_STYLE else
-                      t.replace("[", "\\[") for (k, _), t in zip(columns, text)]
-            table.add_row(*styled)
-        out.print(table)
+        out.print(rich_table(title, columns, texts, caption))
 
 
 def _csv(v):
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
-def runs_table(rows: list[dict], fmt: str, all_columns: bool, out: Console) -> None:
-    """The runs table: hyperparameters that differ (all with all_columns) and the key metrics."""
+def _table_width(out: Console, columns, texts) -> int:
+    """Width the table needs so that no header or value is folded."""
+    table = rich_table("", columns, texts)
+    return out.measure(table, options=out.options.update_width(100_000)).maximum
+
+
+def runs_columns(rows: list[dict], all_columns: bool) -> list[tuple[str, str, float]]:
+    """(key, header, priority) of the runs table in display order; lower priority numbers are kept first.
+
+    Name and status come first, then each task's headline metric, then the settings that differ
+    among these runs, then the other metrics, times and the start time."""
     params = all_keys(rows) if all_columns else varying_keys(rows)
-    columns = ([("run", "run"), ("started", "started"), ("status", "status"),
-                ("model", "model")] + [(k, k) for k in params]
-               + [("val.accuracy", "best val acc"), ("test.accuracy", "test acc")]
-               # quadratic and linreg runs have no accuracy: show their final (val) loss
-               + [("loss", "final loss")] * any(r["model"] in ("quadratic", "linreg") for r in rows)
-               + [("wall_seconds", "wall time")])
-    flat = [{**{k: value_of(r, k) for k, _ in columns}, "run_dir": str(r["dir"])} for r in rows]
-    texts = [[_text(k, v[k]) for k, _ in columns] for v in flat]
-    hidden = len(all_keys(rows)) - len(params)
-    caption = None
-    if hidden and fmt == "table":
-        caption = f"{hidden} settings with the same value in every run are hidden; --all-columns shows them."
-    if fmt == "json":
-        columns = columns + [("run_dir", "run_dir")]
-    render(f"{len(rows)} runs", columns, flat, texts, fmt, out, caption)
+    shown = [m for r in rows for m in table_metrics(r["task"])]
+    headline = {table_metrics(r["task"])[0] for r in rows if table_metrics(r["task"])}
+    model_varies = all_columns or len({r["model"] for r in rows}) > 1
+    return ([("run", "run", 0), ("status", "status", 1)]
+            + [("model", "model", 3)] * model_varies
+            + [(k, k, 4 + i / 1000) for i, k in enumerate(params)]
+            + [(m, metrics.METRICS[m].label, 2 if m in headline else 5) for m in dict.fromkeys(shown)]
+            + [("epochs", "epochs", 6), ("wall_seconds", "wall time", 7), ("started", "started", 8)])
 
 
-def _text(key: str, v) -> str:
-    if key.endswith("accuracy"):
-        return pct(v)
-    if key.endswith("seconds"):
-        return seconds(v)
-    if key == "started" and v:
-        try:
-            return datetime.fromisoformat(v).strftime("%Y-%m-%d %H:%M")
-        except ValueError:
-            return str(v)
-    if key.endswith("loss") and v is not None:
-        return f"{v:.4f}" if v >= 1e-3 else f"{v:.2g}"
-    if key == "params" and v is not None:
-        return f"{v:,}"
-    return cell(v)
+def fit_columns(columns: list[tuple[str, str, float]], texts: dict[str, list[str]], width: int,
+                out: Console) -> tuple[list[tuple[str, str, float]], list[str]]:
+    """The columns, by priority, that fit in width whole; and the headers of those left out."""
+    kept: list[tuple[str, str, float]] = []
+    for col in sorted(columns, key=lambda c: c[2]):
+        trial = [c for c in columns if c in kept or c == col]
+        needed = _table_width(out, [(k, h) for k, h, _ in trial],
+                              [list(t) for t in zip(*[texts[k] for k, _, _ in trial])])
+        if needed <= width or col[2] <= 1:
+            kept.append(col)
+    return [c for c in columns if c in kept], [h for k, h, _ in columns if (k, h, _) not in kept]
 
 
-COMPARE_METRICS = [
-    ("status", "status"), ("epochs", "epochs completed"), ("params", "parameters"),
-    ("final.train.loss", "train loss"), ("final.train.accuracy", "train accuracy"),
-    ("final.val.loss", "val loss"), ("final.val.accuracy", "val accuracy"),
-    ("val.accuracy", "best val accuracy"), ("best.epoch", "best epoch"),
-    ("test.loss", "test loss"), ("test.accuracy", "test accuracy"),
-    ("train_seconds", "train time"), ("wall_seconds", "wall time"),
-]
+def _some(names: list[str], n: int = 6) -> str:
+    return ", ".join(names) if len(names) <= n else f"{', '.join(names[:n])} and {len(names) - n} more"
+
+
+def runs_table(rows: list[dict], fmt: str, all_columns: bool, out: Console) -> None:
+    """The runs table: name, status, each task's metrics and the settings that differ, fitted to the width."""
+    columns = runs_columns(rows, all_columns)
+    task_metrics = {m for r in rows for m in table_metrics(r["task"])}
+    # a metric of another task stays empty: no loss column filled for classifiers
+    flat = [{**{k: None if k in task_metrics and k not in table_metrics(r["task"]) else value_of(r, k)
+                for k, _, _ in columns}, "run_dir": str(r["dir"]), "problem": r["problem"]}
+            for r in rows]
+    if fmt != "table":
+        extra = [("run_dir", "run_dir"), ("problem", "problem")] if fmt == "json" else []
+        pairs = [(k, h) for k, h, _ in columns] + extra
+        render("", pairs, flat, [[_text(k, f[k]) for k, _ in pairs] for f in flat], fmt, out)
+        return
+    texts = {k: ["" if k in task_metrics and k not in table_metrics(r["task"]) else _text(k, f[k])
+                 for r, f in zip(rows, flat)] for k, _, _ in columns}
+    dropped: list[str] = []
+    if not all_columns:
+        columns, dropped = fit_columns(columns, texts, out.width, out)
+    pairs = [(k, h) for k, h, _ in columns]
+    cells = [[texts[k][i] for k, _ in pairs] for i in range(len(rows))]
+    if all_columns and not out.is_terminal:  # asked for everything: as wide as it takes
+        out = Console(highlight=False, width=max(out.width, _table_width(out, pairs, cells)))
+    out.print(rich_table(f"{len(rows)} runs", pairs, cells))
+    notes = []
+    hidden = len(all_keys(rows)) - len(varying_keys(rows))
+    if hidden and not all_columns:
+        notes.append(f"{hidden} settings equal in every listed run are hidden.")
+    if dropped:
+        notes.append(f"Left out to fit {out.width} columns: {_some(dropped)}.")
+    if notes:
+        notes.append("--all-columns shows every column; --format csv or json every value.")
+    notes += [f"{r['run']}: damaged: {r['problem']}." for r in rows if r["problem"]]
+    for note in notes:
+        out.print(Text(note))
+
+
+COMPARE_METRICS = ("epochs", "params", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                   "best_val_accuracy", "best_epoch", "test_loss", "test_accuracy", "f", "x_norm",
+                   "lstsq_gap", "train_seconds", "wall_seconds")
 
 
 def compare(rows: list[dict], fmt: str, all_keys_: bool, out: Console) -> None:
@@ -261,21 +377,18 @@ def compare(rows: list[dict], fmt: str, all_keys_: bool, out: Console) -> None:
     if len({r["run"] for r in rows}) < len(rows):
         names = [str(r["dir"]) for r in rows]
     config_rows = [{"key": k, **{n: r["config"].get(k) for n, r in zip(names, rows)}} for k in keys]
-    metric_rows = []
-    for key, label in COMPARE_METRICS:
-        values = [_metric(r, key) for r in rows]
-        metric_rows.append({"key": label, **dict(zip(names, values))})
-        metric_rows[-1]["_text"] = [_text(key, v) for v in values]
+    metric_rows = [{"key": "status", **{n: r["status"] for n, r in zip(names, rows)},
+                    "_text": [r["status"] for r in rows]}]
+    for name in COMPARE_METRICS:
+        values = [r[name] for r in rows]
+        if any(v is not None for v in values):  # a task's own metrics only
+            metric_rows.append({"key": name, **dict(zip(names, values)),
+                                "_text": [metrics.text(name, v) for v in values]})
     evals = sorted({p.stem for r in rows for p in (r["dir"] / "evals").glob("*.json")})
     for name in evals:
-        values = []
-        for r in rows:
-            try:
-                values.append(runs.read_json(r["dir"] / "evals" / f"{name}.json").get("accuracy"))
-            except (OSError, json.JSONDecodeError):
-                values.append(None)
+        values = [_eval_accuracy(r["dir"] / "evals" / f"{name}.json") for r in rows]
         metric_rows.append({"key": f"eval {name} accuracy", **dict(zip(names, values)),
-                            "_text": [pct(v) for v in values]})
+                            "_text": [metrics.percent(v) for v in values]})
     columns = [("key", "setting")] + [(n, n) for n in names]
     if fmt == "json":
         print(json.dumps({"runs": [str(r["dir"]) for r in rows],
@@ -296,28 +409,27 @@ def compare(rows: list[dict], fmt: str, all_keys_: bool, out: Console) -> None:
     render("metrics", columns, metric_rows, texts, fmt, out)
 
 
-def _metric(row: dict, key: str):
-    if key.startswith("final."):
-        _, split, what = key.split(".")
-        return ((row["summary"].get("final") or {}).get(split) or {}).get(what)
-    if key == "train_seconds":
-        return row["summary"].get("train_seconds")
-    return row[key]
+def _eval_accuracy(path: Path) -> float | None:
+    """The accuracy a saved eval recorded; None when it is missing or damaged."""
+    result, problem = _read_mapping(path, json.loads)
+    v = result.get("accuracy")
+    return v if not problem and isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def eval_tables(result: dict, out: Console) -> None:
     """Summary line, per-class accuracy, confusion matrix and most confused pairs of an eval."""
-    where = result["run_dir"] or result["checkpoint"]
+    where = escape(result["run_dir"] or result["checkpoint"])
     out.print(f"[bold]{where}[/] {result['ckpt']}.pt (epoch {result['epoch']}) on the "
               f"{result['split']} split of {result['dataset']}: {result['n']} images, "
-              f"loss {result['loss']:.4f}, accuracy [bold]{pct(result['accuracy'])}[/]")
-    names = result["class_names"]
+              f"loss {result['loss']:.4f}, accuracy [bold]{metrics.percent(result['accuracy'])}[/]")
+    names = [escape(n) for n in result["class_names"]]
     per = Table(title="per-class accuracy", box=box.SIMPLE_HEAD, title_justify="left")
     for header, justify in (("class", "right"), ("name", "left"), ("images", "right"),
                             ("correct", "right"), ("accuracy", "right")):
         per.add_column(header, justify=justify)
     for c in result["per_class"]:
-        per.add_row(str(c["class"]), c["name"], str(c["n"]), str(c["correct"]), pct(c["accuracy"]))
+        per.add_row(str(c["class"]), names[c["class"]], str(c["n"]), str(c["correct"]),
+                    metrics.percent(c["accuracy"]))
     out.print(per)
     conf = Table(title="confusion matrix (rows: true class, columns: predicted)",
                  box=box.SIMPLE_HEAD, title_justify="left")
@@ -334,10 +446,11 @@ def eval_tables(result: dict, out: Console) -> None:
                                 ("share of true class", "right")):
             mc.add_column(header, justify=justify)
         for c in result["most_confused"]:
-            mc.add_row(c["true_name"], c["predicted_name"], str(c["count"]), pct(c["share"]))
+            mc.add_row(names[c["true"]], names[c["predicted"]], str(c["count"]),
+                       metrics.percent(c["share"]))
         out.print(mc)
     if result["saved"]:
-        out.print(f"saved {result['saved']}")
+        out.print(f"saved {result['saved']}", markup=False)
 
 
 # ---------------------------------------------------------------- plots
@@ -345,13 +458,39 @@ def eval_tables(result: dict, out: Console) -> None:
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def records(run_dir: Path, event: str) -> list[dict]:
+    """The run's metrics.jsonl records of one event that have a numeric epoch, step and loss.
+
+    Lines that a kill cut short or that were damaged are skipped, as runs.read_metrics does."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror or type(e).__name__}); check its "
+                       "permissions, or leave the run out.") from None
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(rec, dict) and rec.get("event") == event and all(
+                _number(rec.get(k)) for k in ("epoch", "step", "loss")):
+            out.append(rec)
+    return out
+
+
 def epoch_curves(run_dir: Path) -> dict[str, list[dict]]:
     """Per-epoch train and val records of a run (the last record of an epoch wins, for resumed runs)."""
-    path = run_dir / "metrics.jsonl"
-    records = runs.read_metrics(path) if path.is_file() else []
     out: dict[str, dict[int, dict]] = {"train": {}, "val": {}}
-    for rec in records:
-        if rec.get("event") == "epoch" and rec.get("split") in out:
+    for rec in records(run_dir, "epoch"):
+        if rec.get("split") in out:
             out[rec["split"]][rec["epoch"]] = rec
     return {split: [recs[e] for e in sorted(recs)] for split, recs in out.items()}
 
@@ -391,12 +530,12 @@ def curves_figure(rows: list[dict]):
             epochs = [r["epoch"] for r in recs]
             ax_loss.plot(epochs, [r["loss"] for r in recs], style, color=color, marker="o",
                          markersize=3, label=label if split == "train" else None)
-            if ax_acc is not None and all("accuracy" in r for r in recs):
+            if ax_acc is not None and all(_number(r.get("accuracy")) for r in recs):
                 ax_acc.plot(epochs, [100 * r["accuracy"] for r in recs], style, color=color,
                             marker="o", markersize=3)
             drawn += 1
-        if ax_acc is not None and row["test.accuracy"] is not None and curves["train"]:
-            ax_acc.scatter([curves["train"][-1]["epoch"]], [100 * row["test.accuracy"]],
+        if ax_acc is not None and row["test_accuracy"] is not None and curves["train"]:
+            ax_acc.scatter([curves["train"][-1]["epoch"]], [100 * row["test_accuracy"]],
                            marker="*", s=90, color=color, zorder=3)
     if not drawn:
         raise RunError("none of the runs has finished an epoch yet, so there is nothing to plot.")
@@ -466,8 +605,8 @@ def quadratic_figure(rows: list[dict]):
     fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     ax_f, ax_x = fig.subplots(1, 2)
     for i, (row, label) in enumerate(zip(rows, legend_labels(rows))):
-        steps = [r for r in runs.read_metrics(row["dir"] / "metrics.jsonl")
-                 if r.get("event") == "step" and "x" in r]
+        steps = [r for r in records(row["dir"], "step")
+                 if isinstance(r.get("x"), list) and all(_number(v) for v in r["x"])]
         if row["status"] != "completed":
             label += f" ({row['status']})"
         xs = [r["step"] for r in steps]
@@ -505,7 +644,7 @@ def confusion_figure(result: dict):
     ax.set_yticks(range(k), names)
     ax.set(xlabel="predicted class", ylabel="true class",
            title=f"Confusion matrix: {Path(result['run_dir'] or result['checkpoint']).name}\n"
-                 f"{result['split']} split, {result['ckpt']}.pt, accuracy {pct(result['accuracy'])}")
+                 f"{result['split']} split, {result['ckpt']}.pt, accuracy {metrics.percent(result['accuracy'])}")
     fig.colorbar(image, ax=ax, label="% of the true class", shrink=0.8)
     return fig
 

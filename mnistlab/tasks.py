@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import Config
-from .data import Splits, load_data
+from .data import Splits, load_data, val_count
 from .errors import DataError
 from .models import build_model
 
@@ -82,7 +82,7 @@ def linreg_data(cfg: Config) -> tuple[Splits, dict]:
         y = x @ a.T + b + lr.noise * torch.randn(lr.n, lr.out_dim, generator=g)
         truth = {"A": a, "B": b}
         source = f"synthetic: {lr.n} samples, {lr.in_dim} inputs, {lr.out_dim} outputs, noise {lr.noise:g}"
-    n_val = int(round(len(x) * cfg.train.val_split))
+    n_val = val_count(len(x), cfg.train.val_split, source)
     perm = torch.randperm(len(x), generator=g)
     val, train = perm[:n_val], perm[n_val:]
     empty_x, empty_y = x[:0], y[:0]

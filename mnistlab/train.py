@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
+import shutil
 import signal
 import threading
 import time
@@ -17,7 +19,7 @@ from torch import nn
 
 from . import precision, runs, usermodel
 from .config import Config, ConfigError, OptimConfig, config_from_dict, config_hash, to_dict, to_yaml
-from .errors import Diverged, Interrupted, TrainError
+from .errors import CheckpointError, Diverged, DiskError, Interrupted, MnistlabError, RunError, TrainError
 from .models import count_parameters
 from .tasks import build_task, final_result, step_extras
 
@@ -187,22 +189,69 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
-        source: dict | None = None, trust_run_code: bool = False) -> dict:
+        source: dict | None = None, run_dir: Path | None = None,
+        trust_run_code: bool = False) -> dict:
     """Train cfg into a new run directory (or continue the run at resume); return its summary.
 
-    trust_run_code: a resumed model.kind=module run imports the copy of the code in its directory.
-    Raises Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
+    With run_dir the run goes into that directory, idempotently: a new run there, the continuation
+    of an interrupted one, or nothing at all for a completed one (its summary marked "untouched").
+    Raises RunBusy when another live process writes the directory, Interrupted on Ctrl-C/SIGTERM
+    and TrainError on divergence, both after saving. trust_run_code: a resumed model.kind=module
+    run imports the copy of the code kept in its directory.
     """
     threads = torch.get_num_threads()
     try:
-        with stop_on_signals() as stop:
-            return _fit(cfg, reporter, resume, source, stop, trust_run_code)
+        with stop_on_signals() as stop, runs.Lease() as lease:
+            if resume is not None or run_dir is not None:
+                lease.acquire(Path(resume or run_dir))  # before anything is read or written
+            if run_dir is not None:
+                resume, done = in_run_dir(cfg, Path(run_dir))
+                if done is not None:
+                    return {**done, "untouched": True}
+            return _fit(cfg, reporter, resume, source, stop, run_dir, lease, trust_run_code)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
 
 
+def in_run_dir(cfg: Config, run_dir: Path) -> tuple[Path | None, dict | None]:
+    """What training cfg into run_dir means: (run_dir to resume, None), (None, completed summary),
+    or (None, None) for a new run; RunError when run_dir holds a run of another config."""
+    try:
+        summary = runs.read_json(run_dir / "summary.json")
+    except FileNotFoundError:
+        summary = None
+    except (OSError, ValueError):
+        summary = {}  # damaged: the checkpoint decides
+    summary = summary if isinstance(summary, dict) else {}
+    recorded = summary.get("config_hash")
+    if (run_dir / "checkpoints" / "last.pt").is_file() and recorded is None:
+        recorded = config_hash(resume_config(run_dir))
+    if recorded is not None and recorded != config_hash(cfg):
+        raise RunError(f"{run_dir}: holds a run of another config (hash {recorded}, this config "
+                       f"has {config_hash(cfg)}); give another --run-dir, or resume it with "
+                       f"mnistlab train --resume {run_dir}")
+    if summary.get("status") == "completed":
+        return None, summary
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return run_dir, None
+    return None, None
+
+
+def new_run_dir(cfg: Config, run_dir: Path | None, lease: runs.Lease) -> Path:
+    """A new timestamped run directory owned by lease, or the given (owned) one made ready."""
+    if run_dir is None:
+        run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
+        lease.acquire(run_dir)
+        return run_dir
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # of an attempt that failed before a checkpoint
+    return run_dir
+
+
 def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: dict | None,
-         stop: threading.Event, trust_run_code: bool = False) -> dict:
+         stop: threading.Event, run_dir: Path | None, lease: runs.Lease,
+         trust_run_code: bool = False) -> dict:
     reporter = reporter or Silent()
     t_start = time.perf_counter()
     if cfg.train.threads:
@@ -230,43 +279,60 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     shuffle = torch.Generator().manual_seed(cfg.train.seed)
 
     start_epoch, skip_steps, best, train_seconds = 0, 0, None, 0.0
+    made_here = False
     if resume is None:
-        run_dir = runs.create_run_dir(cfg.runs_dir, cfg.name or "run")
-        header = f"# resolved config of this run; train it again with: mnistlab train {run_dir}/config.yaml\n"
+        made_here = run_dir is None
+        run_dir = new_run_dir(cfg, run_dir, lease)
+        header = [f"resolved config of this run; train it again with: mnistlab train {run_dir}/config.yaml"]
         if source and source.get("overrides"):
-            header += f"# made from {source.get('config')} with overrides: {' '.join(source['overrides'])}\n"
-        runs.atomic_write_text(run_dir / "config.yaml", header + to_yaml(cfg))
-        if own_model:
-            usermodel.save_copy(cfg.model, run_dir)
+            header.append(f"made from {source.get('config')} with overrides: {' '.join(source['overrides'])}")
         started = datetime.now().isoformat(timespec="seconds")
     else:
         run_dir = Path(resume)
+        started = runs.read_summary(run_dir).get("started")
         ckpt = runs.load_checkpoint(run_dir / "checkpoints" / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
+        runs.remove_stale_tmp(run_dir)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None and ckpt.get("scheduler"):
+                scheduler.load_state_dict(ckpt["scheduler"])
+            shuffle.set_state(ckpt["shuffle_state"])
+            torch.set_rng_state(ckpt["rng_state"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{run_dir}/checkpoints/last.pt: its saved state does not fit "
+                                  f"the model and optimizer its config describes ({first}); the "
+                                  "file was edited or mixed up, so the run cannot be resumed. "
+                                  "Train it again.") from None
         start_epoch, skip_steps = ckpt["epoch"], ckpt["step"]
-        shuffle.set_state(ckpt["shuffle_state"])
-        torch.set_rng_state(ckpt["rng_state"])
         best, train_seconds = ckpt.get("best"), ckpt.get("train_seconds", 0.0)
-        started = runs.read_json(run_dir / "summary.json").get("started")
 
-    env = runs.environment(device, cfg.train.seed)
-    runs.write_json(run_dir / "env.json", env)
-    log = runs.MetricsLog(run_dir / "metrics.jsonl",
-                          writer_class(str(run_dir / "tensorboard")) if writer_class else None)
-    summary = {
-        "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
-        "started": started, "ended": None, **runs.process_identity(),
-        "config_hash": config_hash(cfg), "source": source or {},
-        "params": count_parameters(model), "device": str(device),
-        "precision": chosen.name, "precision_reason": chosen.reason, "epochs": cfg.train.epochs,
-        "epochs_completed": start_epoch, "train_samples": n_train, "val_samples": len(data.val_x),
-        "test_samples": len(data.test_x), "final": {}, "best": best, "result": None,
-        "error": None, "wall_seconds": None, "train_seconds": train_seconds,
-    }
-    runs.write_json(run_dir / "summary.json", summary)
+    try:
+        if resume is None:
+            runs.atomic_write_text(run_dir / "config.yaml", yaml_comment(header) + to_yaml(cfg))
+            if own_model:
+                usermodel.save_copy(cfg.model, run_dir)
+        runs.write_json(run_dir / "env.json", runs.environment(device, cfg.train.seed))
+        log = runs.MetricsLog(run_dir / "metrics.jsonl",
+                              writer_class(str(run_dir / "tensorboard")) if writer_class else None)
+        summary = {
+            "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
+            "started": started, "ended": None, **runs.process_identity(),
+            "executor": runs.executor_identity(),
+            "config_hash": config_hash(cfg), "source": source or {},
+            "params": count_parameters(model), "device": str(device),
+            "precision": chosen.name, "precision_reason": chosen.reason, "epochs": cfg.train.epochs,
+            "epochs_completed": start_epoch, "train_samples": n_train, "val_samples": len(data.val_x),
+            "test_samples": len(data.test_x), "final": {}, "best": best, "result": None,
+            "error": None, "wall_seconds": None, "train_seconds": train_seconds,
+        }
+        runs.write_json(run_dir / "summary.json", summary)
+    except DiskError:
+        if resume is None and made_here:  # a new run that could not even be set up leaves nothing
+            lease.release()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     reporter.start({"run_dir": str(run_dir), "params": summary["params"], "device": str(device),
                     "threads": torch.get_num_threads(), "train_samples": n_train,
                     "val_samples": len(data.val_x), "epochs": cfg.train.epochs,
@@ -284,8 +350,15 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         summary.update(status=status, error=error, best=best, train_seconds=train_seconds,
                        ended=datetime.now().isoformat(timespec="seconds"),
                        wall_seconds=round(time.perf_counter() - t_start, 3))
-        runs.write_json(run_dir / "summary.json", summary)
-        log.close()
+        try:
+            runs.write_json(run_dir / "summary.json", summary)
+        except DiskError as e:
+            if error is None:
+                raise
+            raise DiskError(f"{error} The summary could not be marked {status} either "
+                            f"({e.message()}), so the run will be listed as killed.") from None
+        finally:
+            log.close()
         reporter.finish(summary)
         return summary
 
@@ -378,8 +451,12 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
     except KeyboardInterrupt:
         # the epoch in progress resumes from this very batch: same permutation, same RNG
         done = global_step - epoch * steps_per_epoch
-        runs.save_checkpoint(run_dir / "checkpoints" / "last.pt",
-                             checkpoint(epoch, done, epoch_state))
+        try:
+            runs.save_checkpoint(run_dir / "checkpoints" / "last.pt",
+                                 checkpoint(epoch, done, epoch_state))
+        except DiskError as e:
+            finish("failed", e.message())
+            raise
         finish("interrupted", "interrupted by a signal (Ctrl-C or SIGTERM); continue with "
                f"'mnistlab train --resume {run_dir}'")
         raise RunInterrupted(run_dir) from None
@@ -387,17 +464,27 @@ def _fit(cfg: Config, reporter: Reporter | None, resume: Path | None, source: di
         finish("failed", str(e))
         raise
     except BaseException as e:
-        finish("failed", f"{type(e).__name__}: {e}")
+        finish("failed", e.message() if isinstance(e, MnistlabError) else f"{type(e).__name__}: {e}")
         raise
 
-    if len(data.test_x):
-        test = evaluate(model, data.test_x, data.test_y, cfg.train.eval_batch_size, device,
-                        loss_fn=loss_fn, bf16=bf16)
-        log.write({"event": "final", "epoch": cfg.train.epochs, "step": global_step,
-                   "split": "test", **_metrics(test), "elapsed": round(train_seconds, 3)})
-        summary["final"]["test"] = _metrics(test)
-    summary["result"] = final_result(cfg, task)
+    try:
+        if len(data.test_x):
+            test = evaluate(model, data.test_x, data.test_y, cfg.train.eval_batch_size, device,
+                            loss_fn=loss_fn, bf16=bf16)
+            log.write({"event": "final", "epoch": cfg.train.epochs, "step": global_step,
+                       "split": "test", **_metrics(test), "elapsed": round(train_seconds, 3)})
+            summary["final"]["test"] = _metrics(test)
+        summary["result"] = final_result(cfg, task)
+    except DiskError as e:
+        finish("failed", e.message())
+        raise
     return finish("completed")
+
+
+def yaml_comment(lines: list[str]) -> str:
+    """Lines as YAML comments; a line break or control character the user typed is escaped."""
+    return "".join("# " + re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]",
+                                 lambda m: repr(m.group())[1:-1], line) + "\n" for line in lines)
 
 
 def check_divergence(cfg: Config, loss: float, first_loss: float, epoch: int, step: int) -> None:

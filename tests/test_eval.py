@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict, write_dataset
+from mnistlab import runs
 from mnistlab.cli import app
 from mnistlab.config import config_from_dict
 from mnistlab.train import fit
@@ -101,7 +102,7 @@ def _bad_checkpoints(run_dir: Path, tmp_path: Path) -> dict[str, Path]:
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     ckpt["config"]["model"]["channels"] = [6, 8]  # weights no longer fit the config
     files["mismatch"] = tmp_path / "mismatch.pt"
-    torch.save(ckpt, files["mismatch"])
+    runs.save_checkpoint(files["mismatch"], {k: v for k, v in ckpt.items() if k != "digest"})
     return files
 
 
@@ -136,5 +137,6 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     result = cli("eval", evil)
     assert result.exit_code == 2
     assert "refused: it holds objects other than tensors" in result.output
+    assert "would run code" in result.output
     assert not marker.exists()
     assert zipfile.is_zipfile(evil)

@@ -5,19 +5,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict, write_dataset
-from mnistlab import report, runs
+from mnistlab import metrics, report, runs
 from mnistlab.cli import app
 from mnistlab.config import config_from_dict
 from mnistlab.train import TrainError, fit
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -60,30 +64,64 @@ def test_runs_json_shows_varying_columns_and_every_status(runs_dir):
 
 def test_runs_csv_parses_and_filters_sort(runs_dir):
     result = cli("runs", runs_dir, "--format", "csv", "--status", "completed",
-                 "--sort", "test.accuracy")
+                 "--sort", "test_accuracy")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.output)))
     assert len(rows) == 2 and "optim.lr" in rows[0]
-    accs = [float(r["test.accuracy"]) for r in rows]
+    accs = [float(r["test_accuracy"]) for r in rows]
     assert accs == sorted(accs, reverse=True)
     slow = cli("runs", runs_dir, "--format", "json", "--filter", "optim.lr=0.001")
     assert [r["run"].split("-")[-1] for r in json.loads(slow.output)] == ["slow"]
 
 
-def test_runs_table_is_whole_off_a_terminal(runs_dir):
-    result = cli("runs", runs_dir)
-    assert result.exit_code == 0, result.output
+def _shown(output: str, runs_dir: Path) -> None:
+    """The table's key columns are there and every run's name and test accuracy appear whole."""
+    assert "…" not in output
+    lines = output.splitlines()
+    header = next(line for line in lines if line.strip().startswith("run "))
+    for column in ("status", "optim.lr", "test acc"):
+        assert column in header
     for run in runs_dir.iterdir():
-        assert run.name in result.output  # never cut to fit 80 columns
-    for word in ("optim.lr", "interrupted", "failed", "best val acc", "--all-columns"):
-        assert word in result.output
-    assert "train.batch_size" not in result.output
+        line = next(line for line in lines if run.name in line)
+        summary = runs.read_json(run / "summary.json")
+        assert summary["status"] in line
+        if summary["status"] == "completed":
+            assert metrics.text("test_accuracy", summary["final"]["test"]["accuracy"]) in line
+
+
+def test_runs_table_fits_80_columns_and_cuts_nothing(runs_dir):
+    result = runner.invoke(app, ["runs", str(runs_dir)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line.rstrip()) for line in result.output.splitlines()) <= 80
+    _shown(result.output, runs_dir)
+    assert "--all-columns" in result.output and "train.batch_size" not in result.output
     md = cli("runs", runs_dir, "--format", "markdown").output.splitlines()
     assert md[0].startswith("| run |") and len(md) == 2 + 4
 
 
+def test_runs_table_in_a_pipe_follows_columns(runs_dir):
+    env = {**os.environ, "COLUMNS": "120", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "mnistlab", "runs", str(runs_dir)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 120
+    _shown(out, runs_dir)
+    assert "best val acc" in out  # room for more at 120 columns
+    wide = cli("runs", runs_dir, "--all-columns").output
+    assert "train.batch_size" in wide and "…" not in wide
+
+
+def test_runs_columns_follow_the_listed_runs(runs_dir):
+    everything = cli("runs", runs_dir, "--format", "csv").output.splitlines()[0].split(",")
+    assert "optim.name" in everything  # only the run that diverged used sgd
+    completed = cli("runs", runs_dir, "--format", "csv", "--status", "completed")
+    assert "optim.name" not in completed.output.splitlines()[0].split(",")
+    table = runner.invoke(app, ["runs", str(runs_dir), "--status", "completed"],
+                          env={"COLUMNS": "200"}).output
+    assert "optim.lr" in table and "optim.name" not in table and "val loss" not in table
+
+
 @pytest.mark.parametrize("args, expected", [
-    (["--sort", "test.acuracy"], "did you mean test.accuracy"),
+    (["--sort", "test.accuracy"], "did you mean test_accuracy"),
     (["--filter", "model.knd=conv"], "did you mean model.kind"),
     (["--format", "xml"], "not a format"),
 ])
@@ -105,9 +143,10 @@ def test_compare_shows_differences_and_metrics(runs_dir):
     assert out["config"]["optim.lr"] == [0.01, 0.001]
     assert "train.epochs" not in out["config"]
     tests = [runs.read_json(r / "summary.json")["final"]["test"]["accuracy"] for r in (fast, slow)]
-    assert out["metrics"]["test accuracy"] == tests
+    assert out["metrics"]["test_accuracy"] == tests
+    assert "f" not in out["metrics"] and "lstsq_gap" not in out["metrics"]  # not a classifier's
     table = cli("compare", fast, slow)
-    assert "optim.lr" in table.output and "best val accuracy" in table.output
+    assert "optim.lr" in table.output and "best_val_accuracy" in table.output
     assert cli("compare", fast).exit_code == 2
     assert cli("compare", fast, runs_dir / "nope").exit_code == 2
 
@@ -137,3 +176,74 @@ def test_plot_writes_png_and_svg(runs_dir, tmp_path):
     bad = cli("plot", fast, "-o", tmp_path / "curves.gif")
     assert bad.exit_code == 2 and ".png" in bad.output
     assert not (tmp_path / "curves.gif").exists()
+
+
+DAMAGE = {
+    "truncated": lambda run: (run / "summary.json").write_text(
+        (run / "summary.json").read_text()[:80]),
+    "binary": lambda run: (run / "summary.json").write_bytes(bytes(range(256)) * 4),
+    "a list": lambda run: (run / "summary.json").write_text("[1, 2, 3]\n"),
+    "missing config": lambda run: (run / "config.yaml").unlink(),
+}
+REASONS = {"truncated": "summary.json is truncated", "binary": "summary.json is binary",
+           "a list": "summary.json is a list", "missing config": "config.yaml is missing"}
+
+
+@pytest.fixture
+def damaged(runs_dir, tmp_path) -> Path:
+    """A copy of runs_dir with a sweep-like logs/ folder, and a damaged run for each kind of damage."""
+    out = tmp_path / "runs"
+    shutil.copytree(runs_dir, out)
+    fast = next(out.glob("*-fast"))
+    for i, damage in enumerate(DAMAGE.values()):
+        run = fast.with_name(fast.name.replace("fast", f"damaged{i}"))
+        shutil.copytree(fast, run)
+        damage(run)
+    (out / "logs").mkdir()
+    (out / "logs" / "trial.log").write_text("a log\n")
+    return out
+
+
+def test_runs_lists_damaged_runs_and_all_the_others(damaged):
+    result = runner.invoke(app, ["runs", str(damaged)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    for run in damaged.iterdir():
+        if run.name != "logs":
+            assert run.name in result.output
+    for reason in REASONS.values():
+        assert reason in result.output
+    rows = json.loads(cli("runs", damaged, "--format", "json", "--status", "damaged").output)
+    assert len(rows) == len(DAMAGE) and all(r["status"] == "damaged" and r["problem"] for r in rows)
+    healthy = json.loads(cli("runs", damaged, "--format", "json", "--status", "completed").output)
+    assert len(healthy) == 2
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_compare_and_plot_of_a_damaged_run_say_what_is_wrong(damaged, kind, tmp_path):
+    run = next(damaged.glob(f"*-damaged{list(DAMAGE).index(kind)}"))
+    fast = next(damaged.glob("*-fast"))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for args in (["compare", fast, run], ["plot", fast, run, "-o", tmp_path / "x.png"]):
+        result = cli(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert str(run) in result.output and REASONS[kind] in result.output
+        assert "delete the run directory" in result.output
+    assert not (tmp_path / "x.png").exists()
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+
+def test_plot_of_a_sweep_glob_skips_folders_that_are_not_runs(damaged, tmp_path):
+    fast, slow = next(damaged.glob("*-fast")), next(damaged.glob("*-slow"))
+    png = tmp_path / "curves.png"
+    result = cli("plot", fast, slow, damaged / "logs", "-o", png)
+    assert result.exit_code == 0, result.output
+    assert f"skipped {damaged / 'logs'}: not a run directory" in result.output and png.is_file()
+    alone = cli("plot", damaged / "logs", "-o", png)
+    assert alone.exit_code == 2 and "not a run directory" in alone.output
+
+
+def test_plot_skips_damaged_lines_of_metrics_jsonl(damaged, tmp_path):
+    fast = next(damaged.glob("*-fast"))
+    with open(fast / "metrics.jsonl", "ab") as f:
+        f.write(b'\xff\xfe{"event": "epoch", "split"\n{"event": "epoch", "epoch": "x", "step": 1}\n[]\n')
+    assert cli("plot", fast, "-o", tmp_path / "x.png").exit_code == 0

@@ -130,5 +130,5 @@ def test_runs_table_shows_the_final_loss_of_runs_without_accuracy(tmp_path):
                             f"runs_dir={tmp_path / 'runs'}", "-q"])
     listing = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--format", "json"])
     rows = {r["optim.lr"]: r for r in json.loads(listing.stdout)}
-    assert rows[0.01]["loss"] == pytest.approx(13 * 0.98 ** 98, rel=1e-3)  # f at the last step
-    assert rows[0.1]["loss"] < 1e-6
+    assert rows[0.01]["f"] == pytest.approx(13 * 0.98 ** 100, rel=1e-3)  # f after the last step
+    assert rows[0.1]["f"] < 1e-6 and "test_accuracy" not in rows[0.1]

@@ -1,0 +1,87 @@
+"""Sweeps: grids of train overrides, each trial an ordinary run in its own directory; the run
+directories are the truth, any executor runs the trials, the summary compares them."""
+
+from __future__ import annotations
+
+import shlex
+
+from rich.console import Console
+
+from .. import metrics
+from ..errors import SweepError, TrialsMissed
+from .executors import create_executor
+from .runner import SweepInterrupted, jobs_alive, progress_for, run_sweep
+from .spec import (MAX_TRIALS, Sweep, Trial, build_trials, expand, format_value, parse_grid_option,
+                   read_sweep, sample_random, split_values, train_command)
+from .store import locked_index, read_index, scan, trial_states
+from .summary import DEFAULT_METRIC, report_table, summarize, trial_table, write_report
+
+__all__ = ["MAX_TRIALS", "Sweep", "SweepInterrupted", "Trial", "build_trials", "expand",
+           "format_value", "locked_index", "parse_grid_option", "read_index", "read_sweep",
+           "sample_random", "split_values", "sweep_command", "train_command"]
+
+
+def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int = 1,
+                  dry_run: bool = False, report_only: bool = False, fail_fast: bool = False,
+                  retry_failed: bool = False, detach: bool = False, metric: str | None = None,
+                  max_trials: int = MAX_TRIALS) -> None:
+    """The sweep command: show the trials, or run them and report; say what did not complete."""
+    directory, trials = build_trials(sweep, max_trials)
+    metric = metric or DEFAULT_METRIC[trials[0].cfg.task]
+    if detach and executor == "local":
+        raise SweepError("--detach: local trials are processes of this command and stop with it; "
+                         "detach with --executor slurm or ray, or run the sweep in tmux/nohup.")
+    engine = None if report_only or dry_run else create_executor(
+        executor, sweep.executor.get(executor) or {}, jobs)
+    try:
+        if dry_run or report_only:
+            states = trial_states(trials, scan(directory), lambda jobs: set())
+            counts = None
+        else:
+            counts = run_sweep(sweep, directory, trials, engine, retry_failed, fail_fast, detach,
+                               progress_for(out))
+            states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
+    finally:
+        if engine is not None:
+            engine.close()
+    if dry_run:
+        out.print(trial_table(sweep, directory, trials, states))
+        out.print("Each trial is the command:")
+        for t in trials:
+            out.print("  " + shlex.join(train_command(sweep, t)), markup=False)
+        return
+    if counts and counts.get("detached") is not None:
+        out.print(f"submitted {counts['detached']} trials to {executor}; they run without this "
+                  "command. Run the same command again to follow them and collect the results "
+                  "(it submits nothing twice).", markup=False)
+        return
+    rows = summarize(sweep, trials, states, metric)
+    if any(r["mean"] is not None for r in rows):
+        out.print(report_table(sweep, rows, metric))
+        files = write_report(sweep, directory, rows, metric)
+        out.print(f"wrote {', '.join(str(p) for p in files)}", markup=False)
+    else:
+        out.print(f"sweep {sweep.name}: no completed trial yet, so no summary.", markup=False)
+    if counts is None:
+        return
+    if counts["ran"]:
+        overhead = (counts["seconds"] * counts["jobs"] - counts["trial_seconds"]) / counts["ran"]
+        out.print(f"{counts['ran']} trials in {counts['seconds']:.1f}s: {counts['completed']} "
+                  f"completed, {counts['failed']} failed, {counts['interrupted']} interrupted; "
+                  f"sweep overhead {overhead:.1f}s per trial beyond its own run", markup=False)
+    else:
+        failed = (f", {counts['failed_before']} failed before (--retry-failed runs them again)"
+                  if counts["failed_before"] else "")
+        out.print(f"nothing to run: {counts['done_before']} of {counts['total']} trials "
+                  f"already completed{failed}", markup=False)
+    missed = counts["failed_total"] + counts["interrupted"] + counts["not_run"]
+    if missed:
+        raise TrialsMissed(
+            f"{missed} of {counts['total']} trials did not complete; each trial's run directory in "
+            f"{directory} holds its trial.log, and {directory}/sweep.json lists the errors. Running "
+            "the same command again continues interrupted trials; --retry-failed also re-runs the "
+            "failed ones.")
+
+
+def ranked_metrics() -> list[str]:
+    return metrics.ranked()

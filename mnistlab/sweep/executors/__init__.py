@@ -1,0 +1,88 @@
+"""The engines that run trials, by name; each is imported only when asked for."""
+
+from __future__ import annotations
+
+import difflib
+
+from ...errors import ConfigError, ExecutorUnavailable
+from .base import Executor, TrialSpec
+
+# the keys of each engine in a sweep file's executor: block
+OPTIONS = {
+    "local": (),
+    "slurm": ("partition", "time", "cpus_per_trial", "mem_gb", "gpus_per_trial", "account", "qos",
+              "sbatch"),
+    "ray": ("address", "cpus_per_trial", "gpus_per_trial"),
+}
+EXTRAS = {"slurm": "submitit", "ray": "ray"}
+
+
+def _local():
+    from .local import LocalExecutor
+    return LocalExecutor
+
+
+def _slurm():
+    from .slurm import SlurmExecutor
+    return SlurmExecutor
+
+
+def _ray():
+    from .ray import RayExecutor
+    return RayExecutor
+
+
+EXECUTORS = {"local": _local, "slurm": _slurm, "ray": _ray}
+
+
+def executor_class(name: str):
+    """The class of an engine; ExecutorUnavailable when this install of mnistlab lacks it."""
+    try:
+        return EXECUTORS[name]()
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith(__name__):
+            raise ExecutorUnavailable(
+                f"--executor {name}: this version of mnistlab has no {name} executor "
+                f"({e.name} is missing); update mnistlab, or run the sweep with --executor local."
+            ) from None
+        raise ExecutorUnavailable(
+            f"--executor {name}: needs the Python package {e.name}, which is not installed; "
+            f"install it with pip install -e \".[{name}]\" (or pip install {EXTRAS[name]}), "
+            "or run the sweep with --executor local.") from None
+
+
+def create_executor(name: str, options: dict, jobs: int) -> Executor:
+    return executor_class(name)(options, jobs)
+
+
+def check_options(block, where: str) -> list[str]:
+    """Problems of a sweep file's executor: block, each naming its key (did you mean ...)."""
+    if block is None:
+        return []
+    if not isinstance(block, dict):
+        return [f"{where}: give one mapping per engine, e.g. executor: {{slurm: {{partition: cpu, "
+                "time: 60}}}}"]
+    problems = []
+    for engine, options in block.items():
+        if engine not in OPTIONS:
+            close = difflib.get_close_matches(str(engine), OPTIONS, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}?" if close else "choose one of: " + ", ".join(OPTIONS)
+            problems.append(f"{where}.{engine}: unknown executor, {hint}")
+            continue
+        if options is None:
+            continue
+        if not isinstance(options, dict):
+            problems.append(f"{where}.{engine}: give a mapping of settings, e.g. "
+                            f"{engine}: {{{(OPTIONS[engine] or ('...',))[0]}: ...}}")
+            continue
+        for key in options:
+            if key not in OPTIONS[engine]:
+                close = difflib.get_close_matches(str(key), OPTIONS[engine], n=1, cutoff=0.6)
+                hint = (f"did you mean {close[0]}?" if close else
+                        "valid keys: " + (", ".join(OPTIONS[engine]) or "none"))
+                problems.append(f"{where}.{engine}.{key}: unknown setting, {hint}")
+    return problems
+
+
+__all__ = ["EXECUTORS", "OPTIONS", "Executor", "TrialSpec", "check_options", "create_executor",
+           "executor_class"]

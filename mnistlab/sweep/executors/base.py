@@ -1,0 +1,47 @@
+"""What the runner knows about an engine: a trial to run (TrialSpec) and the Executor protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+STATES = ("pending", "running", "finished", "unknown")
+
+
+@dataclass
+class TrialSpec:
+    """One trial as an engine sees it: a command that writes into its own run directory."""
+
+    key: str  # the trial's config hash
+    name: str  # e.g. lr-0.01_name-sgd_seed-0
+    argv: list[str]  # [sys.executable, "-m", "mnistlab", "train", "--quiet", "--run-dir", ...]
+    run_dir: Path  # deterministic; created (and claimed) by the driver before submit
+    log: Path  # stdout and stderr of the trial: run_dir / "trial.log"
+    threads: int  # CPU threads of the trial (cpus per trial on a cluster)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment of the trial process
+
+
+class Executor(Protocol):
+    """Submit trial commands, poll their state, cancel them; construction raises ExecutorUnavailable.
+
+    The final status of a trial is read from its run directory, never from the executor; the
+    executor adds MNISTLAB_EXECUTOR and MNISTLAB_JOB_ID to each trial's environment (or the trial
+    reads the scheduler's own, e.g. SLURM_JOB_ID).
+    """
+
+    name: str
+
+    def __init__(self, options: dict, jobs: int) -> None: ...
+
+    def submit(self, specs: list[TrialSpec]) -> list[str]:
+        """One job id per spec, in the same order."""
+
+    def states(self, job_ids: list[str]) -> dict[str, str]:
+        """id -> pending, running, finished or unknown (a job this executor cannot see)."""
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """SIGTERM semantics: each trial saves its state and records itself interrupted."""
+
+    def close(self) -> None:
+        """Release the engine's resources; running trials of a detached sweep keep running."""

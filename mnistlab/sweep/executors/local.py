@@ -1,0 +1,78 @@
+"""Trials as subprocesses of this machine, jobs at a time."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from .base import TrialSpec
+
+
+class LocalExecutor:
+    """Starts queued trials as slots free up, on each call of states()."""
+
+    name = "local"
+
+    def __init__(self, options: dict, jobs: int) -> None:
+        self.jobs = max(1, jobs)
+        self.prefix = f"local-{socket.gethostname()}-{os.getpid()}"
+        self.ids = itertools.count(1)
+        self.queue: list[tuple[str, TrialSpec]] = []
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def submit(self, specs: list[TrialSpec]) -> list[str]:
+        ids = [f"{self.prefix}-{next(self.ids)}" for _ in specs]
+        self.queue += zip(ids, specs)
+        self._start()
+        return ids
+
+    def _start(self) -> None:
+        while self.queue and sum(p.poll() is None for p in self.procs.values()) < self.jobs:
+            job_id, spec = self.queue.pop(0)
+            env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), **spec.env,
+                   "MNISTLAB_EXECUTOR": self.name, "MNISTLAB_JOB_ID": job_id}
+            with open(spec.log, "a") as out:
+                # a session of its own: Ctrl-C reaches only the sweep, which stops each trial once
+                self.procs[job_id] = subprocess.Popen(
+                    spec.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, start_new_session=True)
+
+    def states(self, job_ids: list[str]) -> dict[str, str]:
+        self._start()
+        queued = {job_id for job_id, _ in self.queue}
+        out = {}
+        for job_id in job_ids:
+            proc = self.procs.get(job_id)
+            if proc is not None:
+                out[job_id] = "running" if proc.poll() is None else "finished"
+            else:
+                out[job_id] = "pending" if job_id in queued else "unknown"
+        return out
+
+    def returncode(self, job_id: str) -> int | None:
+        proc = self.procs.get(job_id)
+        return None if proc is None else proc.poll()
+
+    def cancel(self, job_ids: list[str], timeout: float = 60.0) -> None:
+        """SIGTERM each trial (it saves itself as interrupted), wait, then kill what still runs."""
+        wanted = set(job_ids)
+        self.queue = [(j, s) for j, s in self.queue if j not in wanted]
+        procs = [p for j, p in self.procs.items() if j in wanted and p.poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        try:
+            for proc in procs:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # stuck, or a second Ctrl-C
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+    def close(self) -> None:
+        self.queue = []

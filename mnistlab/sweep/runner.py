@@ -1,0 +1,373 @@
+"""Scheduling: claim each trial not done, submit it through an executor, watch, collect results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from .. import runs
+from ..config import to_dict
+from ..errors import Interrupted, SweepError
+from . import store
+from .executors import Executor, TrialSpec
+from .spec import Sweep, Trial
+from .store import DONE, FAILED, NEW, QUEUED, RUNNING, STOPPED, TrialState
+
+POLL_SECONDS = 0.1
+RECHECK_SECONDS = 1.0  # how often trials that others run are looked at again
+INDEX_SECONDS = 5.0  # sweep.json is rewritten at most this often while trials run
+LEASE_TIMEOUT = 300.0  # a job running this long whose trial never showed its lease: no shared disk
+MAX_ATTEMPTS = 3  # submissions of one trial by one sweep command (a trial killed again and again fails)
+
+
+class SweepInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM stopped the sweep after cancelling the trials it had submitted."""
+
+    def __init__(self, cancelled: int, executor: str):
+        what = (f"cancelled the {cancelled} trial{'s' if cancelled != 1 else ''} this sweep had "
+                f"submitted ({executor} executor); they saved their state as interrupted"
+                if cancelled else "no trial of this sweep was running")
+        super().__init__(f"sweep interrupted: {what}. Run the same command again to continue "
+                         "where it stopped.")
+
+
+@dataclass
+class Job:
+    trial: Trial
+    job_id: str
+    attempt: int
+    running_since: float | None = None
+
+
+def threads_per_job(jobs: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def trial_argv(sweep: Sweep, trial: Trial) -> list[str]:
+    """The trial as the executor runs it: the train command, with absolute paths (any cwd, any host)."""
+    return [sys.executable, "-m", "mnistlab", "train", "--quiet", str(Path(sweep.base).resolve()),
+            *sweep.overrides, *trial.overrides, f"runs_dir={trial.run_dir.parent.resolve()}",
+            f"name={trial.name}", "--run-dir", str(trial.run_dir.resolve())]
+
+
+def check_data(trials: list[Trial]) -> None:
+    """Build the data of each distinct data setting once, as train does; a DataError stops here."""
+    from ..tasks import build_task
+
+    seen = set()
+    for t in trials:
+        d = to_dict(t.cfg)
+        key = json.dumps([d.get(k) for k in ("task", "data", "linreg")], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            build_task(t.cfg)
+
+
+def jobs_alive(executor: Executor, jobs: list[dict]) -> set[str]:
+    """The job ids of job.json records whose job still exists (pending or running)."""
+    ids = [j["job_id"] for j in jobs if j.get("executor") == executor.name and j.get("job_id")]
+    states = executor.states(ids) if ids else {}
+    alive = {i for i, s in states.items() if s in ("pending", "running")}
+    me = runs.process_identity()
+    for j in jobs:  # a local job queued by another sweep command runs while that command lives
+        driver = j.get("driver") or {}
+        if (j.get("executor") == "local" and states.get(j.get("job_id"), "unknown") == "unknown"
+                and driver.get("pid") != me["pid"] and runs.process_alive(driver) is True):
+            alive.add(j.get("job_id"))
+    return alive
+
+
+class Runner:
+    """One sweep command's work: what it submitted, what it watches, what it counted."""
+
+    def __init__(self, sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
+                 progress: "Progress", threads: int, lease_timeout: float):
+        self.sweep, self.directory, self.trials, self.executor = sweep, directory, trials, executor
+        self.progress, self.threads, self.lease_timeout = progress, threads, lease_timeout
+        self.jobs: dict[str, Job] = {}  # job id -> the trial this command submitted
+        self.watched: dict[str, Trial] = {}  # hash -> trial that another command runs
+        self.attempts: dict[str, int] = {}
+        self.states: dict[str, TrialState] = {}
+        self.errors: dict[str, str] = {}
+        self.counts = {"completed": 0, "failed": 0, "interrupted": 0, "trial_seconds": 0.0}
+        self.index_written = self.rechecked = 0.0
+
+    def alive(self, jobs: list[dict]) -> set[str]:
+        return jobs_alive(self.executor, jobs)
+
+    def look(self, trials: list[Trial]) -> dict[str, TrialState]:
+        """The current state of these trials, read from their own run directories."""
+        return store.trial_states(trials, store.scan_trials(trials), self.alive)
+
+    def submit(self, trials: list[Trial], retry_failed: bool = False) -> None:
+        """Claim under the sweep lock each trial nobody else runs (job.json), then submit them."""
+        with store.locked(self.directory):
+            wanted = {NEW, STOPPED} | ({FAILED} if retry_failed else set())
+            now = self.look(trials)
+            claim = [t for t in trials if now[t.hash].state in wanted]
+            for t in trials:
+                if now[t.hash].state in (RUNNING, QUEUED):
+                    self.watched[t.hash] = t
+            specs = []
+            for t in claim:
+                t.run_dir.mkdir(parents=True, exist_ok=True)
+                specs.append(TrialSpec(t.hash, t.name, trial_argv(self.sweep, t), t.run_dir,
+                                       t.run_dir / "trial.log", self.threads))
+            ids = self.executor.submit(specs) if specs else []
+            for t, job_id in zip(claim, ids):
+                runs.write_json(t.run_dir / "job.json", {
+                    "executor": self.executor.name, "job_id": job_id,
+                    "driver": runs.process_identity(), "submitted": time.time()})
+                self.attempts[t.hash] = self.attempts.get(t.hash, 0) + 1
+                self.jobs[job_id] = Job(t, job_id, self.attempts[t.hash])
+                self.states[t.hash] = TrialState(QUEUED, t.run_dir, None, {"job_id": job_id})
+                self.progress.started(t, t.run_dir if now[t.hash].state != NEW else None)
+
+    def poll(self) -> None:
+        """Collect finished jobs, check that running ones show their lease, look at watched trials."""
+        states = self.executor.states(list(self.jobs)) if self.jobs else {}
+        ended = []
+        for job_id, job in list(self.jobs.items()):
+            state = states.get(job_id, "unknown")
+            if state == "running":
+                self.check_shared(job)
+            elif state in ("finished", "unknown"):
+                ended.append(self.jobs.pop(job_id))
+        for job in ended:
+            self.ended(job.trial, mine=True)
+        if self.watched and time.monotonic() - self.rechecked > RECHECK_SECONDS:
+            self.rechecked = time.monotonic()
+            now = self.look(list(self.watched.values()))
+            for h, t in list(self.watched.items()):
+                if now[h].state not in (RUNNING, QUEUED):
+                    del self.watched[h]
+                    self.ended(t, mine=False, st=now[h])
+        self.progress.update(len(self.jobs))
+        if time.monotonic() - self.index_written > INDEX_SECONDS:
+            self.write_index()
+
+    def check_shared(self, job: Job) -> None:
+        """A job the executor runs must show its lease (or its result) in the run directory."""
+        now = time.monotonic()
+        job.running_since = job.running_since or now
+        run_dir = job.trial.run_dir
+        if now - job.running_since < self.lease_timeout:
+            return
+        if (run_dir / "owner.json").exists() or (run_dir / "summary.json").exists():
+            job.running_since = float("inf")  # seen once: the disk is shared
+            return
+        raise SweepError(
+            f"trial {job.trial.name} has been running as {self.executor.name} job {job.job_id} "
+            f"for {self.lease_timeout:.0f}s, but its run directory {run_dir} never showed the "
+            f"trial's lease (owner.json): the runs directory {self.directory.resolve()} is not on a "
+            "filesystem the workers share. Set runs_dir to a directory every node mounts (e.g. "
+            "in your home or project space), or run the sweep with --executor local.")
+
+    def ended(self, trial: Trial, mine: bool, st: TrialState | None = None) -> None:
+        """A trial's job ended (or another command's trial changed): read its run directory."""
+        st = st or self.look([trial])[trial.hash]
+        self.states[trial.hash] = st
+        if st.state in (RUNNING, QUEUED):  # another command's process or job holds it now
+            self.watched[trial.hash] = trial
+            return
+        if st.state == DONE:
+            self.counts["completed"] += 1
+            self.counts["trial_seconds"] += (st.summary or {}).get("wall_seconds") or 0.0
+            self.progress.finished(trial, "completed", st.summary, None if mine else "another sweep ran it")
+            return
+        if st.state == STOPPED and self.attempts.get(trial.hash, 0) < MAX_ATTEMPTS:
+            self.submit([trial])  # killed or preempted: continue from its last.pt
+            return
+        if st.state in (NEW, STOPPED) and not mine:  # its owner died: take it over
+            if self.attempts.get(trial.hash, 0) < MAX_ATTEMPTS:
+                self.submit([trial])
+                return
+        error = (st.summary or {}).get("error") if st.state == FAILED else None
+        if error is None:
+            tail = _log_tail(trial.run_dir / "trial.log")
+            what = "stopped without completing" + (
+                f" {self.attempts[trial.hash]} times" if self.attempts.get(trial.hash, 0) > 1 else "")
+            error = f"the trial {what}" + (f": {tail}" if tail else "")
+            self.states[trial.hash] = TrialState(FAILED, trial.run_dir, st.summary)
+        self.errors[trial.hash] = error
+        self.counts["failed"] += 1
+        self.progress.finished(trial, "failed", st.summary, error)
+
+    def cancel(self) -> int:
+        """Cancel every job this command submitted; they save themselves as interrupted."""
+        ids = list(self.jobs)
+        if ids:
+            self.executor.cancel(ids)
+        for job in self.jobs.values():
+            self.states[job.trial.hash] = self.look([job.trial])[job.trial.hash]
+            self.counts["interrupted"] += 1
+            self.progress.finished(job.trial, "interrupted", None,
+                                   "cancelled; the next run of the sweep continues it")
+        self.jobs.clear()
+        return len(ids)
+
+    def write_index(self) -> None:
+        self.index_written = time.monotonic()
+        store.write_index(self.sweep, self.directory, self.trials, self.states, self.errors)
+
+
+def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
+              retry_failed: bool = False, fail_fast: bool = False, detach: bool = False,
+              progress: "Progress | None" = None, lease_timeout: float = LEASE_TIMEOUT) -> dict:
+    """Run every trial not done yet through the executor; return counts and timings.
+
+    The run directories decide each trial's state; sweep.json is rewritten from them. Raises
+    SweepInterrupted on Ctrl-C/SIGTERM after cancelling what this command submitted.
+    """
+    progress = progress or Progress(Console(quiet=True))
+    states = store.trial_states(trials, store.scan(directory), lambda jobs: jobs_alive(executor, jobs))
+    todo = [t for t in trials if states[t.hash].state in (NEW, STOPPED)
+            or (retry_failed and states[t.hash].state == FAILED)]
+    by_state = {s: sum(st.state == s for st in states.values()) for s in (DONE, RUNNING, QUEUED, FAILED)}
+    counts = {"total": len(trials), "done_before": by_state[DONE],
+              "elsewhere": by_state[RUNNING] + by_state[QUEUED],
+              "failed_before": 0 if retry_failed else by_state[FAILED], "to_run": len(todo)}
+    if todo:
+        check_data(todo)  # a data problem said once, before any trial starts
+    jobs = getattr(executor, "jobs", 1)
+    threads = (threads_per_job(min(jobs, max(len(todo), 1))) if executor.name == "local"
+               else int((sweep.executor.get(executor.name) or {}).get("cpus_per_trial") or 1))
+    runner = Runner(sweep, directory, trials, executor, progress, threads, lease_timeout)
+    runner.states = states
+    runner.errors = {h: st.summary.get("error") for h, st in states.items()
+                     if st.state == FAILED and st.summary}
+    store.write_definition(sweep, directory)
+    progress.start(sweep.name, len(todo) + counts["elsewhere"], counts, jobs, threads)
+    t0 = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        runner.watched = {t.hash: t for t in trials if states[t.hash].state in (RUNNING, QUEUED)}
+        runner.submit(todo, retry_failed)
+        if detach:
+            counts["detached"] = len(runner.jobs)
+            runner.jobs.clear()
+        while runner.jobs or runner.watched:
+            time.sleep(POLL_SECONDS)
+            runner.poll()
+            if fail_fast and runner.counts["failed"]:
+                runner.cancel()
+                runner.watched.clear()
+    except KeyboardInterrupt:
+        cancelled = runner.cancel()
+        runner.write_index()
+        raise SweepInterrupted(cancelled, executor.name) from None
+    except BaseException:
+        runner.cancel()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.stop()
+    runner.write_index()
+    c = runner.counts
+    ran = c["completed"] + c["failed"] + c["interrupted"]
+    counts.update(c, ran=ran, seconds=time.perf_counter() - t0, jobs=min(jobs, max(ran, 1)),
+                  not_run=sum(runner.states[t.hash].state in (NEW, STOPPED) for t in trials))
+    counts["failed_total"] = sum(runner.states[t.hash].state == FAILED for t in trials)
+    return counts
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return " ".join(lines[-3:])[:500]
+
+
+# ---------------------------------------------------------------- what a sweep shows while it runs
+
+
+class Progress:
+    """Plain lines: one when a trial starts, one when it ends."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.total = self.done = 0
+        self.counts: dict = {}
+
+    def start(self, name: str, total: int, counts: dict, jobs: int, threads: int) -> None:
+        self.total, self.counts = total, counts
+        before = counts["done_before"]
+        other = f", {counts['elsewhere']} running in another sweep" if counts["elsewhere"] else ""
+        self.console.print(f"sweep {name}: {counts['total']} trials, {before} done before{other}, "
+                           f"{total} to run; {jobs} job{'s' if jobs > 1 else ''} x {threads} thread"
+                           f"{'s' if threads > 1 else ''}")
+
+    def started(self, trial: Trial, resumed: Path | None) -> None:
+        how = f"continuing {resumed}" if resumed else " ".join(trial.overrides)
+        self.console.print(f"start {trial.name}: {how}")
+
+    def finished(self, trial: Trial, status: str, summary: dict | None, error: str | None) -> None:
+        self.done += 1
+        self.console.print(f"[{self.done}/{self.total}] {result_line(trial, status, summary, error)}")
+
+    def update(self, running: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class LiveProgress(Progress):
+    """A Rich bar of trials done / total with running, failed and ETA; result lines above it."""
+
+    def __init__(self, console: Console):
+        from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+        from rich.progress import Progress as Bar
+
+        super().__init__(console)
+        self.bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("running {task.fields[running]}  failed {task.fields[failed]}"),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                       console=console, transient=True)
+        self.task = None
+
+    def start(self, name, total, counts, jobs, threads) -> None:
+        super().start(name, total, counts, jobs, threads)
+        self.bar.start()
+        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, failed=0)
+
+    def started(self, trial, resumed) -> None:
+        pass
+
+    def finished(self, trial, status, summary, error) -> None:
+        self.done += 1
+        self.bar.console.print(result_line(trial, status, summary, error))
+        self.bar.update(self.task, completed=self.done, failed=self.counts["failed"])
+
+    def update(self, running: int) -> None:
+        self.bar.update(self.task, running=running)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def progress_for(console: Console) -> Progress:
+    """Live bar on a terminal, plain lines in a pipe or log file."""
+    return LiveProgress(console) if console.is_terminal else Progress(console)
+
+
+def result_line(trial: Trial, status: str, summary: dict | None, error: str | None) -> str:
+    if status == "completed":
+        val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
+        acc = f"val acc {100 * val:.2f}%, " if val is not None else ""
+        return f"completed {trial.name}: {acc}{summary.get('wall_seconds') or 0:.1f}s"
+    return f"{status} {trial.name}: {error}"

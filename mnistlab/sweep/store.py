@@ -1,0 +1,184 @@
+"""Trial states read from the run directories; sweep.json is only a cache of them."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from .. import runs
+from .spec import Sweep, Trial, train_command
+
+INDEX_FORMAT = "mnistlab-sweep"
+DEFINITION = "sweep.yaml"  # what was swept, so that --report on the folder needs nothing retyped
+# states a trial can be in; "stopped" ran part-way (interrupted or killed) and continues from last.pt
+DONE, RUNNING, QUEUED, FAILED, STOPPED, NEW = "done", "running", "queued", "failed", "stopped", "new"
+
+
+@dataclass
+class TrialState:
+    state: str
+    run_dir: Path | None = None  # the run that decides the state (the trial's own, or an older one)
+    summary: dict | None = None
+    owner: dict | None = None  # the live lease (running) or job.json (queued)
+
+
+def scan(directory: Path) -> dict[str, list[dict]]:
+    """summary.json of every run in the sweep directory by config hash, oldest first (one listing)."""
+    found: dict[str, list[dict]] = {}
+    if not directory.is_dir():
+        return found
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if not entry.is_dir():
+            continue
+        try:
+            summary = runs.read_json(Path(entry.path) / "summary.json")
+        except (OSError, ValueError):
+            continue  # not a run, or a run killed while it was being created
+        if isinstance(summary, dict):
+            summary["run_dir"] = entry.path
+            found.setdefault(summary.get("config_hash"), []).append(summary)
+    return found
+
+
+def read_job(run_dir: Path) -> dict | None:
+    """job.json: the driver's claim of a queued trial (executor, job id, driver, submitted)."""
+    try:
+        job = runs.read_json(run_dir / "job.json")
+    except (OSError, ValueError):
+        return None
+    return job if isinstance(job, dict) else None
+
+
+def scan_trials(trials: list[Trial]) -> dict[str, list[dict]]:
+    """Like scan, but only the trials' own run directories (to look again at a few trials)."""
+    found: dict[str, list[dict]] = {}
+    for t in trials:
+        try:
+            summary = runs.read_json(t.run_dir / "summary.json")
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict):
+            summary["run_dir"] = str(t.run_dir)
+            found.setdefault(summary.get("config_hash"), []).append(summary)
+    return found
+
+
+def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) -> dict[str, TrialState]:
+    """Each trial: done, running (a live lease), queued (a live job), failed, stopped or new.
+
+    found is scan()'s result; jobs_alive(job.json records) -> ids of the jobs that still exist,
+    asked once for all trials (one call to the scheduler).
+    """
+    states: dict[str, TrialState] = {}
+    jobs: dict[str, dict] = {}
+    for t in trials:
+        summaries = found.get(t.hash, [])
+        done = [s for s in summaries if s.get("status") == "completed"]
+        if done:  # runs of older sweeps (timestamped directories) count too
+            states[t.hash] = TrialState(DONE, Path(done[-1]["run_dir"]), done[-1])
+            continue
+        if not t.run_dir.is_dir():
+            states[t.hash] = TrialState(NEW, t.run_dir)
+            continue
+        owner = runs.live_owner(t.run_dir)
+        if owner is not None:
+            states[t.hash] = TrialState(RUNNING, t.run_dir, None, owner)
+            continue
+        job = read_job(t.run_dir)
+        if job is not None:
+            jobs[t.hash] = job
+        mine = [s for s in summaries if Path(s["run_dir"]) == t.run_dir]
+        if mine:
+            status = FAILED if mine[-1].get("status") == "failed" else STOPPED
+            states[t.hash] = TrialState(status, t.run_dir, mine[-1])
+        else:
+            states[t.hash] = TrialState(NEW, t.run_dir)
+    alive = jobs_alive(list(jobs.values())) if jobs else set()
+    for h, job in jobs.items():
+        if job.get("job_id") in alive:
+            states[h] = TrialState(QUEUED, states[h].run_dir, None, job)
+    return states
+
+
+@contextlib.contextmanager
+def locked(directory: Path):
+    """An exclusive lock on the sweep directory: claims and index updates happen one at a time."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".sweep.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def locked_index(directory: Path):
+    """sweep.json under the lock; written back atomically when the block ends cleanly."""
+    with locked(directory):
+        index = read_index(directory)
+        yield index
+        index["updated"] = datetime.now().isoformat(timespec="seconds")
+        runs.write_json(directory / "sweep.json", index)
+
+
+def read_index(directory: Path) -> dict:
+    """The cached index; a missing or damaged one is an empty index (the runs rebuild it)."""
+    try:
+        index = json.loads((directory / "sweep.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        index = None
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT \
+            or not isinstance(index.get("trials"), dict):
+        return {"format": INDEX_FORMAT, "trials": {}}
+    return index
+
+
+def entry(sweep: Sweep, trial: Trial, st: TrialState, error: str | None = None) -> dict:
+    """What sweep.json says about a trial: all of it read back from its run directory."""
+    summary = st.summary or {}
+    if st.state == QUEUED:
+        job = {"name": st.owner.get("executor"), "job_id": st.owner.get("job_id")}
+    else:
+        job = (st.owner or summary).get("executor")
+    return {"name": trial.name, "overrides": trial.overrides, "params": trial.params,
+            "command": shlex.join(train_command(sweep, trial)), "status": st.state,
+            "run_dir": str(st.run_dir) if st.run_dir else None,
+            "error": error or summary.get("error"), "job": job}
+
+
+def write_index(sweep: Sweep, directory: Path, trials: list[Trial], states: dict[str, TrialState],
+                errors: dict[str, str] | None = None) -> None:
+    """Rebuild sweep.json from the trial states (entries of trials outside this sweep are kept)."""
+    with locked_index(directory) as index:
+        index.update(name=sweep.name, base=str(sweep.base), overrides=sweep.overrides, keys=sweep.keys)
+        for t in trials:
+            index["trials"][t.hash] = entry(sweep, t, states[t.hash], (errors or {}).get(t.hash))
+
+
+def write_definition(sweep: Sweep, directory: Path) -> None:
+    """sweep.yaml in the sweep directory: a sweep file that repeats this sweep from anywhere."""
+    raw = {"name": sweep.name, "base": str(Path(sweep.base).resolve())}
+    if sweep.grid:
+        raw["grid"] = sweep.grid
+    if sweep.random:
+        raw["random"] = {"n": sweep.random["n"], "seed": sweep.random["seed"],
+                         **sweep.random["space"]}
+    if sweep.seeds:
+        raw["seeds"] = sweep.seeds
+    if sweep.overrides:
+        raw["overrides"] = list(sweep.overrides)
+    if sweep.executor:
+        raw["executor"] = sweep.executor
+    head = "# written by mnistlab sweep: the last definition run here; repeat or report it with\n" \
+           f"#   mnistlab sweep {directory} --report\n"
+    text = head + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / DEFINITION
+    if not path.is_file() or path.read_text() != text:
+        runs.atomic_write_text(path, text)

@@ -1,0 +1,202 @@
+"""The result of a sweep: one row per configuration, tables, summary.csv/.md and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+from rich.table import Table
+
+from .. import metrics, runs
+from .spec import Sweep, Trial, format_value
+from .store import DONE, FAILED, TrialState
+
+DEFAULT_METRIC = {"classify": "val_accuracy", "linreg": "val_loss", "quadratic": "f"}
+
+
+def summarize(sweep: Sweep, trials: list[Trial], states: dict[str, TrialState],
+              metric: str) -> list[dict]:
+    """One row per configuration (seeds pooled): mean and std of the metric, best first."""
+    keys = [k for k in sweep.keys if k != "train.seed" or not sweep.seeds]
+    rows: dict[str, dict] = {}
+    for t in trials:
+        params = {k: t.params[k] for k in keys}
+        row = rows.setdefault(json.dumps(params, sort_keys=True), {
+            "params": params, "values": [], "test": [], "seconds": [], "trials": 0, "failed": 0})
+        row["trials"] += 1
+        st = states[t.hash]
+        if st.state != DONE:
+            row["failed"] += st.state == FAILED
+            continue
+        value = metrics.value(st.summary, metric)
+        if value is not None:
+            row["values"].append(value)
+            row["test"].append(metrics.value(st.summary, "test_accuracy"))
+            row["seconds"].append(st.summary.get("train_seconds") or 0.0)
+    out = []
+    for row in rows.values():
+        v = row["values"]
+        row["mean"] = statistics.fmean(v) if v else None
+        row["std"] = statistics.stdev(v) if len(v) > 1 else None
+        tests = [x for x in row["test"] if x is not None]
+        row["test_accuracy"] = statistics.fmean(tests) if tests else None
+        row["train_seconds"] = statistics.fmean(row["seconds"]) if row["seconds"] else None
+        out.append(row)
+    higher = metrics.METRICS[metric].higher
+    out.sort(key=lambda r: (r["mean"] is None, -(r["mean"] or 0) if higher else (r["mean"] or 0)))
+    return out
+
+
+def _show_test(rows: list[dict], metric: str) -> bool:
+    """The test accuracy column: only when there is one, and not twice."""
+    return metric != "test_accuracy" and any(r["test_accuracy"] is not None for r in rows)
+
+
+def _over(sweep: Sweep) -> str:
+    return "mean ± std over seeds" if sweep.seeds else "one run each"
+
+
+def _num(x: float | None, metric: str) -> str:
+    if x is None:
+        return ""
+    return f"{100 * x:.2f}" if metric.endswith("accuracy") else f"{x:.4g}"
+
+
+def _seconds(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def _mean_std(row: dict, metric: str) -> str:
+    if row["mean"] is None:
+        return "failed" if row["failed"] else "not run"
+    std = f" ± {_num(row['std'], metric)}" if row["std"] is not None else ""
+    return _num(row["mean"], metric) + std
+
+
+def _unit(metric: str) -> str:
+    return f"{metric} (%)" if metric.endswith("accuracy") else metric
+
+
+def write_report(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[Path]:
+    """summary.csv, summary.md and one plot per swept key, written into the sweep directory."""
+    keys = list(rows[0]["params"]) if rows else []
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(keys + [f"{metric}_mean", f"{metric}_std", "runs", "trials", "failed",
+                            "test_accuracy_mean", "train_seconds_mean"])
+    for r in rows:
+        writer.writerow([format_value(r["params"][k]) for k in keys] + [
+            "" if r[c] is None else r[c] for c in ("mean", "std")] + [
+            len(r["values"]), r["trials"], r["failed"]] + [
+            "" if r[c] is None else r[c] for c in ("test_accuracy", "train_seconds")])
+    runs.atomic_write_text(directory / "summary.csv", buf.getvalue())
+
+    test = _show_test(rows, metric)
+    head = keys + [_unit(metric) + (" mean ± std" if sweep.seeds else ""), "runs"] + (
+        ["test acc (%)"] if test else []) + ["train s"]
+    lines = [f"# Sweep {sweep.name}", "",
+             f"{len(rows)} configurations, sorted by {metric} "
+             f"({'higher' if metrics.METRICS[metric].higher else 'lower'} is better); "
+             f"{_over(sweep)}; the best in bold.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows):
+        cells = [format_value(r["params"][k]) for k in keys] + [
+            _mean_std(r, metric), f"{len(r['values'])}/{r['trials']}"] + (
+            [_num(r["test_accuracy"], "test_accuracy")] if test else []) + [
+            _seconds(r["train_seconds"])]
+        if i == 0 and r["mean"] is not None:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    runs.atomic_write_text(directory / "summary.md", "\n".join(lines) + "\n")
+    return [directory / "summary.csv", directory / "summary.md"] + plot(sweep, directory, rows, metric)
+
+
+def report_table(sweep: Sweep, rows: list[dict], metric: str) -> Table:
+    keys = list(rows[0]["params"]) if rows else []
+    test = _show_test(rows, metric)
+    table = Table(title=f"sweep {sweep.name}: {metric}, {_over(sweep)}", title_justify="left")
+    for key in keys:
+        table.add_column(key)
+    table.add_column(_unit(metric), justify="right")
+    table.add_column("runs", justify="right")
+    if test:
+        table.add_column("test acc (%)", justify="right")
+    table.add_column("train s", justify="right")
+    for i, r in enumerate(rows):
+        cells = [format_value(r["params"][k]) for k in keys] + [
+            _mean_std(r, metric), f"{len(r['values'])}/{r['trials']}"] + (
+            [_num(r["test_accuracy"], "test_accuracy")] if test else []) + [
+            _seconds(r["train_seconds"])]
+        table.add_row(*cells, style="bold green" if i == 0 and r["mean"] is not None else None)
+    return table
+
+
+def _numeric(values: list) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[Path]:
+    """The metric against each swept key: one line per value of the other keys, std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["mean"] is not None]
+    keys = list(rows[0]["params"]) if rows else []
+    scale = 100 if metric.endswith("accuracy") else 1
+    paths = []
+    for key in keys:
+        xs = []
+        for r in rows:
+            if r["params"][key] not in xs:
+                xs.append(r["params"][key])
+        numeric = _numeric(xs)
+        if numeric:
+            xs.sort()
+        others = [k for k in keys if k != key]
+        lines: dict[str, list[dict]] = {}
+        for r in rows:
+            label = ", ".join(f"{k.split('.')[-1]}={format_value(r['params'][k])}" for k in others)
+            lines.setdefault(label, []).append(r)
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for label, members in lines.items():
+            members.sort(key=lambda r: xs.index(r["params"][key]))
+            x = [r["params"][key] if numeric else xs.index(r["params"][key]) for r in members]
+            ax.errorbar(x, [scale * r["mean"] for r in members],
+                        yerr=[scale * (r["std"] or 0.0) for r in members],
+                        marker="o", capsize=3, label=label or None)
+        if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
+        ax.set_xlabel(key)
+        ax.set_ylabel(_unit(metric))
+        ax.set_title(f"sweep {sweep.name}: {metric} vs {key}")
+        ax.grid(True, alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(title=", ".join(others), fontsize="small")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        path = directory / f"plot-{runs.slug(key)}-{metric}.png"  # one per metric: none overwritten
+        runs.atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def trial_table(sweep: Sweep, directory: Path, trials: list[Trial],
+                states: dict[str, TrialState]) -> Table:
+    """What --dry-run shows: each trial's overrides, hash, and its state on disk."""
+    table = Table(title=f"sweep {sweep.name}: {len(trials)} trials in {directory}", title_justify="left")
+    for col in ("#", "trial", "overrides", "hash", "state"):
+        table.add_column(col, overflow="fold")
+    for i, t in enumerate(trials, 1):
+        state = states[t.hash].state
+        style = {"done": "green", "failed": "red", "stopped": "yellow"}.get(state)
+        table.add_row(str(i), t.name, " ".join(t.overrides), t.hash, state, style=style)
+    return table
