@@ -222,3 +222,23 @@ def test_shipped_lenet_learns_fashion_mnist_briefly(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((the_run(tmp_path) / "summary.json").read_text())
     assert summary["final"]["test"]["accuracy"] > 0.7  # 10 classes: chance is 0.1
+
+
+def test_a_class_of_an_importable_package_is_named_by_module_path(tmp_path, tiny_data, monkeypatch):
+    package = tmp_path / "site" / "mymodels"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "small.py").write_text(SMALL)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    cfg = load_config(small_config(tmp_path, tiny_data, ref="mymodels.small:Small"))
+    assert cfg.model.module == "mymodels.small:Small"
+    assert cfg.model.source_digest == hashlib.sha256(SMALL.encode()).hexdigest()
+    summary = fit(cfg)
+    assert summary["status"] == "completed" and summary["params"] == 9 * 8 + 8 + 8 * 36 * 4 + 4
+    assert (Path(summary["run_dir"]) / "model_source.py").read_text() == SMALL
+
+
+def test_model_args_must_be_a_mapping(tmp_path, tiny_data):
+    result = cli("train", small_config(tmp_path, tiny_data), "model.args=[6, 16]")
+    assert result.exit_code == 2
+    assert "model.args: expected a mapping, e.g. {c1: 6, c2: 16}" in result.output
