@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,8 +23,25 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _plain_flags(command, ctx) -> None:
+    """No <bool> after a flag in --help: Typer shows every option's type, but a flag takes no value."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
 class Commands(TyperGroup):
     """The one error handler: a MnistlabError becomes its message and its exit code."""
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _plain_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx, formatter):
+        _plain_flags(self, ctx)
+        return super().format_help(ctx, formatter)
 
     def invoke(self, ctx):
         try:
@@ -36,7 +54,7 @@ class Commands(TyperGroup):
 
 app = typer.Typer(
     cls=Commands, help="Train, sweep and evaluate dense and convolutional networks on the MNIST family.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
 
 
 TRUST = typer.Option(False, "--trust-run-code",
@@ -85,6 +103,9 @@ def train(
     if print_config:
         typer.echo(to_yaml(cfg), nl=False)
         return
+    where = Path(os.path.abspath(Path(cfg.runs_dir).expanduser()))
+    if resume is None and run_dir is None and not where.is_relative_to(Path.cwd()):
+        err.print(Text(f"note: runs go to {where}, outside the working directory."))
     summary = fit(cfg, display.reporter(quiet), resume=resume, run_dir=run_dir,
                   source={"config": str(config) if config else None, "overrides": overrides},
                   trust_run_code=trust_run_code)
@@ -269,14 +290,14 @@ def sweep(
     seeds: Optional[str] = typer.Option(None, "--seeds", metavar="0,1,2", show_default=False,
                                         help="Replicates of every point (train.seed=N)."),
     name: Optional[str] = typer.Option(
-        None, "--name", show_default=False,
+        None, "--name", metavar="NAME", show_default=False,
         help="Sweep name, the directory under runs_dir (default: the file's name: or stem; for a "
              "config, its stem and the swept keys)."),
     executor: str = typer.Option("local", "--executor", metavar="local|slurm|ray",
                                  help="What runs the trials: subprocesses here, SLURM job arrays "
                                       "(submitit) or Ray tasks."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Trials run at once; locally the "
-                                                            "cores are split between them."),
+    jobs: int = typer.Option(1, "--jobs", "-j", metavar="N", help="Trials run at once; locally the "
+                                                                   "cores are split between them."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the trials and exit."),
     report_only: bool = typer.Option(False, "--report", help="Write the summary and plots of "
                                                              "what has completed, run nothing."),
@@ -285,10 +306,10 @@ def sweep(
                                       help="Run the trials that failed before again."),
     detach: bool = typer.Option(False, "--detach", help="Submit and return at once (slurm, ray); "
                                                         "the same command later collects."),
-    max_trials: int = typer.Option(10_000, "--max-trials", min=1, metavar="N",
+    max_trials: int = typer.Option(10_000, "--max-trials", metavar="N",
                                    help="Refuse sweeps of more trials than this."),
     metric: Optional[str] = typer.Option(
-        None, "--metric", show_default=False,
+        None, "--metric", metavar="METRIC", show_default=False,
         help="Ranks the configurations: val_accuracy (the default; val_loss for linreg, f for "
              "quadratic), val_loss, best_val_accuracy, test_accuracy, test_loss, train_accuracy, "
              "train_loss, train_seconds, f or lstsq_gap."),
@@ -299,6 +320,10 @@ def sweep(
     from . import sweep as sw
     from .sweep.executors import EXECUTORS
 
+    if jobs < 1:
+        raise fail(f"--jobs: {jobs} trials at a time is not possible; give 1 or more, e.g. --jobs 2.")
+    if max_trials < 1:
+        raise fail(f"--max-trials: {max_trials} allows no trial; give 1 or more.")
     tty = sys.stdout.isatty()
     # markup=False: trial names, overrides and errors are the user's text, printed as typed
     out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, markup=False)
@@ -312,8 +337,19 @@ def sweep(
                      retry_failed, detach, metric, max_trials)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"mnistlab {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
     """Train, sweep and evaluate dense and convolutional networks on the MNIST family."""
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
+import math
+import os
 import re
 import types
 import typing
@@ -59,11 +62,11 @@ class TrainConfig:
     epochs: int = field(default=3, metadata=bounds(1, None))
     batch_size: int = field(default=128, metadata=bounds(1, None))
     eval_batch_size: int = field(default=1000, metadata=bounds(1, None))
-    seed: int = 0
+    seed: int = field(default=0, metadata=bounds(0, 2**63 - 1))  # what torch's generators take
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 autocast for conv nets on CPUs with native bf16 (AMX, AVX512-BF16), else fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    threads: int = field(default=0, metadata=bounds(0, None))  # 0: all cores
+    threads: int = field(default=0, metadata=bounds(0, 1024))  # 0: all cores
     val_split: float = field(default=0.1, metadata=bounds(0, 1, hi_open=True))
     label_smoothing: float = field(default=0.0, metadata=bounds(0, 1, hi_open=True))
     log_every: int = field(default=100, metadata=bounds(0, None))  # steps; 0: epochs only
@@ -91,9 +94,9 @@ class QuadraticConfig:
 
 @dataclass
 class LinregConfig:
-    in_dim: int = field(default=10, metadata=bounds(1, None))
-    out_dim: int = field(default=3, metadata=bounds(1, None))
-    n: int = field(default=1000, metadata=bounds(2, None))  # synthetic samples
+    in_dim: int = field(default=10, metadata=bounds(1, 100_000))
+    out_dim: int = field(default=3, metadata=bounds(1, 100_000))
+    n: int = field(default=1000, metadata=bounds(2, 100_000_000))  # synthetic samples
     noise: float = field(default=0.1, metadata=bounds(0, None))  # std of the Gaussian noise
     csv: str | None = None  # a CSV file with a header row instead of synthetic data
     x_columns: list[str] = field(default_factory=list)
@@ -173,15 +176,20 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         problems.append(f"{path}: expected an integer, got {_describe(value)}")
         return None
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        problems.append(f"{path}: expected a number, got {_describe(value)}")
-        return None
+        if number is None:
+            problems.append(f"{path}: expected a number, got {_describe(value)}")
+        elif not math.isfinite(number):
+            problems.append(f"{path}: {value} is not a finite number; give an ordinary number")
+            number = None
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -201,6 +209,12 @@ def _check_bounds(f: dataclasses.Field, value: Any, path: str, problems: list[st
         problems.append(f"{path}: {value!r} is out of range; allowed: at least {lo}{high}")
 
 
+@functools.cache
+def _hints(cls: type) -> dict:
+    """The field types of a config class, resolved once (a sweep builds thousands of configs)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[str]) -> Any:
     if raw is None:
         raw = {}
@@ -208,14 +222,19 @@ def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[st
         problems.append(f"{path or 'config'}: expected a mapping of keys, got {_describe(raw)}")
         return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for key in raw:
         if key in fields:
             continue
         full = _join(path, str(key))
         close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-        hint = f"did you mean {_join(path, close[0])}?" if close else (
-            "valid keys here: " + ", ".join(fields))
+        elsewhere = [k for k in ALL_KEYS if k.rsplit(".", 1)[-1] == str(key)]
+        if close:
+            hint = f"did you mean {_join(path, close[0])}?"
+        elif len(elsewhere) == 1:
+            hint = f"did you mean {elsewhere[0]}?"
+        else:
+            hint = "valid keys here: " + ", ".join(fields)
         where = " (from the command line)" if full in cli_keys else ""
         problems.append(f"{full}: unknown key{where}, {hint}")
     values = {}
@@ -236,14 +255,42 @@ def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[st
     return cls(**values)
 
 
+# sizes that can be allocated on an ordinary machine; beyond them PyTorch fails or the OOM killer acts
+MAX_HIDDEN, MAX_LAYERS, MAX_CHANNELS = 16384, 64, 2048
+MAX_LINREG_VALUES, MAX_X0 = 200_000_000, 1_000_000
+# runs never go here
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin",
+               "/sys", "/usr")
+
+
 def _check_consistency(cfg: Config, problems: list[str]) -> None:
     m = cfg.model
-    if len(m.channels) != 2 or any(c is not None and c < 1 for c in m.channels):
+    if len(m.channels) != 2 or any(c is not None and not 1 <= c <= MAX_CHANNELS for c in m.channels):
         problems.append(
             f"model.channels: the conv network has exactly two conv layers, so give two "
-            f"positive channel counts such as [32, 64]; got {m.channels!r}")
-    if any(h is not None and h < 1 for h in m.hidden):
-        problems.append(f"model.hidden: hidden layer sizes must be positive; got {m.hidden!r}")
+            f"channel counts from 1 to {MAX_CHANNELS} such as [32, 64]; got {m.channels!r}")
+    if len(m.hidden) > MAX_LAYERS or any(h is not None and not 1 <= h <= MAX_HIDDEN for h in m.hidden):
+        problems.append(f"model.hidden: give at most {MAX_LAYERS} hidden layer sizes, each from 1 "
+                        f"to {MAX_HIDDEN}, such as [256]; got {m.hidden!r}")
+    split = cfg.train.val_split
+    if cfg.data.train_samples and cfg.data.train_samples - round(cfg.data.train_samples * split) < 1:
+        problems.append(f"data.train_samples: {cfg.data.train_samples} samples with train.val_split="
+                        f"{split:g} leave no training sample; use more samples or a lower val_split")
+    lin = cfg.linreg
+    if cfg.task == "linreg" and not lin.csv:
+        if lin.n - round(lin.n * split) < 1:
+            problems.append(f"linreg.n: {lin.n} samples with train.val_split={split:g} leave no "
+                            "training sample; use more samples or a lower val_split")
+        if lin.n * (lin.in_dim + lin.out_dim) > MAX_LINREG_VALUES:
+            problems.append(f"linreg.n: {lin.n} samples of {lin.in_dim} inputs and {lin.out_dim} "
+                            f"outputs are more than {MAX_LINREG_VALUES:,} numbers, more than "
+                            "memory holds; use fewer samples or dimensions")
+    if len(cfg.quadratic.x0) > MAX_X0:
+        problems.append(f"quadratic.x0: at most {MAX_X0:,} dimensions; got {len(cfg.quadratic.x0):,}")
+    where = Path(os.path.abspath(Path(cfg.runs_dir).expanduser()))
+    if where == Path("/") or any(where == Path(d) or Path(d) in where.parents for d in SYSTEM_DIRS):
+        problems.append(f"runs_dir: {where} is a system directory; runs belong in a directory of "
+                        "your own, e.g. runs_dir=runs or runs_dir=~/mnistlab-runs")
     if m.kernel_size % 2 == 0:
         problems.append(
             f"model.kernel_size: {m.kernel_size} is even; use an odd size (3, 5, 7) so the "
@@ -259,11 +306,26 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
             "name the directory that holds them")
 
 
-def config_from_dict(raw: Any, cli_keys: set[str] = frozenset()) -> Config:
-    """Validate a plain mapping into a Config, raising ConfigError with every problem."""
+def _check_machine(cfg: Config, problems: list[str]) -> None:
+    """What this machine must offer to train the config (not checked for a stored run's config)."""
+    if cfg.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("train.device: cuda, but PyTorch sees no CUDA GPU on this machine; "
+                            "use train.device=cpu (or auto, which picks the GPU when there is one)")
+
+
+def config_from_dict(raw: Any, cli_keys: set[str] = frozenset(), machine: bool = False) -> Config:
+    """Validate a plain mapping into a Config, raising ConfigError with every problem.
+
+    machine: also check that this machine can train it (a CUDA GPU for train.device=cuda).
+    """
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems, set(cli_keys))
     _check_consistency(cfg, problems)
+    if machine:
+        _check_machine(cfg, problems)
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -272,6 +334,52 @@ def config_from_dict(raw: Any, cli_keys: set[str] = frozenset()) -> Config:
 # ---------------------------------------------------------------- files and overrides
 
 _KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
+
+
+# a config holds a few hundred values; aliases that expand beyond this are a "billion laughs" file
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict, active: set) -> int:
+    """How many values the node becomes once every alias is expanded (counted, never expanded)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ValueError("an alias refers to itself")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(c, memo, active) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, active) + _expanded_size(v, memo, active)
+                       for k, v in node.value)
+    else:
+        size = 1
+    active.discard(key)
+    memo[key] = size
+    return size
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, but a document whose aliases expand past MAX_YAML_VALUES is refused unread."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+            size = 0 if node is None else _expanded_size(node, {}, set())
+        except ValueError as e:
+            raise ConfigError([f"{where}: refused: {e}; write the values out instead"]) from None
+        except RecursionError:
+            raise ConfigError([f"{where}: refused: lists or mappings nested too deeply to be "
+                               "a config"]) from None
+        if size > MAX_YAML_VALUES:
+            raise ConfigError([
+                f"{where}: refused: its aliases (&name / *name) expand to {size:,} values, more "
+                f"than the {MAX_YAML_VALUES:,} a config can hold (a 'billion laughs' file?); "
+                "write the values out instead of aliasing them"])
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -283,7 +391,7 @@ def parse_override(text: str) -> tuple[str, Any]:
             f"{text!r}: an override is key=value with a dotted key, e.g. optim.lr=0.01 "
             "or model.channels=[16,32]"])
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_yaml(value, repr(text)) if value.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError([f"{text!r}: the value is not valid YAML ({_yaml_problem(e)})"]) from None
     return key, parsed
@@ -333,7 +441,7 @@ def read_yaml(path: str | Path) -> dict:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise ConfigError([f"{path}: cannot be read as a YAML config ({e.__class__.__name__})"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_yaml(text, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -355,12 +463,47 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     raw, keys = apply_overrides(raw, list(overrides))
     if raw.get("name") is None:
         raw["name"] = Path(path).stem
-    cfg = config_from_dict(raw, keys)
+    _absolute_paths(raw, keys, Path(path).parent)
+    cfg = config_from_dict(raw, keys, machine=True)
     if cfg.model.kind == "module":
         from .usermodel import resolve
 
-        cfg.model = resolve(cfg.model, Path(path).parent)
+        # a file path is relative as those above are: to the config file, or the working directory
+        base = Path.cwd() if "model.module" in keys else Path(path).parent
+        cfg.model = resolve(cfg.model, base)
     return cfg
+
+
+# file paths in a config: stored absolute, so a run's config.yaml works from any directory
+PATH_KEYS = ("data.root", "linreg.csv")
+
+
+def _absolute_paths(raw: dict, cli_keys: set[str], config_dir: Path) -> None:
+    """Relative paths become absolute: against the config file's directory, or the working
+    directory for those given on the command line."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        node = raw.get(section)
+        if not isinstance(node, dict) or not isinstance(node.get(name), str) or not node[name]:
+            continue
+        value = Path(node[name]).expanduser()
+        if not value.is_absolute():
+            value = (Path.cwd() if key in cli_keys else config_dir) / value
+        node[name] = os.path.abspath(value)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config class, sections included."""
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(tp):
+            out += _all_keys(tp, f"{prefix}{f.name}.")
+    return out
+
+
+ALL_KEYS = tuple(_all_keys(Config))
 
 
 def to_dict(cfg: Config) -> dict:

@@ -305,6 +305,8 @@ def runs_columns(rows: list[dict], all_columns: bool) -> list[tuple[str, str, fl
     shown = [m for r in rows for m in table_metrics(r["task"])]
     headline = {table_metrics(r["task"])[0] for r in rows if table_metrics(r["task"])}
     model_varies = all_columns or len({r["model"] for r in rows}) > 1
+    if model_varies:  # the model column names the task of runs that are not classifiers
+        params = [k for k in params if k != "task"]
     return ([("run", "run", 0), ("status", "status", 1)]
             + [("model", "model", 3)] * model_varies
             + [(k, k, 4 + i / 1000) for i, k in enumerate(params)]
@@ -351,7 +353,7 @@ def runs_table(rows: list[dict], fmt: str, all_columns: bool, out: Console) -> N
     cells = [[texts[k][i] for k, _ in pairs] for i in range(len(rows))]
     if all_columns and not out.is_terminal:  # asked for everything: as wide as it takes
         out = Console(highlight=False, width=max(out.width, _table_width(out, pairs, cells)))
-    out.print(rich_table(f"{len(rows)} runs", pairs, cells))
+    out.print(rich_table(f"{len(rows)} run{'s' * (len(rows) != 1)}", pairs, cells))
     notes = []
     hidden = len(all_keys(rows)) - len(varying_keys(rows))
     if hidden and not all_columns:
@@ -418,10 +420,13 @@ def _eval_accuracy(path: Path) -> float | None:
 
 def eval_tables(result: dict, out: Console) -> None:
     """Summary line, per-class accuracy, confusion matrix and most confused pairs of an eval."""
-    where = escape(result["run_dir"] or result["checkpoint"])
-    out.print(f"[bold]{where}[/] {result['ckpt']}.pt (epoch {result['epoch']}) on the "
-              f"{result['split']} split of {result['dataset']}: {result['n']} images, "
-              f"loss {result['loss']:.4f}, accuracy [bold]{metrics.percent(result['accuracy'])}[/]")
+    where = result["run_dir"] or result["checkpoint"]
+    split = result["split"]  # test, val or train: the metric of that split's accuracy and loss
+    out.print(Text.assemble(
+        (str(where), "bold"), f" {result['ckpt']}.pt (epoch {result['epoch']}) on the {split} split "
+        f"of {result['dataset']}: {result['n']} images, loss "
+        f"{metrics.text(f'{split}_loss', result['loss'])}, accuracy ",
+        (metrics.text(f"{split}_accuracy", result["accuracy"]), "bold")))
     names = [escape(n) for n in result["class_names"]]
     per = Table(title="per-class accuracy", box=box.SIMPLE_HEAD, title_justify="left")
     for header, justify in (("class", "right"), ("name", "left"), ("images", "right"),
@@ -555,12 +560,23 @@ def curves_figure(rows: list[dict]):
         ax_acc.legend(handles=styles + [Line2D([], [], color="gray", ls="", marker="*", markersize=9,
                                                label="test (end of training)")],
                       fontsize="small", loc="lower right")
+    log_if_wide(ax_loss)
     for ax in (ax_loss, ax_acc):
         if ax is not None:
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
     ax_loss.legend(title="run", fontsize="small")
     return fig
+
+
+def log_if_wide(ax, span: float = 30) -> None:
+    """A log y axis when the positive values drawn span more than a factor of span."""
+    import math
+
+    ys = [y for line in ax.lines for y in line.get_ydata() if isinstance(y, (int, float))
+          and math.isfinite(y)]
+    if ys and min(ys) > 0 and max(ys) / min(ys) > span:
+        ax.set_yscale("log")
 
 
 def linreg_1d(rows: list[dict]) -> dict[int, tuple]:
@@ -579,6 +595,11 @@ def linreg_1d(rows: list[dict]) -> dict[int, tuple]:
     return out
 
 
+def line_equation(a: float, b: float) -> str:
+    """y = ax + b as written by hand: y = 1.54x − 0.291, never + -0.291."""
+    return f"y = {a:.3g}x {'−' if b < 0 else '+'} {abs(b):.3g}"
+
+
 def draw_fits(ax, rows: list[dict], labels: list[str], fits: dict[int, tuple]) -> None:
     """The data of 1-input linear regressions with their fitted lines (and the true ones)."""
     for i, (x, y) in fits.items():
@@ -587,38 +608,88 @@ def draw_fits(ax, rows: list[dict], labels: list[str], fits: dict[int, tuple]) -
         ends = [min(x), max(x)]
         a, b = result["A"][0][0], result["B"][0]
         ax.plot(ends, [a * e + b for e in ends], color=color, lw=2,
-                label=f"fit y = {a:.3g}x + {b:.3g}" + (f" ({labels[i]})" if len(fits) > 1 else ""))
+                label=f"fit {line_equation(a, b)}" + (f" ({labels[i]})" if len(fits) > 1 else ""))
         if "true_A" in result:
             ta, tb = result["true_A"][0][0], result["true_B"][0]
             ax.plot(ends, [ta * e + tb for e in ends], "--", color="gray",
-                    label=f"true y = {ta:.3g}x + {tb:.3g}")
+                    label=f"true {line_equation(ta, tb)}")
     ax.set(title="Data and fitted line", xlabel="x", ylabel="y")
     ax.legend(fontsize="small")
 
 
+def _same_curve(a: list[float], b: list[float]) -> bool:
+    """Equal to 0.1% at every step: one line on a log axis (float32 rounding differs by more than 1e-7)."""
+    import math
+
+    return len(a) == len(b) and all(math.isclose(u, v, rel_tol=1e-3, abs_tol=1e-30)
+                                    for u, v in zip(a, b))
+
+
+def _flips_sign(xs: list[list[float]]) -> bool:
+    """Whether x points the other way after every step (lr above 0.5 for plain SGD)."""
+    dots = [d for a, b in zip(xs, xs[1:]) if (d := sum(u * v for u, v in zip(a, b)))]
+    return bool(dots) and all(d < 0 for d in dots)
+
+
+QUADRATIC_STYLES = (("-", None), ("--", "o"), (":", "s"), ("-.", "^"))
+
+
 def quadratic_figure(rows: list[dict]):
-    """f(x) and |x| against the gradient step, log scale: convergence, oscillation, divergence."""
+    """f(x) and |x| against the gradient step, log scale: convergence, oscillation, divergence.
+
+    Runs whose curves coincide are drawn dashed with markers over the first one and named in a
+    note; a value that reaches exactly 0 (off a log axis) is marked at the bottom edge."""
     import math
 
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4), dpi=100, layout="constrained")
-    ax_f, ax_x = fig.subplots(1, 2)
-    for i, (row, label) in enumerate(zip(rows, legend_labels(rows))):
+    traces = []
+    for row, label in zip(rows, legend_labels(rows)):
         steps = [r for r in records(row["dir"], "step")
                  if isinstance(r.get("x"), list) and all(_number(v) for v in r["x"])]
+        if steps:
+            traces.append((row, label, [r["step"] for r in steps], [r["loss"] for r in steps],
+                           [r["x"] for r in steps]))
+    if not traces:
+        raise RunError("none of the quadratic runs has logged a step (train.log_every=1 logs each).")
+    fig = Figure(figsize=(11, 4.4), dpi=100, layout="constrained")
+    ax_f, ax_x = fig.subplots(1, 2)
+    notes = []
+    for i, (row, label, steps, f, xs) in enumerate(traces):
+        twins = [k for k in range(i) if steps == traces[k][2] and _same_curve(f, traces[k][3])]
+        if twins:
+            notes.append(f"{label} (dashed) has the same f(x) and |x| as {traces[twins[0]][1]}.")
+        ls, marker = QUADRATIC_STYLES[min(len(twins), 3)]
+        norms = [math.sqrt(sum(v * v for v in x)) for x in xs]
         if row["status"] != "completed":
             label += f" ({row['status']})"
-        xs = [r["step"] for r in steps]
-        ax_f.plot(xs, [r["loss"] for r in steps], color=f"C{i % 10}", label=label)
-        ax_x.plot(xs, [math.sqrt(sum(v * v for v in r["x"])) for r in steps], color=f"C{i % 10}")
-    if not ax_f.lines:
-        raise RunError("none of the quadratic runs has logged a step (train.log_every=1 logs each).")
-    ax_f.set(title="f(x) = sum(x²)", xlabel="gradient step", ylabel="f(x)", yscale="log")
+        zero = next((s for s, v in zip(steps, f) if v == 0), None)
+        if zero is not None:
+            label += f" (f = 0 from step {zero})"
+        color = f"C{i % 10}"
+        for ax, ys in ((ax_f, f), (ax_x, norms)):
+            ys = [v if v > 0 else math.nan for v in ys]
+            ax.plot(steps, ys, ls=ls, marker=marker, markevery=max(len(steps) // 12, 1),
+                    markersize=5, fillstyle="none", color=color, label=label if ax is ax_f else None)
+            if zero is not None:  # 0 has no place on a log axis: a triangle on the bottom edge
+                ax.plot([zero], [0], "v", color=color, markersize=9, clip_on=False,
+                        transform=ax.get_xaxis_transform())
+            if row["status"] == "failed":
+                ax.plot(steps[-1:], ys[-1:], "X", color=color, markersize=8)
+    ax_f.set(title="Loss", xlabel="gradient step", ylabel="f(x)", yscale="log")
     ax_x.set(title="Distance to the minimum", xlabel="gradient step", ylabel="|x|", yscale="log")
     for ax in (ax_f, ax_x):
         ax.grid(alpha=0.3)
-    ax_f.legend(title="run", fontsize="small")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.legend(handles=[line for line in ax_f.lines if not line.get_label().startswith("_")],
+               title="run (X: failed)" if any(t[0]["status"] == "failed" for t in traces) else "run",
+               loc="outside right upper", fontsize="small")
+    flips = [t[1] for t in traces if _flips_sign(t[4])]
+    if flips:  # what |x| cannot show
+        notes.append(f"x changes sign at every step for {', '.join(flips)}.")
+    if notes:
+        fig.text(0.01, 0.01, "\n".join(notes), fontsize="small", va="bottom")
+        fig.get_layout_engine().set(rect=(0, 0.04 * len(notes) + 0.02, 1, 1 - 0.04 * len(notes) - 0.02))
     fig.suptitle("Gradient descent on f(x) = sum(x²)")
     return fig
 

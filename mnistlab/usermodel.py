@@ -72,9 +72,10 @@ def resolve(model: ModelConfig, base_dir: Path) -> ModelConfig:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ConfigError([f"model.module: {path}: {e.strerror or 'cannot be read'}; the file of "
-                           f"{model.module} is looked for relative to the config file's directory "
-                           f"({Path(base_dir).resolve()}); {HOW}"]) from None
+        raise ConfigError([f"model.module: {path}: {e.strerror or 'cannot be read'}; a file path "
+                           f"is taken relative to {Path(base_dir).resolve()} (the config file's "
+                           "directory, or the working directory for a command-line value); "
+                           f"{HOW}"]) from None
     return dataclasses.replace(model, module=ref, source_digest=digest(data))
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from conftest import tiny_config_dict, write_dataset
 from mnistlab import metrics, report, runs
 from mnistlab.cli import app
-from mnistlab.config import config_from_dict
+from mnistlab.config import config_from_dict, load_config
 from mnistlab.train import TrainError, fit
 
 runner = CliRunner()
@@ -247,3 +247,19 @@ def test_plot_skips_damaged_lines_of_metrics_jsonl(damaged, tmp_path):
     with open(fast / "metrics.jsonl", "ab") as f:
         f.write(b'\xff\xfe{"event": "epoch", "split"\n{"event": "epoch", "epoch": "x", "step": 1}\n[]\n')
     assert cli("plot", fast, "-o", tmp_path / "x.png").exit_code == 0
+
+
+def test_runs_fill_each_task_metric_only_for_its_task(runs_dir, tmp_path):
+    out = tmp_path / "runs"
+    shutil.copytree(next(runs_dir.glob("*-fast")), out / next(runs_dir.glob("*-fast")).name)
+    fit(load_config(ROOT / "configs/linreg.yaml", [f"runs_dir={out}", "train.epochs=2", "linreg.n=100"]))
+    rows = {r["model"]: r for r in csv.DictReader(io.StringIO(cli("runs", out, "--format", "csv").output))}
+    assert float(rows["linreg"]["val_loss"]) > 0 and rows["linreg"]["test_accuracy"] == ""
+    assert rows["dense"]["val_loss"] == "" and float(rows["dense"]["test_accuracy"]) > 0
+    table = runner.invoke(app, ["runs", str(out)], env={"COLUMNS": "80"}).output.splitlines()
+    header = next(line for line in table if "val loss" in line)
+    start = header.index("val loss")
+    cells = {task: next(line for line in table if task in line)[start:start + len("val loss")]
+             for task in ("-fast", "-linreg")}
+    assert cells["-fast"].strip() == "" and float(cells["-linreg"]) == pytest.approx(
+        float(rows["linreg"]["val_loss"]), rel=1e-3)

@@ -145,7 +145,7 @@ def test_index_updates_from_two_processes_are_never_lost(tmp_path):
 def test_sweep_runs_in_parallel_resumes_and_extends(tmp_path, tiny_config):
     args = ["sweep", str(tiny_config), "--grid", "optim.lr=0.05,0.01", "--seeds", "0,1",
             "--jobs", "2", "train.epochs=1"]
-    directory = tmp_path / "runs" / "tiny-sweep"
+    directory = tmp_path / "runs" / "tiny-lr-seed"
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(sweep_dirs(directory)) == 4
@@ -154,6 +154,8 @@ def test_sweep_runs_in_parallel_resumes_and_extends(tmp_path, tiny_config):
     for h, t in trials.items():
         summary = json.loads((Path(t["run_dir"]) / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["config_hash"] == h
+        assert summary["executor"]["name"] == "local" and summary["executor"]["job_id"]
+        assert t["job"] == summary["executor"] and (Path(t["run_dir"]) / "trial.log").is_file()
 
     rows = list(csv.DictReader((directory / "summary.csv").open()))
     assert [r["optim.lr"] for r in sorted(rows, key=lambda r: r["optim.lr"])] == ["0.01", "0.05"]
@@ -166,14 +168,15 @@ def test_sweep_runs_in_parallel_resumes_and_extends(tmp_path, tiny_config):
         image = matplotlib.image.imread(directory / f"plot-{key}-val_accuracy.png")
         assert image.ndim == 3 and image.shape[0] > 100
 
+    files = sorted(directory.rglob("*"))
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "nothing to run: 4 of 4" in again.output
-    assert len(sweep_dirs(directory)) == 4
+    assert [p for p in sorted(directory.rglob("*")) if p.is_dir()] == [p for p in files if p.is_dir()]
 
     dry = runner.invoke(app, args[:-3] + ["--grid", "optim.lr=0.05,0.01,0.02", "train.epochs=1",
                                           "--dry-run"])
-    assert dry.exit_code == 0 and dry.output.count(" done ") == 4 and dry.output.count(" new ") == 2
+    assert dry.exit_code == 0 and dry.output.count(" completed ") == 4 and dry.output.count(" new ") == 2
     assert "mnistlab train" in dry.output and "optim.lr=0.02 train.seed=1" in dry.output
 
     more = runner.invoke(app, args[:-3] + ["--grid", "optim.lr=0.05,0.01,0.02", "--jobs", "2",
@@ -183,11 +186,11 @@ def test_sweep_runs_in_parallel_resumes_and_extends(tmp_path, tiny_config):
     assert len(sweep_dirs(directory)) == 6
     assert len(list(csv.DictReader((directory / "summary.csv").open()))) == 3
 
-    report = runner.invoke(app, args[:-3] + ["--grid", "optim.lr=0.05,0.01,0.02", "train.epochs=1",
-                                             "--report", "--metric", "val_loss"])
-    assert report.exit_code == 0 and len(sweep_dirs(directory)) == 6
-    losses = [float(r["val_loss_mean"]) for r in csv.DictReader((directory / "summary.csv").open())]
-    assert losses == sorted(losses)
+    report = runner.invoke(app, ["sweep", str(directory), "--report", "--metric", "val_loss"])
+    assert report.exit_code == 0 and len(sweep_dirs(directory)) == 6  # the folder alone suffices
+    rows = list(csv.DictReader((directory / "summary.csv").open()))
+    losses = [float(r["val_loss_mean"]) for r in rows]
+    assert len(rows) == 3 and losses == sorted(losses)
 
 
 def test_failing_trial_is_recorded_and_the_others_complete(tmp_path, tiny_config):
@@ -197,19 +200,34 @@ def test_failing_trial_is_recorded_and_the_others_complete(tmp_path, tiny_config
     first = runner.invoke(app, base + ["--fail-fast"])
     assert first.exit_code == 1
     trials = list(index(directory).values())
-    assert [t["status"] for t in trials] == ["failed"]  # fail-fast: the second never started
+    assert [t["status"] for t in trials] == ["failed", "new"]  # fail-fast: the second never started
     assert "learning rate" in trials[0]["error"]  # the Diverged message of fit
 
     result = runner.invoke(app, base + ["--jobs", "2"])
     assert result.exit_code == 1 and "did not complete" in result.stderr
+    assert "1 trials in" in result.output  # the failed one is not run again
     by_name = {t["name"]: t for t in index(directory).values()}
     assert by_name["lr-1e12"]["status"] == "failed" and "learning rate" in by_name["lr-1e12"]["error"]
     assert by_name["lr-0.01"]["status"] == "completed"
     md = (directory / "summary.md").read_text()
     assert "| failed |" in md and "0/1" in md
 
+    failed_dir = Path(by_name["lr-1e12"]["run_dir"])
+    stamp = (failed_dir / "summary.json").stat().st_mtime_ns
+    dirs = sorted(p for p in directory.rglob("*") if p.is_dir())
+    again = runner.invoke(app, base)  # finished: submits nothing, creates nothing
+    assert again.exit_code == 1 and "nothing to run: 1 of 2" in again.output
+    assert "1 failed before (--retry-failed runs them again)" in again.output
+    assert sorted(p for p in directory.rglob("*") if p.is_dir()) == dirs
+    assert (failed_dir / "summary.json").stat().st_mtime_ns == stamp
 
-def _wait_for(condition, timeout: float = 60.0):
+    retry = runner.invoke(app, base + ["--retry-failed"])
+    assert retry.exit_code == 1 and "1 trials in" in retry.output  # run again, on purpose
+    assert (failed_dir / "summary.json").stat().st_mtime_ns != stamp
+    assert sorted(p for p in directory.rglob("*") if p.is_dir()) == dirs
+
+
+def _wait_for(condition, timeout: float = 300.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -220,41 +238,37 @@ def _wait_for(condition, timeout: float = 60.0):
 
 
 def _running_trial(directory: Path):
-    """(pid of the trial process, its run dir) once it has finished its first epoch."""
-    try:
-        trial = next(iter(index(directory).values()))
-        run_dir = next(iter(directory.glob("*/summary.json"))).parent
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (StopIteration, OSError, ValueError):
-        return None
-    if trial["status"] == "running" and summary["status"] == "running" and summary["epochs_completed"]:
-        return trial["pid"], run_dir
+    """(pid of a trial process, its run dir) once it holds its lease and finished an epoch."""
+    for owner in directory.glob("*/owner.json"):
+        run_dir = owner.parent
+        try:
+            pid = json.loads(owner.read_text())["pid"]
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        if summary["status"] == "running" and summary["epochs_completed"]:
+            return pid, run_dir
     return None
 
 
-def test_ctrl_c_and_killed_trial_are_continued_on_resume(tmp_path, tiny_config):
+def test_ctrl_c_and_killed_trial_are_continued(tmp_path, tiny_config):
     args = ["sweep", str(tiny_config), "--seeds", "0", "train.epochs=150", "train.log_every=0"]
-    directory = tmp_path / "runs" / "tiny-sweep"
+    directory = tmp_path / "runs" / "tiny-seed"
     command = [sys.executable, "-m", "mnistlab", *args]
 
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, run_dir = _wait_for(lambda: _running_trial(directory))
-    sweep.send_signal(signal.SIGINT)  # Ctrl-C: the trial saves itself, the index says so
-    _, stderr = sweep.communicate(timeout=60)
-    assert sweep.returncode == 130 and "interrupted" in stderr
-    assert next(iter(index(directory).values()))["status"] == "interrupted"
+    sweep.send_signal(signal.SIGINT)  # Ctrl-C: the trial is cancelled and saves itself
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 130 and "cancelled the 1 trial this sweep had submitted" in stderr
+    assert next(iter(index(directory).values()))["status"] == "stopped"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid, _ = _wait_for(lambda: _running_trial(directory))
-    os.kill(pid, signal.SIGKILL)  # a trial process dies without saving anything
-    sweep.communicate(timeout=60)
-    assert sweep.returncode == 1
-    trial = next(iter(index(directory).values()))
-    assert trial["status"] == "failed" and "SIGKILL" in trial["error"]
-
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    os.kill(pid, signal.SIGKILL)  # the trial dies without saving: the sweep continues it
+    out, err = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, out + err
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 150
     assert sweep_dirs(directory) == [run_dir]  # continued from its checkpoint, not started over

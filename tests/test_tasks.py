@@ -89,20 +89,26 @@ def test_csv_with_a_wrong_column_name_is_a_clear_error(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_plot_draws_quadratic_runs_on_log_scales(tmp_path):
+def test_plot_draws_quadratic_runs_on_log_scales_and_shows_coinciding_ones(tmp_path):
     from mnistlab import report
 
-    for lr in ("0.1", "1.5"):
+    for lr in ("0.1", "0.9", "1.5"):
         runner.invoke(app, ["train", str(ROOT / "configs/quadratic.yaml"), f"optim.lr={lr}",
-                            f"runs_dir={tmp_path / 'runs'}", "-q"])
+                            "train.epochs=20", f"runs_dir={tmp_path / 'runs'}", "-q"])
     rows = [report.load_run(p) for p in sorted((tmp_path / "runs").iterdir())]
-    ax_f, ax_x = report.quadratic_figure(rows).axes
+    fig = report.quadratic_figure(rows)
+    ax_f, ax_x = fig.axes
     assert ax_f.get_yscale() == ax_x.get_yscale() == "log"
-    assert len(ax_f.lines) == len(ax_x.lines) == 2
-    labels = [t.get_text() for t in ax_f.get_legend().get_texts()]
-    assert labels == ["optim.lr=0.1", "optim.lr=1.5 (failed)"]
-    converging, diverging = (line.get_ydata() for line in ax_x.lines)
-    assert converging[-1] < converging[0] < diverging[-1]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["optim.lr=0.1", "optim.lr=0.9", "optim.lr=1.5 (failed)"]
+    slow, fast, diverging = (line for line in ax_f.lines if not line.get_label().startswith("_"))
+    assert slow.get_ydata()[-1] < slow.get_ydata()[0] < diverging.get_ydata()[-1]
+    # |1 - 2 lr| = 0.8 for both: lr=0.9 lies on lr=0.1, so it is drawn dashed with markers
+    assert list(fast.get_ydata()) == pytest.approx(list(slow.get_ydata()), rel=1e-3)
+    assert slow.get_linestyle() == "-" and fast.get_linestyle() == "--" and fast.get_marker() == "o"
+    notes = " ".join(t.get_text() for t in fig.texts)
+    assert "optim.lr=0.9 (dashed) has the same f(x) and |x| as optim.lr=0.1" in notes
+    assert "x changes sign at every step for optim.lr=0.9, optim.lr=1.5" in notes
     result = runner.invoke(app, ["plot", *map(str, (tmp_path / "runs").iterdir()),
                                  "-o", str(tmp_path / "q.png")])
     assert result.exit_code == 0 and (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
@@ -122,6 +128,15 @@ def test_plot_of_a_one_input_linreg_shows_the_data_and_the_fitted_line(tmp_path)
     a, b = summary["result"]["A"][0][0], summary["result"]["B"][0]
     x0, x1 = fitted.get_xdata()
     assert list(fitted.get_ydata()) == pytest.approx([a * x0 + b, a * x1 + b])
+    assert fitted.get_label() == f"fit {report.line_equation(a, b)}"
+    assert ax_loss.get_yscale() == "log"  # the MSE falls by more than 30x to the noise floor
+
+
+def test_line_equation_writes_a_negative_intercept_with_a_minus():
+    from mnistlab import report
+
+    assert report.line_equation(1.54, -0.291) == "y = 1.54x − 0.291"
+    assert report.line_equation(-2, 0.5) == "y = -2x + 0.5"
 
 
 def test_runs_table_shows_the_final_loss_of_runs_without_accuracy(tmp_path):

@@ -103,11 +103,14 @@ def test_a_changed_source_file_changes_the_config_hash(tmp_path, tiny_data):
     assert config_hash(after) != config_hash(before)
 
 
-def test_the_module_path_is_relative_to_the_config_file_not_the_working_directory(
+def test_the_module_path_is_relative_to_the_config_file_or_on_the_command_line_to_the_cwd(
         tmp_path, tiny_data, monkeypatch):
     path = small_config(tmp_path, tiny_data)
     monkeypatch.chdir(tiny_data)
     cfg = load_config(path)
+    assert cfg.model.module == f"{tmp_path.resolve() / 'models' / 'small.py'}:Small"
+    monkeypatch.chdir(tmp_path / "models")
+    cfg = load_config(path, ["model.module=small.py:Small"])
     assert cfg.model.module == f"{tmp_path.resolve() / 'models' / 'small.py'}:Small"
 
 
@@ -174,7 +177,7 @@ def test_an_error_in_the_users_code_shows_their_frames_only_and_writes_nothing(
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"ref": "models/nope.py:Small"}, ["nope.py: No such file", "relative to the config file"]),
+    ({"ref": "models/nope.py:Small"}, ["nope.py: No such file", "the config file's directory"]),
     ({"ref": "models/small.py:Smal"}, ["Smal in", "does not exist", "models/small.py:Small"]),
     ({"ref": "models/small.py"}, ["does not name a class", "FILE.py:Class"]),
     ({"args": {"c": 8, "width": 3}}, ["rejects", "unexpected keyword argument 'width'",

@@ -16,7 +16,8 @@ import yaml
 
 from .. import runs
 from .executors import check_options
-from ..config import Config, ConfigError, config_hash, flatten, load_config, parse_override, read_yaml, to_dict
+from ..config import (Config, ConfigError, apply_overrides, config_from_dict, config_hash,
+                      load_config, parse_override, read_yaml)
 
 SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "executor")
 MAX_TRIALS = 10_000  # a larger sweep is refused unless --max-trials raises the limit
@@ -343,13 +344,17 @@ def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Tria
     """Every trial's config, by the train command's own load_config; all problems raised together."""
     points = expand(sweep, limit)
     directory = sweep_dir(sweep)
+    # the base file and the sweep's overrides are read once; each point's values are set on a copy
+    base, keys = apply_overrides(read_yaml(sweep.base), sweep.overrides)
     trials, seen, problems = [], set(), {}
     for point in points:
         name = _trial_name(point, sweep.name)
         own = [f"{key}={format_value(v)}" for key, v in point.items()]
         try:
-            cfg = load_config(sweep.base, sweep.overrides + own +
-                              [f"runs_dir={directory}", f"name={name}"])
+            raw = _with_values(base, {**point, "runs_dir": str(directory), "name": name})
+            if raw is None:  # a key that names a value as a section: load_config says so
+                load_config(sweep.base, sweep.overrides + own)
+            cfg = config_from_dict(raw, keys | set(point))
         except ConfigError as e:
             for p in e.problems:
                 problems.setdefault(p, []).append(name)
@@ -358,14 +363,37 @@ def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Tria
         if h in seen:  # two points resolving to one config (e.g. channels of a dense model) run once
             continue
         seen.add(h)
-        values = flatten(to_dict(cfg))
-        trials.append(Trial(name, {k: values[k] for k in point}, own, cfg, h,
+        trials.append(Trial(name, {k: _value(cfg, k) for k in point}, own, cfg, h,
                             directory / f"{name}-{h[:8]}"))
     if problems:
         raise ConfigError([p if len(names) == len(points) else
                            f"{p} (trial{'s' if len(names) > 1 else ''} {', '.join(names[:5])}"
                            f"{', ...' if len(names) > 5 else ''})" for p, names in problems.items()])
     return directory, trials
+
+
+def _value(cfg: Config, key: str):
+    """The resolved value of a dotted key, e.g. optim.lr, as the config holds it."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _with_values(raw: dict, values: dict) -> dict | None:
+    """A deep copy of raw with each dotted key set to its value; None if a key cannot be set."""
+    out = json.loads(json.dumps(raw))
+    for key, value in values.items():
+        node, parts = out, key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                return None
+            node = child
+        node[parts[-1]] = value
+    return out
 
 
 def train_command(sweep: Sweep, trial: Trial) -> list[str]:

@@ -19,7 +19,7 @@ from .spec import Sweep, Trial, train_command
 INDEX_FORMAT = "mnistlab-sweep"
 DEFINITION = "sweep.yaml"  # what was swept, so that --report on the folder needs nothing retyped
 # states a trial can be in; "stopped" ran part-way (interrupted or killed) and continues from last.pt
-DONE, RUNNING, QUEUED, FAILED, STOPPED, NEW = "done", "running", "queued", "failed", "stopped", "new"
+DONE, RUNNING, QUEUED, FAILED, STOPPED, NEW = "completed", "running", "queued", "failed", "stopped", "new"
 
 
 @dataclass

@@ -197,6 +197,6 @@ def trial_table(sweep: Sweep, directory: Path, trials: list[Trial],
         table.add_column(col, overflow="fold")
     for i, t in enumerate(trials, 1):
         state = states[t.hash].state
-        style = {"done": "green", "failed": "red", "stopped": "yellow"}.get(state)
+        style = {"completed": "green", "failed": "red", "stopped": "yellow"}.get(state)
         table.add_row(str(i), t.name, " ".join(t.overrides), t.hash, state, style=style)
     return table

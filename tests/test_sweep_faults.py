@@ -1,0 +1,114 @@
+"""Sweeps and runs under faults, with real processes: drivers racing or killed with kill -9, a
+trial stopped by SIGTERM, a second writer of a live run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mnistlab import runs
+from mnistlab.cli import app
+
+runner = CliRunner()
+
+
+def wait_for(condition, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def live_trial(directory: Path, min_epochs: int = 0):
+    """(pid, run dir) of a trial that holds its lease and has completed min_epochs epochs."""
+    for owner in directory.glob("*/owner.json"):
+        try:
+            pid = json.loads(owner.read_text())["pid"]
+            summary = json.loads((owner.parent / "summary.json").read_text())
+        except (OSError, ValueError, KeyError):
+            continue
+        if summary["status"] == "running" and summary["epochs_completed"] >= min_epochs:
+            return pid, owner.parent
+    return None
+
+
+def train_epochs(run_dir: Path) -> list[int]:
+    return [r["epoch"] for r in runs.read_metrics(run_dir / "metrics.jsonl")
+            if r.get("event") == "epoch" and r.get("split") == "train"]
+
+
+def test_racing_drivers_and_a_killed_driver_run_each_trial_once(tmp_path, tiny_config):
+    epochs = 25
+    command = [sys.executable, "-m", "mnistlab", "sweep", str(tiny_config), "--grid",
+               "optim.lr=0.02,0.01,0.005", f"train.epochs={epochs}", "train.log_every=0"]
+    directory = tmp_path / "runs" / "tiny-lr"
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(command, **pipes)
+    second = subprocess.Popen(command, **pipes)  # two drivers at once
+    wait_for(lambda: live_trial(directory))
+    first.kill()  # kill -9 of a driver mid-sweep; its trial processes live on
+    first.wait()
+    again = subprocess.Popen(command, **pipes)  # started again: attaches, submits what is missing
+    outputs = [p.communicate(timeout=900)[0] for p in (second, again)]
+    assert [second.returncode, again.returncode] == [0, 0], outputs
+    trial_dirs = sorted(p.parent for p in directory.glob("*/summary.json"))
+    assert len(trial_dirs) == 3
+    for run_dir in trial_dirs:  # each trial completed once: no second writer, no second run
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert train_epochs(run_dir) == list(range(1, epochs + 1))
+
+
+def test_trial_stopped_by_sigterm_continues_to_the_exact_metrics(tmp_path, tiny_config):
+    args = ["--seeds", "0", "train.epochs=30", "train.log_every=0"]
+    directory = tmp_path / "runs" / "tiny-seed"
+    sweep = subprocess.Popen([sys.executable, "-m", "mnistlab", "sweep", str(tiny_config), *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid, run_dir = wait_for(lambda: live_trial(directory, 1))
+    os.kill(pid, signal.SIGTERM)  # preemption: the trial saves, the sweep submits it again
+    out, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, out
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "completed" and train_epochs(run_dir)[-1] == 30
+
+    reference = tmp_path / "reference"
+    result = subprocess.run([sys.executable, "-m", "mnistlab", "train", str(tiny_config),
+                             "train.seed=0", "train.epochs=30", "train.log_every=0",
+                             "--run-dir", str(reference), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    uninterrupted = json.loads((reference / "summary.json").read_text())
+    assert uninterrupted["config_hash"] == resumed["config_hash"]
+    assert resumed["final"] == uninterrupted["final"] and resumed["best"] == uninterrupted["best"]
+
+
+def test_second_writer_of_a_live_run_is_refused(tmp_path, tiny_config):
+    run_dir = tmp_path / "live"
+    trainer = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", str(tiny_config),
+                                "train.epochs=100000", "train.log_every=0", "--run-dir", str(run_dir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: live_trial(tmp_path, 1))
+        summary = (run_dir / "summary.json").read_bytes()
+        result = runner.invoke(app, ["train", "--resume", str(run_dir)])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert f"is being written by another live process, pid {trainer.pid}" in result.stderr
+        again = runner.invoke(app, ["train", str(tiny_config), "--run-dir", str(run_dir)])
+        assert again.exit_code == 2 and "another live process" in again.stderr
+        assert json.loads(summary)["pid"] == trainer.pid
+    finally:
+        trainer.kill()  # kill -9: the owner dies without releasing its lease
+        trainer.wait()
+    assert (run_dir / "owner.json").exists() and runs.live_owner(run_dir) is None  # known dead
+    lease = runs.Lease()
+    lease.acquire(run_dir)  # so the next writer may take it over
+    lease.release()

@@ -1,0 +1,209 @@
+"""The sweep's store and runner without training: states from run directories, the index as a
+cache, claims, the trial limit, executor options, and the shared-filesystem check."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mnistlab import runs
+from mnistlab.cli import app
+from mnistlab.config import ConfigError
+from mnistlab.errors import ExecutorUnavailable, RunBusy, SweepError
+from mnistlab.sweep import build_trials, read_sweep
+from mnistlab.sweep import executors
+from mnistlab.sweep.runner import run_sweep
+from mnistlab.sweep.store import read_index, scan, trial_states
+
+runner = CliRunner()
+
+
+class FakeExecutor:
+    """Records what it is asked; every job reports the state given."""
+
+    name = "fake"
+
+    def __init__(self, state: str = "finished"):
+        self.state, self.submitted, self.cancelled = state, [], []
+        self.jobs = 1
+
+    def submit(self, specs):
+        self.submitted += specs
+        return [f"fake-{len(self.submitted) - len(specs) + i}" for i in range(len(specs))]
+
+    def states(self, job_ids):
+        return {i: self.state for i in job_ids}
+
+    def cancel(self, job_ids):
+        self.cancelled += job_ids
+
+    def close(self):
+        pass
+
+
+def big_sweep(tmp_path: Path, tiny_config: Path, n: int) -> Path:
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump({"base": tiny_config.name, "name": "big",
+                                    "grid": {"optim.lr": [round(1e-4 * (i + 1), 6) for i in range(n // 2)]},
+                                    "seeds": [0, 1]}))
+    return path
+
+
+def complete(run_dir: Path, h: str, accuracy: float = 0.5) -> None:
+    run_dir.mkdir(parents=True)
+    runs.write_json(run_dir / "summary.json", {"status": "completed", "config_hash": h,
+                                               "final": {"val": {"accuracy": accuracy}}})
+
+
+def tree(directory: Path) -> set[Path]:
+    return {p for p in directory.rglob("*") if p.is_dir()}
+
+
+def test_2000_completed_trials_are_recognised_from_their_run_directories(tmp_path, tiny_config):
+    path = big_sweep(tmp_path, tiny_config, 2000)
+    directory, trials = build_trials(read_sweep(path))
+    assert len(trials) == 2000
+    for i, t in enumerate(trials):  # half in the trial's own directory, half made by older sweeps
+        complete(t.run_dir if i % 2 else directory / f"20261129-120000-{t.name}", t.hash)
+    before = tree(directory)
+    t0 = time.perf_counter()
+    sweep = read_sweep(path)
+    directory, trials = build_trials(sweep)
+    executor = FakeExecutor()
+    counts = run_sweep(sweep, directory, trials, executor)
+    seconds = time.perf_counter() - t0
+    print(f"\nplanning and resume check of 2000 completed trials: {seconds:.2f}s")
+    assert executor.submitted == [] and counts["done_before"] == 2000 and counts["not_run"] == 0
+    assert tree(directory) == before  # nothing created
+    index = read_index(directory)["trials"]
+    assert len(index) == 2000 and {e["status"] for e in index.values()} == {"completed"}
+
+    (directory / "sweep.json").write_bytes(b"\x00garbage{")  # a damaged cache is rebuilt
+    run_sweep(sweep, directory, trials, executor)
+    assert executor.submitted == [] and len(read_index(directory)["trials"]) == 2000
+    (directory / "sweep.json").unlink()  # and a deleted one loses nothing
+    assert run_sweep(sweep, directory, trials, executor)["done_before"] == 2000
+    assert len(read_index(directory)["trials"]) == 2000
+
+
+def test_states_come_from_lease_job_and_summary(tmp_path, tiny_config):
+    path = big_sweep(tmp_path, tiny_config, 6)
+    directory, trials = build_trials(read_sweep(path))
+    done, live, dead, queued, failed, new = trials
+    complete(done.run_dir, done.hash)
+    for t in (live, dead):
+        t.run_dir.mkdir(parents=True)
+        runs.write_json(t.run_dir / "summary.json", {"status": "running", "config_hash": t.hash})
+    runs.write_json(live.run_dir / "owner.json", {"host": "elsewhere", "pid": 1,
+                                                  "heartbeat": time.time()})
+    runs.write_json(dead.run_dir / "owner.json", {"host": "elsewhere", "pid": 1,
+                                                  "heartbeat": time.time() - 3600})
+    queued.run_dir.mkdir(parents=True)
+    runs.write_json(queued.run_dir / "job.json", {"executor": "slurm", "job_id": "42"})
+    failed.run_dir.mkdir(parents=True)
+    runs.write_json(failed.run_dir / "summary.json", {"status": "failed", "config_hash": failed.hash,
+                                                      "error": "diverged"})
+    states = trial_states(trials, scan(directory), lambda jobs: {"42"})
+    assert [states[t.hash].state for t in trials] == [
+        "completed", "running", "stopped", "queued", "failed", "new"]
+    gone = trial_states(trials, scan(directory), lambda jobs: set())
+    assert gone[queued.hash].state == "new"  # its job no longer exists
+
+
+
+def test_finished_jobs_without_a_result_are_failed_not_retried_forever(tmp_path, tiny_config):
+    path = big_sweep(tmp_path, tiny_config, 2)
+    sweep = read_sweep(path)
+    directory, trials = build_trials(sweep)
+    executor = FakeExecutor("finished")  # every job "ends" at once and writes nothing
+    counts = run_sweep(sweep, directory, trials, executor)
+    assert len(executor.submitted) == 2 and counts["failed"] == 2
+    assert all(spec.argv[-2:] == ["--run-dir", str(t.run_dir.resolve())]
+               for spec, t in zip(executor.submitted, trials))
+    assert all((t.run_dir / "job.json").is_file() for t in trials)
+
+
+def test_a_job_that_never_shows_its_lease_means_the_disk_is_not_shared(tmp_path, tiny_config):
+    path = big_sweep(tmp_path, tiny_config, 2)
+    sweep = read_sweep(path)
+    directory, trials = build_trials(sweep)
+    executor = FakeExecutor("running")
+    with pytest.raises(SweepError, match="not on a filesystem the workers share") as e:
+        run_sweep(sweep, directory, trials, executor, lease_timeout=0.3)
+    assert str(directory.resolve()) in str(e.value)
+    assert sorted(executor.cancelled) == ["fake-0", "fake-1"]  # what it submitted is cancelled
+
+
+def test_trial_count_limit_is_checked_before_expanding(tmp_path, tiny_config):
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump({"base": tiny_config.name, "random": {
+        "n": 10**9, "optim.lr": {"loguniform": [1e-4, 1e-1]}}}))
+    t0 = time.perf_counter()
+    result = runner.invoke(app, ["sweep", str(path)])
+    print(f"\nrefusing a billion trials took {time.perf_counter() - t0:.2f}s")
+    assert result.exit_code == 2 and "1,000,000,000 trials" in result.stderr
+    assert "--max-trials" in result.stderr
+    sweep = read_sweep(path)
+    sweep.random["n"] = 3
+    assert len(build_trials(sweep, limit=3)[1]) == 3
+    with pytest.raises(ConfigError, match="more than the limit of 2"):
+        build_trials(sweep, limit=2)
+
+
+def test_executor_block_is_validated_with_suggestions(tmp_path, tiny_config):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": tiny_config.name, "grid": {"optim.lr": [0.1]},
+                                    "executor": {"slurm": {"partiton": "cpu", "time": 10},
+                                                 "rayy": {}}}))
+    result = runner.invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "executor.slurm.partiton: unknown setting, did you mean partition?" in result.stderr
+    assert "executor.rayy: unknown executor, did you mean ray?" in result.stderr
+    bad = runner.invoke(app, ["sweep", str(path), "--executor", "sge"])
+    assert bad.exit_code == 2 and "--executor sge: unknown executor" in bad.stderr
+
+
+def test_missing_engine_is_executor_unavailable(monkeypatch):
+    def missing():
+        import mnistlab.sweep.executors.no_such_engine  # noqa: F401
+
+    monkeypatch.setitem(executors.EXECUTORS, "slurm", missing)
+    with pytest.raises(ExecutorUnavailable, match="no slurm executor"):
+        executors.create_executor("slurm", {}, 1)
+
+    def no_package():
+        import no_such_package_for_mnistlab  # noqa: F401
+
+    monkeypatch.setitem(executors.EXECUTORS, "ray", no_package)
+    with pytest.raises(ExecutorUnavailable, match=r"pip install -e \"\.\[ray\]\""):
+        executors.create_executor("ray", {}, 1)
+
+
+def test_grid_sweeps_of_a_config_get_their_own_directories(tiny_config):
+    a = read_sweep(tiny_config, grid=["optim.lr=0.1,0.01"], seeds="0,1")
+    b = read_sweep(tiny_config, grid=["model.channels=[4,8],[8,16]"])
+    assert a.name == "tiny-lr-seed" and b.name == "tiny-channels"
+    assert read_sweep(tiny_config, grid=["optim.lr=0.1"], name="mine").name == "mine"
+
+
+def test_lease_of_another_host_lives_by_its_heartbeat(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    runs.write_json(run / "owner.json", {"host": "elsewhere", "pid": 1, "heartbeat": time.time(),
+                                         "executor": {"name": "slurm", "job_id": "7_1"}})
+    lease = runs.Lease()
+    with pytest.raises(RunBusy, match="pid 1 on host elsewhere \\(slurm job 7_1\\)"):
+        lease.acquire(run)
+    runs.write_json(run / "owner.json", {"host": "elsewhere", "pid": 1,
+                                         "heartbeat": time.time() - 2 * runs.LEASE_SECONDS})
+    with runs.Lease() as lease:
+        lease.acquire(run)  # a stale heartbeat: the owner is dead
+        owner = json.loads((run / "owner.json").read_text())
+        assert owner["host"] == socket.gethostname() and runs.live_owner(run)["token"] == owner["token"]
+    assert not (run / "owner.json").exists()  # released
