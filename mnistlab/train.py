@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import shutil
@@ -199,6 +200,8 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
     and TrainError on divergence, both after saving. trust_run_code: a resumed model.kind=module
     run imports the copy of the code kept in its directory.
     """
+    if cfg.model.kind == "module" and cfg.model.source_digest is None:  # made without load_config
+        cfg = dataclasses.replace(cfg, model=usermodel.resolve(cfg.model, Path.cwd()))
     threads = torch.get_num_threads()
     try:
         with stop_on_signals() as stop, runs.Lease() as lease:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import FASHION_DIR, tiny_config_dict, write_dataset
 from mnistlab.cli import app
-from mnistlab.config import config_hash, load_config
+from mnistlab.config import config_from_dict, config_hash, load_config
 from mnistlab.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,3 +245,14 @@ def test_model_args_must_be_a_mapping(tmp_path, tiny_data):
     result = cli("train", small_config(tmp_path, tiny_data), "model.args=[6, 16]")
     assert result.exit_code == 2
     assert "model.args: expected a mapping, e.g. {c1: 6, c2: 16}" in result.output
+
+
+def test_a_config_made_in_python_is_resolved_and_digested_by_fit(tmp_path, tiny_data, monkeypatch):
+    small_config(tmp_path, tiny_data)
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict(tiny_config_dict(tiny_data, tmp_path / "runs", model={
+        "kind": "module", "module": "models/small.py:Small", "args": {"c": 8}}))
+    summary = fit(cfg)
+    recorded = yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())["model"]
+    assert recorded["source_digest"] == hashlib.sha256(SMALL.encode()).hexdigest()
+    assert summary["config_hash"] == config_hash(load_config(tmp_path / "small.yaml"))
