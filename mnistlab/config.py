@@ -464,12 +464,16 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     if raw.get("name") is None:
         raw["name"] = Path(path).stem
     _absolute_paths(raw, keys, Path(path).parent)
-    cfg = config_from_dict(raw, keys, machine=True)
+    return resolve_module(config_from_dict(raw, keys, machine=True), Path(path).parent, keys)
+
+
+def resolve_module(cfg: Config, config_dir: Path, cli_keys: set[str]) -> Config:
+    """model.kind=module: the class's file made absolute and its source's sha256 recorded."""
     if cfg.model.kind == "module":
         from .usermodel import resolve
 
         # a file path is relative as those above are: to the config file, or the working directory
-        base = Path.cwd() if "model.module" in keys else Path(path).parent
+        base = Path.cwd() if "model.module" in cli_keys else Path(config_dir)
         cfg.model = resolve(cfg.model, base)
     return cfg
 

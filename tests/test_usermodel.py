@@ -207,12 +207,12 @@ def test_sweep_over_a_constructor_argument(tmp_path, tiny_data):
                     for p in (tmp_path / "runs").glob("*/*/summary.json"))
     assert params == [(9 * c + c) + (c * 36 * 4 + 4) for c in (4, 8)]
     dry_run = ["sweep", config, "train.epochs=1", "--grid", "model.args.c=4,8", "--dry-run"]
-    assert cli(*dry_run).output.count(" done ") == 2
+    assert cli(*dry_run).output.count(" completed ") == 2
     (tmp_path / "models" / "small.py").write_text(SMALL + "# changed\n")
     result = cli(*dry_run)
     assert result.exit_code == 0, result.output
     # the old results belong to the old code
-    assert result.output.count(" done ") == 0 and result.output.count(" new ") == 2
+    assert result.output.count(" completed ") == 0 and result.output.count(" new ") == 2
 
 
 @pytest.mark.realdata

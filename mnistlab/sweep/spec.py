@@ -17,7 +17,7 @@ import yaml
 from .. import runs
 from .executors import check_options
 from ..config import (Config, ConfigError, apply_overrides, config_from_dict, config_hash,
-                      load_config, parse_override, read_yaml)
+                      load_config, parse_override, read_yaml, resolve_module)
 
 SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "executor")
 MAX_TRIALS = 10_000  # a larger sweep is refused unless --max-trials raises the limit
@@ -354,7 +354,8 @@ def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Tria
             raw = _with_values(base, {**point, "runs_dir": str(directory), "name": name})
             if raw is None:  # a key that names a value as a section: load_config says so
                 load_config(sweep.base, sweep.overrides + own)
-            cfg = config_from_dict(raw, keys | set(point))
+            cfg = resolve_module(config_from_dict(raw, keys | set(point)), Path(sweep.base).parent,
+                                 keys | set(point))
         except ConfigError as e:
             for p in e.problems:
                 problems.setdefault(p, []).append(name)
@@ -376,7 +377,7 @@ def _value(cfg: Config, key: str):
     """The resolved value of a dotted key, e.g. optim.lr, as the config holds it."""
     value = cfg
     for part in key.split("."):
-        value = getattr(value, part)
+        value = value[part] if isinstance(value, dict) else getattr(value, part)  # model.args.c1
     return value
 
 
