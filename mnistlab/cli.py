@@ -64,6 +64,11 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
 
 
+TRUST = typer.Option(False, "--trust-run-code",
+                     help="For a run of your own model class (model.kind: module) whose file has "
+                          "changed or is gone: import the copy of the code kept in the run "
+                          "directory. This executes that Python file; use it only for runs you trust.")
+
 OVERRIDES = typer.Argument(None, help="key=value overrides, e.g. optim.lr=0.01 train.epochs=3",
                            show_default=False)
 
@@ -85,6 +90,7 @@ def train(
         None, "--run-dir", metavar="DIR",
         help="Write the run into DIR: a new run, the continuation of an interrupted one, or "
              "nothing for a completed one (what sweep trials use)."),
+    trust_run_code: bool = TRUST,
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
@@ -100,6 +106,9 @@ def train(
                            "its files are left as they are."))
             return
         cfg = resume_config(resume)
+    elif trust_run_code:
+        raise fail("--trust-run-code runs the model code kept in a run directory, so it goes with "
+                   "--resume RUN_DIR; a new run imports the file its config names.")
     elif config is None:
         raise fail("give a config file, e.g. mnistlab train configs/cnn.yaml "
                    "(or --resume RUN_DIR)")
@@ -113,7 +122,7 @@ def train(
         err.print(Text(f"note: runs go to {where}, outside the working directory."))
     summary = fit(cfg, display.reporter(quiet), resume=resume, run_dir=run_dir,
                   source={"config": str(config) if config else None, "overrides": overrides},
-                  until_epoch=until_epoch)
+                  until_epoch=until_epoch, trust_run_code=trust_run_code)
     if summary.get("untouched"):
         typer.echo(f"{run_dir or resume}: already {summary.get('status')} at epoch "
                    f"{summary.get('epochs_completed')}; nothing to do.")
@@ -130,6 +139,7 @@ def eval_(
                                        help="Checkpoint of a run directory: last (default) or best."),
     split: str = typer.Option("test", "--split", metavar="test|val|train", help="Split to score."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    trust_run_code: bool = TRUST,
 ) -> None:
     """Score a trained model: loss, accuracy, per-class accuracy, confusion matrix."""
     import json
@@ -139,7 +149,7 @@ def eval_(
 
     if ckpt is not None and ckpt not in CKPTS:
         raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
-    result = evaluate_run(target, ckpt, split, overrides or [])
+    result = evaluate_run(target, ckpt, split, overrides or [], trust_run_code=trust_run_code)
     if result.get("not_saved"):
         err.print(Text(f"note: the result is shown but not saved: {result['not_saved']}"))
     if as_json:
@@ -253,6 +263,7 @@ def predict(
     ckpt: Optional[str] = typer.Option(None, "--ckpt", metavar="best|last",
                                        help="Checkpoint of a run directory: last (default) or best."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    trust_run_code: bool = TRUST,
 ) -> None:
     """Classify your own images of digits or garments; print the top-3 classes."""
     import json
@@ -262,7 +273,7 @@ def predict(
     from . import report
     from .predict import predict as run_predict
 
-    results = run_predict(target, images, ckpt)
+    results = run_predict(target, images, ckpt, trust_run_code=trust_run_code)
     failed = [r for r in results if "error" in r]
     for r in failed:
         fail(r["error"])

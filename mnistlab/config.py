@@ -28,7 +28,7 @@ def bounds(lo: float | None = None, hi: float | None = None, hi_open: bool = Fal
 
 @dataclass
 class ModelConfig:
-    kind: Literal["dense", "conv"] = "conv"
+    kind: Literal["dense", "conv", "module"] = "conv"
     # dense: sizes of the hidden layers; one hidden layer is the course's 2-layer network
     hidden: list[int] = field(default_factory=lambda: [256])
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
@@ -38,6 +38,10 @@ class ModelConfig:
     kernel_size: int = field(default=3, metadata=bounds(1, 15))
     pool: Literal["max", "avg", "none"] = "max"
     batch_norm: bool = True
+    # module: your own nn.Module class, FILE.py:Class (relative to the config file) or package.module:Class
+    module: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its constructor
+    source_digest: str | None = None  # sha256 of the module's source, filled in when the config is loaded
 
 
 @dataclass
@@ -145,6 +149,15 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             hint = f"; did you mean {close[0]}?" if close else ""
         problems.append(f"{path}: {_describe(value)} is not allowed; choose one of: {allowed}{hint}")
         return None
+    if tp is Any:
+        return value
+    if origin is dict:
+        key_tp, value_tp = args
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, e.g. {{c1: 6, c2: 16}}, got {_describe(value)}")
+            return None
+        return {_convert(key_tp, k, path, problems): _convert(value_tp, v, _join(path, str(k)), problems)
+                for k, v in value.items()}
     if origin is list:
         (inner,) = args
         if not isinstance(value, list):
@@ -283,6 +296,9 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
         problems.append(
             f"model.kernel_size: {m.kernel_size} is even; use an odd size (3, 5, 7) so the "
             "image keeps its size before pooling")
+    if m.kind == "module" and not m.module:
+        problems.append("model.module: model.kind is module, so name your class, e.g. "
+                        "model.module=models/lenet.py:Net (a file relative to the config file)")
     if cfg.task == "quadratic" and not cfg.quadratic.x0:
         problems.append("quadratic.x0: give the start point as a list, e.g. [3.0, -2.0]")
     if cfg.task == "classify" and cfg.data.name == "idx" and not cfg.data.root:
@@ -495,7 +511,18 @@ def config_from_file_dict(raw: dict, keys: set[str], path: str | Path) -> Config
     if raw.get("name") is None:
         raw["name"] = Path(path).stem
     _absolute_paths(raw, keys, Path(path).parent)
-    return config_from_dict(raw, keys, machine=True)
+    return resolve_module(config_from_dict(raw, keys, machine=True), Path(path).parent, keys)
+
+
+def resolve_module(cfg: Config, config_dir: Path, cli_keys: set[str]) -> Config:
+    """model.kind=module: the class's file made absolute and its source's sha256 recorded."""
+    if cfg.model.kind == "module":
+        from .usermodel import resolve
+
+        # a file path is relative as those above are: to the config file, or the working directory
+        base = Path.cwd() if "model.module" in cli_keys else Path(config_dir)
+        cfg.model = resolve(cfg.model, base)
+    return cfg
 
 
 # file paths in a config: stored absolute, so a run's config.yaml works from any directory
@@ -566,8 +593,12 @@ UNREAD = {
              "quadratic": ("model", "data", "linreg", "train.batch_size", "train.val_split",
                            "train.label_smoothing"),
              "linreg": ("model", "data", "quadratic", "train.label_smoothing")},
-    "model.kind": {"dense": ("model.channels", "model.kernel_size", "model.pool", "model.batch_norm"),
-                   "conv": ("model.hidden",)},
+    "model.kind": {"dense": ("model.channels", "model.kernel_size", "model.pool", "model.batch_norm",
+                             "model.module", "model.args", "model.source_digest"),
+                   "conv": ("model.hidden", "model.module", "model.args", "model.source_digest"),
+                   # your own class: its file's digest is in, so changed code is a new experiment
+                   "module": ("model.hidden", "model.activation", "model.dropout", "model.channels",
+                              "model.kernel_size", "model.pool", "model.batch_norm")},
     "optim.schedule": {"none": ("optim.step_size", "optim.gamma"),
                        "cosine": ("optim.step_size", "optim.gamma"),
                        "onecycle": ("optim.step_size", "optim.gamma")},

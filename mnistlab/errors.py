@@ -83,3 +83,7 @@ class Interrupted(MnistlabError):
 
 class ExecutorUnavailable(SweepError):
     """An executor whose package or scheduler is missing: says what to install."""
+
+
+class ModelCodeError(MnistlabError):
+    """Your own model class (model.kind: module) failed, or its code cannot be trusted."""

@@ -49,16 +49,26 @@ def find_checkpoint(target: Path, which: str | None) -> tuple[Path, Path | None]
     return target, run_dir
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict, Config]:
-    """The model of a checkpoint, rebuilt from the config stored in it, in eval mode."""
+def load_model(path: Path, trust_run_code: bool = False) -> tuple[nn.Module, dict, Config]:
+    """The model of a checkpoint, rebuilt from the config stored in it, in eval mode.
+
+    trust_run_code: a model.kind=module run imports the copy of the code in its run directory.
+    """
     ckpt = runs.load_checkpoint(path)  # checked whole: fields, types, digest, config
     cfg = config_from_dict(ckpt["config"])
     if not tasks.get(cfg.task).has_classes:
         raise CheckpointError(f"{path}: is a task={cfg.task} run; eval and predict work on "
                               "classifiers of the MNIST family. Its loss curve: mnistlab plot RUN_DIR.")
     info = ckpt["data"]
+    model_source = None
+    if cfg.model.kind == "module":
+        from .usermodel import trusted_copy
+
+        in_run = path.parent.name == "checkpoints"
+        model_source = trusted_copy(path.parent.parent if in_run else None, trust_run_code)
     try:
-        model = build_model(cfg.model, tuple(info["image_shape"]), int(info["num_classes"]))
+        model = build_model(cfg.model, tuple(info["image_shape"]), int(info["num_classes"]),
+                            model_source)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
@@ -111,12 +121,12 @@ def most_confused(confusion: list[list[int]], class_names: list[str], top: int =
 
 
 def evaluate_run(target: Path, which: str | None = None, split: str = "test",
-                 overrides: list[str] = (), save: bool = True) -> dict:
+                 overrides: list[str] = (), save: bool = True, trust_run_code: bool = False) -> dict:
     """Score a run's checkpoint on one split; the result is saved under the run's evals/."""
     if split not in SPLITS:
         raise ConfigError([f"--split: {split!r} is not a split; choose one of: {', '.join(SPLITS)}"])
     path, run_dir = find_checkpoint(target, which)
-    model, ckpt, cfg = load_model(path)
+    model, ckpt, cfg = load_model(path, trust_run_code)
     ecfg = eval_config(cfg, list(overrides))
     if ecfg.train.threads:
         torch.set_num_threads(ecfg.train.threads)

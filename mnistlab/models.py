@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from .config import ModelConfig
@@ -9,8 +11,13 @@ from .config import ModelConfig
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build the network for images of image_shape (C, H, W)."""
+def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
+                model_source: Path | None = None) -> nn.Module:
+    """Build the network for images of image_shape (C, H, W); model_source: a run's trusted copy."""
+    if cfg.kind == "module":
+        from .usermodel import build
+
+        return build(cfg, image_shape, num_classes, model_source)
     channels, height, width = image_shape
     act = ACTIVATIONS[cfg.activation]
     if cfg.kind == "dense":

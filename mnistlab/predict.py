@@ -83,10 +83,11 @@ def prepare_for(gray: torch.Tensor, info: dict) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict(target: Path, images: list[Path], which: str | None = None, top: int = 3) -> list[dict]:
+def predict(target: Path, images: list[Path], which: str | None = None, top: int = 3,
+            trust_run_code: bool = False) -> list[dict]:
     """Top classes with probabilities for each image; a file that fails gets an error instead."""
     path, _ = find_checkpoint(target, which)
-    model, ckpt, _ = load_model(path)
+    model, ckpt, _ = load_model(path, trust_run_code)
     info = ckpt["data"]
     names = list(info["class_names"])
     results = []

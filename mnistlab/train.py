@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -17,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from . import precision, runs
+from . import precision, runs, usermodel
 from .compute import as_input, evaluate, is_conv, resolve_device
 from .config import (HASH_VERSION, Config, OptimConfig, config_from_dict, config_hash,
                      optimizer_settings, to_dict, to_yaml)
@@ -233,16 +234,19 @@ class Run:
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
         source: dict | None = None, run_dir: Path | None = None,
-        until_epoch: int | None = None) -> dict:
+        until_epoch: int | None = None, trust_run_code: bool = False) -> dict:
     """Train cfg into a new run directory (or continue the run at resume); return its summary.
 
     With run_dir the run goes into that directory, idempotently: a new run there, the continuation
     of an interrupted one, or nothing at all for a completed one (its summary marked "untouched").
     With until_epoch the run stops after that epoch of its full schedule, saved and "paused";
-    resuming it continues the same run as if it had never stopped.
+    resuming it continues the same run as if it had never stopped. trust_run_code: a resumed
+    model.kind=module run imports the copy of the code kept in its directory.
     Raises RunBusy when another live process writes the directory, RunError for a completed run
     at resume, Interrupted on Ctrl-C/SIGTERM and TrainError on divergence, both after saving.
     """
+    if cfg.model.kind == "module" and cfg.model.source_digest is None:  # made without load_config
+        cfg = dataclasses.replace(cfg, model=usermodel.resolve(cfg.model, Path.cwd()))
     if resume is not None and completed(resume):
         raise RunError(f"{resume}: the run has already completed; there is nothing to resume, "
                        "and it was left as it is. Train a new run with: mnistlab train "
@@ -261,7 +265,8 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
                 if summary.get("status") in ("paused", "pruned") and \
                         summary.get("epochs_completed", 0) >= until_epoch:
                     return {**summary, "untouched": True}  # already there: nothing rewritten
-            return _fit(cfg, reporter or Silent(), resume, source, stop, run_dir, lease, until_epoch)
+            return _fit(cfg, reporter or Silent(), resume, source, stop, run_dir, lease, until_epoch,
+                        trust_run_code)
     finally:
         torch.set_num_threads(threads)  # train.threads is this run's, not the caller's
 
@@ -313,8 +318,8 @@ def completed(run_dir: Path) -> dict | None:
 
 def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | None,
          stop: threading.Event, run_dir: Path | None, lease: runs.Lease,
-         until_epoch: int | None = None) -> dict:
-    device, task, optimizer, scheduler, chosen = setup(cfg)
+         until_epoch: int | None = None, trust_run_code: bool = False) -> dict:
+    device, task, optimizer, scheduler, chosen = setup(cfg, resume, trust_run_code)
     model, data = task.model, task.data
     batch, n_train = cfg.train.batch_size, len(data.train_x)
     steps_per_epoch = math.ceil(n_train / batch)
@@ -422,19 +427,26 @@ def stop_after(cfg: Config, until_epoch: int | None) -> int:
     return cfg.train.epochs if until_epoch is None else min(until_epoch, cfg.train.epochs)
 
 
-def setup(cfg: Config):
-    """Threads, device and seed; the task (data on the device), optimizer, schedule and precision."""
+def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False):
+    """Threads, device and seed; the task (data on the device), optimizer, schedule and precision.
+
+    A model.kind=module network meets one training batch here, before anything is written.
+    """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     if cfg.log.tensorboard:
         runs.tensorboard_class()  # a missing package is reported before anything is written
-    task = build_task(cfg)
+    own_model = cfg.model.kind == "module" and cfg.task == "classify"
+    task = build_task(cfg, usermodel.trusted_copy(resume, trust_run_code) if own_model else None)
     task.data = task.data.to(device)  # once: batches are index slices on the device
     task.model.to(device)
     if is_conv(task.model):
         task.model.to(memory_format=torch.channels_last)
+    if own_model:
+        first = as_input(task.data.train_x[:cfg.train.batch_size], device, is_conv(task.model))
+        usermodel.probe(task.model, first, task.info["num_classes"])
     optimizer = build_optimizer(cfg.optim, task.model.parameters())
     steps_per_epoch = math.ceil(len(task.data.train_x) / cfg.train.batch_size)
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs, steps_per_epoch)
@@ -473,6 +485,8 @@ def new_run(cfg: Config, task: Task, device: torch.device, chosen: precision.Cho
     }
     try:
         runs.atomic_write_text(run_dir / "config.yaml", yaml_comment(header) + to_yaml(cfg))
+        if cfg.model.kind == "module" and cfg.task == "classify":
+            usermodel.save_copy(cfg.model, run_dir)
         runs.write_json(run_dir / "env.json", runs.environment(device, cfg.train.seed))
         run = Run(run_dir, summary, _metrics_log(cfg, run_dir), reporter)
         run.save_summary()

@@ -48,7 +48,7 @@ def test_wrong_types_and_choices_name_key_value_and_what_is_allowed(tmp_path):
     path = write(tmp_path, "model: {kind: cnn, channels: [32]}\ntrain: {epochs: three, val_split: 1.5}\n"
                            "optim: {name: adamw, nesterov: maybe}\n")
     found = "\n".join(problems(path))
-    assert "model.kind: 'cnn' (str) is not allowed; choose one of: dense, conv; did you mean conv?" in found
+    assert "model.kind: 'cnn' (str) is not allowed; choose one of: dense, conv, module; did you mean conv?" in found
     assert "train.epochs: expected an integer, got 'three' (str)" in found
     assert "train.val_split: 1.5 is out of range" in found
     assert "optim.nesterov: expected true or false, got 'maybe' (str)" in found

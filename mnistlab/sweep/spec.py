@@ -385,7 +385,7 @@ def _value(cfg: Config, key: str):
     """The resolved value of a dotted key, e.g. optim.lr, as the config holds it."""
     value = cfg
     for part in key.split("."):
-        value = getattr(value, part)
+        value = value[part] if isinstance(value, dict) else getattr(value, part)  # model.args.c1
     return value
 
 

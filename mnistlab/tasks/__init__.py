@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import Config
 from .base import Data, Task
 from .classify import Classify
@@ -18,6 +20,9 @@ def get(name: str | None) -> type[Task]:
     return TASKS[name or "classify"]
 
 
-def build_task(cfg: Config) -> Task:
-    """The task of a config, with its data loaded and its model built."""
-    return TASKS[cfg.task](cfg)
+def build_task(cfg: Config, model_source: Path | None = None) -> Task:
+    """The task of a config, with its data loaded and its model built.
+
+    model_source: a run's trusted copy of the code of a model.kind=module network.
+    """
+    return TASKS[cfg.task](cfg, model_source)

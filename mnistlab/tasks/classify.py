@@ -16,11 +16,11 @@ class Classify(Task):
     loss_label = "cross-entropy loss"
     has_classes = True
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, model_source=None):
         splits = load_data(cfg.data, cfg.train.val_split, cfg.train.seed)
         self.data = Data(splits.train_x, splits.train_y, splits.val_x, splits.val_y,
                          splits.test_x, splits.test_y)
-        self.model = build_model(cfg.model, splits.image_shape, splits.num_classes)
+        self.model = build_model(cfg.model, splits.image_shape, splits.num_classes, model_source)
         self.info = {"dataset": cfg.data.name, "mean": splits.mean, "std": splits.std,
                      "image_shape": list(splits.image_shape), "num_classes": splits.num_classes,
                      "class_names": splits.class_names}

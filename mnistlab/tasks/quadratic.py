@@ -26,7 +26,7 @@ class Quadratic(Task):
     loss_label = "f(x)"
     figure = "steps"
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, model_source=None):  # its model is its own
         # one input per split: one gradient step per epoch, and the val "split" is f at the new x
         one = torch.zeros(1, 1)
         self.data = Data(train_x=one, train_y=one, val_x=one, val_y=one)
