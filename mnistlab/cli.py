@@ -84,7 +84,7 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="Continue an interrupted run from its last.pt."),
     until_epoch: Optional[int] = typer.Option(
-        None, "--until-epoch", min=1, metavar="K", show_default=False,
+        None, "--until-epoch", metavar="K", show_default=False,
         help="Stop after epoch K of the full schedule, saved as paused; --resume continues it."),
     run_dir: Optional[Path] = typer.Option(
         None, "--run-dir", metavar="DIR",
@@ -97,6 +97,8 @@ def train(
     from .train import completed, fit, resume_config
 
     overrides = overrides or []
+    if until_epoch is not None and until_epoch < 1:
+        raise fail(f"--until-epoch: {until_epoch} is before the first epoch; give 1 or more.")
     if resume is not None:
         if config is not None or overrides or run_dir is not None:
             raise fail("--resume continues a run with the config it was started with; "
@@ -336,9 +338,9 @@ def sweep(
         help="Successive halving: train every configuration to --min-epochs, continue the best "
              "1/--eta of them, and so on to train.epochs; the others stay paused as pruned. "
              "--no-prune ignores a prune: block and finishes the pruned trials."),
-    min_epochs: Optional[int] = typer.Option(None, "--min-epochs", min=1, show_default=False,
+    min_epochs: Optional[int] = typer.Option(None, "--min-epochs", metavar="N", show_default=False,
                                              help="First rung of --prune (default 1)."),
-    eta: Optional[int] = typer.Option(None, "--eta", min=2, show_default=False,
+    eta: Optional[int] = typer.Option(None, "--eta", metavar="N", show_default=False,
                                       help="Each rung of --prune keeps 1/eta (default 3)."),
 ) -> None:
     """Run a grid of trials, each an ordinary run; resume what is done, then compare them."""
@@ -351,6 +353,10 @@ def sweep(
         raise fail(f"--jobs: {jobs} trials at a time is not possible; give 1 or more, e.g. --jobs 2.")
     if max_trials < 1:
         raise fail(f"--max-trials: {max_trials} allows no trial; give 1 or more.")
+    if min_epochs is not None and min_epochs < 1:
+        raise fail(f"--min-epochs: {min_epochs} is not a rung; give 1 or more, e.g. --min-epochs 1.")
+    if eta is not None and eta < 2:
+        raise fail(f"--eta: {eta} would keep every trial; give 2 or more, e.g. --eta 3.")
     tty = sys.stdout.isatty()
     # markup=False: trial names, overrides and errors are the user's text, printed as typed
     out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, markup=False)

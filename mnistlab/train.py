@@ -25,7 +25,7 @@ from .config import (HASH_VERSION, Config, OptimConfig, config_from_dict, config
 from .errors import (CheckpointError, Diverged, DiskError, Interrupted, MnistlabError,  # noqa: F401
                      RunError, TrainError)
 from .models import count_parameters
-from .tasks import Task, build_task
+from .tasks import TASKS, Task, build_task
 
 
 class RunInterrupted(Interrupted):
@@ -438,7 +438,7 @@ def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False)
     torch.manual_seed(cfg.train.seed)
     if cfg.log.tensorboard:
         runs.tensorboard_class()  # a missing package is reported before anything is written
-    own_model = cfg.model.kind == "module" and cfg.task == "classify"
+    own_model = cfg.model.kind == "module" and TASKS[cfg.task].builds_model
     task = build_task(cfg, usermodel.trusted_copy(resume, trust_run_code) if own_model else None)
     task.data = task.data.to(device)  # once: batches are index slices on the device
     task.model.to(device)
@@ -485,7 +485,7 @@ def new_run(cfg: Config, task: Task, device: torch.device, chosen: precision.Cho
     }
     try:
         runs.atomic_write_text(run_dir / "config.yaml", yaml_comment(header) + to_yaml(cfg))
-        if cfg.model.kind == "module" and cfg.task == "classify":
+        if cfg.model.kind == "module" and task.builds_model:
             usermodel.save_copy(cfg.model, run_dir)
         runs.write_json(run_dir / "env.json", runs.environment(device, cfg.train.seed))
         run = Run(run_dir, summary, _metrics_log(cfg, run_dir), reporter)

@@ -15,7 +15,7 @@ from .runner import SweepInterrupted, jobs_alive, progress_for, run_sweep
 from .spec import (MAX_TRIALS, Sweep, Trial, build_trials, expand, format_value, parse_grid_option,
                    read_sweep, sample_random, split_values, train_command)
 from .store import locked_index, read_index, scan, trial_states
-from .summary import DEFAULT_METRIC, report_table, summarize, trial_table, write_report
+from .summary import report_table, summarize, trial_table, write_report
 
 __all__ = ["MAX_TRIALS", "Sweep", "SweepInterrupted", "Trial", "build_trials", "expand",
            "format_value", "locked_index", "parse_grid_option", "read_index", "read_sweep",
@@ -31,9 +31,12 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
 
     prune (--prune/--no-prune; None: as the file's prune: block says) runs successive halving.
     """
+    from .. import tasks
+
     directory, trials = build_trials(sweep, max_trials)
-    plan = resolve_plan(sweep, prune, min_epochs, eta, metric, DEFAULT_METRIC[trials[0].cfg.task])
-    metric = metric or DEFAULT_METRIC[trials[0].cfg.task]
+    default = tasks.get(trials[0].cfg.task).metric  # the task's own: val_accuracy, f, val_loss
+    plan = resolve_plan(sweep, prune, min_epochs, eta, metric, default)
+    metric = metric or default
     if detach and executor in ("local", "ray"):
         whose = {"local": "local trials are processes of this command",
                  "ray": "Ray tasks belong to the driver that submitted them"}[executor]

@@ -14,7 +14,6 @@ from .. import metrics, runs
 from .spec import Sweep, Trial, format_value
 from .store import DONE, FAILED, TrialState
 
-DEFAULT_METRIC = {"classify": "val_accuracy", "linreg": "val_loss", "quadratic": "f"}
 
 
 def summarize(sweep: Sweep, trials: list[Trial], states: dict[str, TrialState],
@@ -170,6 +169,8 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..report import metric_axis
+
     pruned = [r for r in rows if r["mean"] is None and r["pruned_mean"] is not None]
     rows = [r for r in rows if r["mean"] is not None]
     keys = list(rows[0]["params"]) if rows else []
@@ -204,8 +205,10 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
         if not numeric:
             ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
         ax.set_xlabel(key)
-        ax.set_ylabel(_unit(metric))
-        ax.set_title(f"sweep {sweep.name}: {metric} vs {key}")
+        # a log axis when the values span 1000x or more (the quadratic's f spans ten orders)
+        metric_axis(ax, metric, [scale * r["mean"] for r in rows] +
+                    [scale * r["pruned_mean"] for r in pruned])
+        ax.set_title(f"{sweep.name}: {metric} vs {key}")
         ax.grid(True, alpha=0.3)
         if len(lines) > 1 or pruned:
             ax.legend(title=", ".join(others), fontsize="small")

@@ -39,6 +39,7 @@ class Task:
     loss_label = "loss"  # the y axis of learning curves
     has_classes = False  # eval and predict work on tasks with classes
     figure = "curves"  # curves: per epoch; steps: the logged steps (report.quadratic_figure)
+    builds_model = False  # the config's model: section builds its network (model.kind=module too)
 
     data: Data
     model: nn.Module

@@ -15,6 +15,7 @@ class Classify(Task):
     rate_unit = "img/s"
     loss_label = "cross-entropy loss"
     has_classes = True
+    builds_model = True
 
     def __init__(self, cfg: Config, model_source=None):
         splits = load_data(cfg.data, cfg.train.val_split, cfg.train.seed)
