@@ -179,6 +179,30 @@ def fmt(x, digits=1, unit=""):
     return "not reached" if x is None else f"{x:.{digits}f}{unit}"
 
 
+def precision_only(args, out: dict) -> None:
+    """One epoch of cnn.yaml in each precision, interleaved over --repeats; medians and ratios."""
+    settings = ABLATIONS[:3]  # auto, fp32, bf16
+    times = {label: [] for label, _ in settings}
+    chosen = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            for label, extra in settings:
+                s, _ = mnistlab_run("cnn.yaml", Path(tmp) / "runs", args.data_dir, "train.epochs=1",
+                                    *extra)
+                times[label].append(s["train_seconds"])
+                chosen = chosen or (s["precision"], s["precision_reason"])
+                print(f"cnn, one epoch, {label}: {s['train_seconds']:.1f} s ({s['precision']})",
+                      flush=True)
+    out["precision_only"] = times
+    best = min(median(times["fp32"]), median(times["bf16"]))
+    print(f"\nauto chose {chosen[0]}: {chosen[1]}\n\n| cnn.yaml, one epoch (median of "
+          f"{args.repeats}) | training s | vs the faster of fp32 and bf16 |\n|---|---|---|")
+    for label, t in times.items():
+        print(f"| {label} | {median(t):.1f} | {median(t) / best:.2f}x |")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="the four Fashion-MNIST IDX files")
@@ -186,6 +210,9 @@ def main() -> None:
     parser.add_argument("--ref-epochs", type=int, default=4,
                         help="at most this many reference epochs (it stops once it reaches 90%%)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--precision-only", action="store_true",
+                        help="only one epoch of cnn.yaml in auto, fp32 and bf16, interleaved "
+                             "(a few minutes): does auto pick the faster on this machine?")
     args = parser.parse_args()
     flags = cpu_bf16_flags()
     out: dict = {"machine": {"cpu": cpu_model(), "bf16_flags": flags, "cpus": os.cpu_count(),
@@ -196,6 +223,9 @@ def main() -> None:
     out["matmul_gflops_bf16"] = matmul_gflops(dtype=torch.bfloat16)
     print(f"matrix multiply: {out['matmul_gflops']:.0f} GFLOP/s fp32, "
           f"{out['matmul_gflops_bf16']:.0f} GFLOP/s bf16", flush=True)
+    if args.precision_only:
+        precision_only(args, out)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
