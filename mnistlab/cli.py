@@ -359,12 +359,20 @@ def sweep(
         raise fail(f"--eta: {eta} would keep every trial; give 2 or more, e.g. --eta 3.")
     tty = sys.stdout.isatty()
     # markup=False: trial names, overrides and errors are the user's text, printed as typed
-    out = Console(highlight=False, width=None if tty else 160, soft_wrap=not tty, markup=False)
+    import os
+
+    wide = None if tty or os.environ.get("COLUMNS") else 160  # a pipe: as wide as COLUMNS says
+    out = Console(highlight=False, width=wide, soft_wrap=not tty, markup=False)
     ranked = sw.ranked_metrics()
     if metric is not None and metric not in ranked:
         raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(ranked)}")
     if executor not in EXECUTORS:
-        raise fail(f"--executor {executor}: unknown executor; choose one of: {', '.join(EXECUTORS)}")
+        import difflib
+
+        close = difflib.get_close_matches(executor, list(EXECUTORS), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise fail(f"--executor {executor}: unknown executor; choose one of: "
+                   f"{', '.join(EXECUTORS)}{hint}")
     definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
     sw.sweep_command(definition, out, executor, jobs, dry_run, report_only, fail_fast,
                      retry_failed, detach, metric, max_trials, prune, min_epochs, eta)
