@@ -102,8 +102,7 @@ def step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, bf
 
 
 def choose(precision: str, device: torch.device, model: nn.Module | None = None,
-           x: torch.Tensor | None = None, y: torch.Tensor | None = None, loss_fn=None,
-           measure: bool | None = None) -> Choice:
+           x: torch.Tensor | None = None, y: torch.Tensor | None = None, loss_fn=None) -> Choice:
     """fp32 or bf16 for this run, with the reason (recorded in summary.json).
 
     auto: on a GPU, bf16 where the GPU computes it natively; on a CPU without native bf16, fp32;
@@ -119,9 +118,7 @@ def choose(precision: str, device: torch.device, model: nn.Module | None = None,
     if device.type != "cpu":
         return Choice(False, f"auto: fp32 on {device.type}")
     flags = cpu_bf16_flags()
-    if measure is None:
-        measure = bool(flags)
-    if not measure or model is None or x is None:
+    if not flags:
         return Choice(False, f"auto: {cpu_model()} has no native bf16 (no AMX, no AVX512-BF16), "
                              "so bf16 would be emulated and slower")
     key = _key(model, x, device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,14 @@ def tiny_config(tmp_path, tiny_data) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config_dict(tiny_data, tmp_path / "runs")))
     return path
+
+
+def wait_for(condition, timeout: float = 300.0):
+    """condition()'s first truthy value, polled every 50 ms; AssertionError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")

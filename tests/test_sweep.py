@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 import yaml
 from typer.testing import CliRunner
+
+from conftest import wait_for
 
 from mnistlab.cli import app
 from mnistlab.config import ConfigError, load_config, parse_override
@@ -227,16 +228,6 @@ def test_failing_trial_is_recorded_and_the_others_complete(tmp_path, tiny_config
     assert sorted(p for p in directory.rglob("*") if p.is_dir()) == dirs
 
 
-def _wait_for(condition, timeout: float = 300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def _running_trial(directory: Path):
     """(pid of a trial process, its run dir) once it holds its lease and finished an epoch."""
     for owner in directory.glob("*/owner.json"):
@@ -257,7 +248,7 @@ def test_ctrl_c_and_killed_trial_are_continued(tmp_path, tiny_config):
     command = [sys.executable, "-m", "mnistlab", *args]
 
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, run_dir = _wait_for(lambda: _running_trial(directory))
+    _, run_dir = wait_for(lambda: _running_trial(directory))
     sweep.send_signal(signal.SIGINT)  # Ctrl-C: the trial is cancelled and saves itself
     _, stderr = sweep.communicate(timeout=300)
     assert sweep.returncode == 130 and "cancelled the 1 trial this sweep had submitted" in stderr
@@ -265,7 +256,7 @@ def test_ctrl_c_and_killed_trial_are_continued(tmp_path, tiny_config):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid, _ = _wait_for(lambda: _running_trial(directory))
+    pid, _ = wait_for(lambda: _running_trial(directory))
     os.kill(pid, signal.SIGKILL)  # the trial dies without saving: the sweep continues it
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, out + err

@@ -8,25 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from typer.testing import CliRunner
+
+from conftest import wait_for
 
 from mnistlab import runs
 from mnistlab.cli import app
 
 runner = CliRunner()
-
-
-def wait_for(condition, timeout: float = 300.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def live_trial(directory: Path, min_epochs: int = 0):
