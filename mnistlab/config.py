@@ -37,6 +37,9 @@ class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64])
     kernel_size: int = field(default=3, metadata=bounds(1, 15))
     pool: Literal["max", "avg", "none"] = "max"
+    # each conv layer's stride: 2 halves the image in the conv itself (no pooling after that
+    # layer), 1 keeps it and the pooling above halves it
+    stride: list[int] = field(default_factory=lambda: [1, 1])
     batch_norm: bool = True
     # module: your own nn.Module class, FILE.py:Class (relative to the config file) or package.module:Class
     module: str | None = None
@@ -292,6 +295,9 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
     if where == Path("/") or any(where == Path(d) or Path(d) in where.parents for d in SYSTEM_DIRS):
         problems.append(f"runs_dir: {where} is a system directory; runs belong in a directory of "
                         "your own, e.g. runs_dir=runs or runs_dir=~/mnistlab-runs")
+    if len(m.stride) != 2 or any(st is not None and st not in (1, 2) for st in m.stride):
+        problems.append(f"model.stride: give the stride of each of the two conv layers, 1 or 2, "
+                        f"such as [2, 1]; got {m.stride!r}")
     if m.kernel_size % 2 == 0:
         problems.append(
             f"model.kernel_size: {m.kernel_size} is even; use an odd size (3, 5, 7) so the "
@@ -594,15 +600,19 @@ UNREAD = {
                            "train.label_smoothing"),
              "linreg": ("model", "data", "quadratic", "train.label_smoothing")},
     "model.kind": {"dense": ("model.channels", "model.kernel_size", "model.pool", "model.batch_norm",
-                             "model.module", "model.args", "model.source_digest"),
+                             "model.stride", "model.module", "model.args", "model.source_digest"),
                    "conv": ("model.hidden", "model.module", "model.args", "model.source_digest"),
                    # your own class: its file's digest is in, so changed code is a new experiment
                    "module": ("model.hidden", "model.activation", "model.dropout", "model.channels",
-                              "model.kernel_size", "model.pool", "model.batch_norm")},
+                              "model.kernel_size", "model.pool", "model.batch_norm",
+                              "model.stride")},
     "optim.schedule": {"none": ("optim.step_size", "optim.gamma"),
                        "cosine": ("optim.step_size", "optim.gamma"),
                        "onecycle": ("optim.step_size", "optim.gamma")},
 }
+# settings added after hash_version 2: left out of the hash at their default, so that runs made
+# before they existed keep their hash (and sweeps their trials)
+ADDED_LATER = {"model.stride": [1, 1]}
 HASH_VERSION = 2  # 1: every setting but name and runs_dir entered the hash
 
 
@@ -613,6 +623,7 @@ def config_hash(cfg: Config) -> str:
     drop = list(NOT_LEARNED) + [f"optim.{k}" for k in UNSET if k not in OPTIMIZER_SETTINGS[cfg.optim.name]]
     for choice, by_value in UNREAD.items():
         drop += by_value.get(flat[choice], ())
+    drop += [key for key, default in ADDED_LATER.items() if flat.get(key) == default]
     kept = {k: v for k, v in flat.items()
             if not any(k == d or k.startswith(d + ".") for d in drop)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]

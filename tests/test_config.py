@@ -116,3 +116,11 @@ def test_a_sweep_file_given_to_train_points_at_mnistlab_sweep():
     result = runner.invoke(app, ["train", str(ROOT / "configs/sweep-lr.yaml")])
     assert result.exit_code == 2
     assert "is a sweep file" in result.stderr and "mnistlab sweep" in result.stderr
+
+
+def test_a_stride_other_than_one_or_two_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {kind: conv, stride: [3, 1]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "model.stride" in str(err.value) and "[2, 1]" in str(err.value)

@@ -101,3 +101,9 @@ def test_unread_settings_from_a_file_are_dropped_so_old_run_configs_and_sweeps_l
     swept = load_config(ROOT / "configs" / "cnn.yaml", ["optim.name=adamw"])
     assert swept.optim.momentum is None and swept.optim.nesterov is False
     assert "momentum: null" in yaml.safe_dump({"momentum": swept.optim.momentum})
+
+
+def test_a_setting_added_later_keeps_the_hash_of_runs_that_do_not_use_it():
+    # the key of this conv config as computed before model.stride existed (commit c57dce6)
+    assert config_hash(cfg()) == "3d2d3693982f"
+    assert config_hash(cfg(model={"kind": "conv", "channels": [4, 8], "stride": [2, 1]})) != "3d2d3693982f"

@@ -38,3 +38,47 @@ def test_conv_without_pooling_or_batch_norm_keeps_image_size():
     model = build_model(cfg, (1, 10, 10), 3)
     assert model(torch.zeros(1, 1, 10, 10)).shape == (1, 3)
     assert count_parameters(model) == (9 * 4 + 4) + (4 * 8 * 9 + 8) + (8 * 100 * 3 + 3)
+
+
+def test_max_pool_before_a_monotone_activation_gives_the_same_values_and_gradients():
+    """The conv net pools before activating (cheaper); the textbook order must give identical numbers."""
+    for activation in ("relu", "tanh", "sigmoid"):
+        torch.manual_seed(0)
+        cfg = ModelConfig(kind="conv", channels=[4, 8], activation=activation, batch_norm=False)
+        model = build_model(cfg, (1, 12, 12), 3)
+        layers = list(model)
+        kinds = [type(m).__name__ for m in layers]
+        assert kinds[:3] == ["Conv2d", "MaxPool2d", {"relu": "ReLU", "tanh": "Tanh",
+                                                      "sigmoid": "Sigmoid"}[activation]]
+        textbook = list(layers)
+        for i, layer in enumerate(layers):  # activation then pool, as the course writes it
+            if isinstance(layer, torch.nn.MaxPool2d):
+                textbook[i], textbook[i + 1] = layers[i + 1], layer
+        textbook = torch.nn.Sequential(*textbook)
+        x = torch.randn(6, 1, 12, 12)
+        out = model(x)
+        out.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        ref = textbook(x)
+        ref.square().sum().backward()
+        assert torch.equal(out, ref)
+        assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+
+
+def test_gelu_is_not_monotone_so_it_activates_before_pooling():
+    model = build_model(ModelConfig(kind="conv", channels=[4, 8], activation="gelu"), (1, 12, 12), 3)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds.index("GELU") < kinds.index("MaxPool2d")
+
+
+def test_a_stride_two_conv_halves_the_image_itself_and_is_not_pooled():
+    cfg = ModelConfig(kind="conv", channels=[32, 64], stride=[2, 1], batch_norm=False)
+    model = build_model(cfg, (1, 28, 28), 10)
+    kinds = [type(m).__name__ for m in model]
+    assert kinds == ["Conv2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear"]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # 28 -> 14 by the stride, -> 7 by the one pooling: 7 * 7 * 64 inputs to the dense layer
+    assert count_parameters(model) == (9 * 32 + 32) + (32 * 64 * 9 + 64) + (64 * 7 * 7 * 10 + 10)
+    odd = build_model(ModelConfig(kind="conv", channels=[4, 8], stride=[2, 2], pool="none"), (1, 9, 9), 3)
+    assert odd(torch.zeros(1, 1, 9, 9)).shape == (1, 3)  # 9 -> 5 -> 3
