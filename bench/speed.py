@@ -44,6 +44,7 @@ from reference import DEFAULT_DATA_DIR, run_reference  # noqa: E402
 from mnistlab.config import load_config  # noqa: E402
 from mnistlab.data import load_data  # noqa: E402
 from mnistlab.evaluate import load_model  # noqa: E402
+from mnistlab.models import activation_first  # noqa: E402
 from mnistlab.compute import as_input, evaluate, is_conv  # noqa: E402
 from mnistlab.precision import choose, cpu_bf16_flags, cpu_model, for_eval, measure_both  # noqa: E402
 from mnistlab.tasks import TASKS, build_task  # noqa: E402
@@ -76,11 +77,16 @@ ABLATIONS = (("default (precision auto)", []), ("fp32", ["train.precision=fp32"]
              ("1 thread", ["train.threads=1"]), ("channels 16/32", ["model.channels=[16,32]"]),
              ("channels 24/48", ["model.channels=[24,48]"]), ("5x5 kernels", ["model.kernel_size=5"]),
              ("batch 64", ["train.batch_size=64"]), ("batch 256", ["train.batch_size=256"]),
-             ("batch norm", ["model.batch_norm=true"]))
+             ("batch norm", ["model.batch_norm=true"]),
+             ("stride-2 first conv, no pooling after it", ["model.stride=[2,1]"]))
 # the whole cnn.yaml run (seed 0) with one setting changed: does the accuracy hold?
 FULL_RUNS = (("fp32", ["train.precision=fp32"]), ("bf16", ["train.precision=bf16"]),
              ("channels 16/32", ["model.channels=[16,32]"]), ("5 epochs", ["train.epochs=5"]),
-             ("batch norm, 6 epochs", ["model.batch_norm=true", "train.epochs=6"]))
+             ("batch norm, 6 epochs", ["model.batch_norm=true", "train.epochs=6"]),
+             ("stride-2 first conv", ["model.stride=[2,1]"]))
+# where bf16 is emulated (no AMX, no AVX512-BF16) a bf16 epoch takes minutes and auto is fp32:
+# --precision-only measures that; these rows are left out
+PRECISION_ROWS = ("fp32", "bf16")
 ONE_EPOCH = ("train.epochs=1", "train.batch_size=64", "train.val_split=0")
 
 
@@ -134,6 +140,29 @@ def step_costs(data_dir: str, steps: int = 60) -> dict:
     for i in range(steps):
         step(i)
     return {"prepare_s": prep, "step_s": (time.perf_counter() - t) / steps}
+
+
+def pool_order_costs(data_dir: str, rounds: int = 7, steps: int = 5) -> dict:
+    """Seconds per training step of cnn.yaml's model (max-pool, then ReLU on the smaller map)
+    against the same weights in the textbook order (ReLU, then max-pool), interleaved."""
+    cfg = load_config(ROOT / "configs" / "cnn.yaml", ["data.name=fashion-mnist", f"data.root={data_dir}",
+                                                     "train.precision=fp32"])
+    task = build_task(cfg)
+    models = {"pool, then activation": task.model.to(memory_format=torch.channels_last)}
+    models["activation, then pool"] = activation_first(models["pool, then activation"])
+    n = cfg.train.batch_size
+    xb = as_input(task.data.train_x[:n], torch.device("cpu"), True)
+    yb = task.data.train_y[:n]
+    times: dict[str, list[float]] = {label: [] for label in models}
+    for r in range(rounds):
+        for label, model in models.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                model.zero_grad()
+                task.loss(model(xb), yb).backward()
+            if r:  # the first round warms up
+                times[label].append((time.perf_counter() - t) / steps)
+    return {label: median(t) for label, t in times.items()}
 
 
 def training_flops_per_image(model: nn.Module, image_shape) -> float:
@@ -255,22 +284,29 @@ def main() -> None:
                           "cnn_summary": cnn, "dense_summary": dense})
         out["pairs"] = pairs
 
-        times = {label: [] for label, _ in ABLATIONS}
+        ablation_list = [(label, extra) for label, extra in ABLATIONS
+                         if flags or label not in PRECISION_ROWS]
+        full_list = [(label, extra) for label, extra in FULL_RUNS if flags or label not in PRECISION_ROWS]
+        if not flags:
+            print("no native bf16: the fp32 and bf16 rows are left out (auto trains in fp32; "
+                  "python bench/speed.py --precision-only compares the two)", flush=True)
+        times = {label: [] for label, _ in ablation_list}
         for _ in range(args.repeats):  # interleaved, so that a noisy minute hits every setting
-            for label, extra in ABLATIONS:
+            for label, extra in ablation_list:
                 s, _ = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, "train.epochs=1", *extra)
                 times[label].append(s["train_seconds"])
                 print(f"cnn, one epoch, {label}: {s['train_seconds']:.1f} s", flush=True)
         ablations = {label: median(t) for label, t in times.items()}
         out["ablations"] = times
         full = {"default (precision auto)": pairs[0]["cnn_summary"]}
-        for label, extra in FULL_RUNS:
+        for label, extra in full_list:
             full[label], _ = mnistlab_run("cnn.yaml", tmp / "runs", args.data_dir, *extra)
             print(f"cnn.yaml, {label}: test accuracy {full[label]['final']['test']['accuracy']:.4f} "
                   f"in {full[label]['train_seconds']:.1f} s", flush=True)
         out["full_runs"] = full
 
         out["step"] = step_costs(args.data_dir)
+        out["pool_order"] = pool_order_costs(args.data_dir)
         cache = tmp / "cache"
         out["first_step_cold"] = time_to_first_step(args.data_dir, tmp / "runs", cache)
         out["first_step_warm"] = median(
@@ -332,6 +368,7 @@ Fashion-MNIST, medians over {args.repeats} seeds (training seconds, evaluation e
             for k, v in full.items()) + f"""
 
 - data preparation: {1e3 * out['step']['prepare_s']:.2f} ms of a {1e3 * out['step']['step_s']:.1f} ms training step ({100 * share:.1f}%)
+- max-pool before the ReLU: {1e3 * out['pool_order']['pool, then activation']:.1f} ms per fp32 training step against {1e3 * out['pool_order']['activation, then pool']:.1f} ms in the textbook order, the same numbers ({out['pool_order']['activation, then pool'] / out['pool_order']['pool, then activation']:.2f}x)
 - command to first training step: {out['first_step_cold']:.2f} s with the parsed-data cache cold, {out['first_step_warm']:.2f} s warm (median of 3)
 - conv net training: {flops / 1e6:.1f} MFLOP per image, {achieved:.0f} GFLOP/s achieved = {100 * achieved / rate:.0f}% of the {rate:.0f} GFLOP/s {s0_precision} matrix-multiply rate
 """)

@@ -65,5 +65,15 @@ def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes
     raise ValueError(f"unknown model kind {cfg.kind!r}")
 
 
+def activation_first(model: nn.Sequential) -> nn.Sequential:
+    """The same layers in the textbook order, activation then max-pooling: the same numbers as
+    build_model's pool-then-activation, with the activation run on the 4x larger map."""
+    layers = list(model)
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layer, nn.MaxPool2d) and isinstance(layers[i + 1], (nn.ReLU, nn.Tanh, nn.Sigmoid)):
+            layers[i], layers[i + 1] = layers[i + 1], layer
+    return nn.Sequential(*layers)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

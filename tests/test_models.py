@@ -3,7 +3,7 @@
 import torch
 
 from mnistlab.config import ModelConfig
-from mnistlab.models import build_model, count_parameters
+from mnistlab.models import activation_first, build_model, count_parameters
 
 
 def test_dense_default_is_two_layers_with_the_expected_parameters():
@@ -50,11 +50,8 @@ def test_max_pool_before_a_monotone_activation_gives_the_same_values_and_gradien
         kinds = [type(m).__name__ for m in layers]
         assert kinds[:3] == ["Conv2d", "MaxPool2d", {"relu": "ReLU", "tanh": "Tanh",
                                                       "sigmoid": "Sigmoid"}[activation]]
-        textbook = list(layers)
-        for i, layer in enumerate(layers):  # activation then pool, as the course writes it
-            if isinstance(layer, torch.nn.MaxPool2d):
-                textbook[i], textbook[i + 1] = layers[i + 1], layer
-        textbook = torch.nn.Sequential(*textbook)
+        textbook = activation_first(model)
+        assert [type(m).__name__ for m in textbook][1:3] == kinds[1:3][::-1]
         x = torch.randn(6, 1, 12, 12)
         out = model(x)
         out.square().sum().backward()
