@@ -341,7 +341,7 @@ def sweep(
     min_epochs: Optional[int] = typer.Option(None, "--min-epochs", metavar="N", show_default=False,
                                              help="First rung of --prune (default 1)."),
     eta: Optional[int] = typer.Option(None, "--eta", metavar="N", show_default=False,
-                                      help="Each rung of --prune keeps 1/eta (default 3)."),
+                                      help="Each rung of --prune keeps 1/eta (default 2: halving)."),
 ) -> None:
     """Run a grid of trials, each an ordinary run; resume what is done, then compare them."""
     import sys

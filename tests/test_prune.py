@@ -223,7 +223,7 @@ def test_a_bad_learning_rate_is_pruned_at_the_first_rung_and_finished_later_with
     args = ["sweep", str(tiny_config), "--grid", "optim.lr=1e-5,0.01", "--jobs", "2",
             "train.epochs=3", "train.seed=1", "--name", "pruned"]
     directory = tmp_path / "runs" / "pruned"
-    result = runner.invoke(app, args + ["--prune", "--eta", "2"])
+    result = runner.invoke(app, args + ["--prune"])  # the default eta, 2: one of two goes on
     assert result.exit_code == 0, result.output
     runs_ = _summaries(directory)
     assert len(runs_) == 2
@@ -233,6 +233,8 @@ def test_a_bad_learning_rate_is_pruned_at_the_first_rung_and_finished_later_with
     assert "test" not in bad["final"]
     assert good["status"] == "completed" and good["epochs_completed"] == 3
     assert "rungs at epochs 1, 2, 3" in result.output
+    assert "rung epoch 1: 2 configurations, 2 trials to train" in result.output
+    assert "rung epoch 2: 1 configuration, 1 trial to train" in result.output
     assert "epochs trained: 4 of the 6 the full grid trains (67%)" in result.output
     assert "1 of 2 configurations pruned (1 at epoch 1)" in result.output
     md = (directory / "summary.md").read_text()
@@ -243,7 +245,7 @@ def test_a_bad_learning_rate_is_pruned_at_the_first_rung_and_finished_later_with
     listed = runner.invoke(app, ["runs", str(directory), "--status", "pruned", "--format", "json"])
     assert len(json.loads(listed.output)) == 1
 
-    again = runner.invoke(app, args + ["--prune", "--eta", "2"])
+    again = runner.invoke(app, args + ["--prune"])
     assert again.exit_code == 0, again.output
     assert "0 trial runs" in again.output and "epochs trained: 4 of the 6" in again.output
     assert _summaries(directory)[(1e-5, 1)]["status"] == "pruned"

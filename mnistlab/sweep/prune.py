@@ -30,7 +30,9 @@ class Plan:
     """How to prune: first rung at min_epochs, each next rung eta times later, keep 1/eta."""
 
     min_epochs: int = 1
-    eta: int = 3
+    # 2: halving. With course-size sweeps (10 or 20 configurations, a few epochs) a third keeps
+    # too few after the first epoch, when slower-starting learning rates still rank low
+    eta: int = 2
     metric: str | None = None  # None: the sweep's ranking metric
 
 
@@ -50,7 +52,7 @@ def read_plan(block, where: str) -> Plan:
         return Plan()
     if not isinstance(block, dict):
         raise ConfigError([f"{where}: give min_epochs:, eta: and metric:, "
-                           "e.g. prune: {min_epochs: 1, eta: 3, metric: val_accuracy}"])
+                           "e.g. prune: {min_epochs: 1, eta: 2, metric: val_accuracy}"])
     problems = []
     for key in block:
         if key not in PRUNE_KEYS:
@@ -81,6 +83,10 @@ def check_plan(plan: Plan, where: str = "prune") -> list[str]:
 
 def _int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def rungs(min_epochs: int, eta: int, epochs: int) -> list[int]:
@@ -248,7 +254,8 @@ def run_pruned(sweep: Sweep, directory: Path, trials: list[Trial], plan: Plan, e
         stuck = (decision.rung, decision.todo)
         todo = [t for c in decision.todo for t in groups[c]
                 if not trial_score(latest(on_disk.get(t.hash, [])), plan.metric, decision.rung)[0]]
-        say(f"rung epoch {decision.rung}: {len(decision.todo)} configurations, {len(todo)} trials to train")
+        say(f"rung epoch {decision.rung}: {_count(len(decision.todo), 'configuration')}, "
+            f"{_count(len(todo), 'trial')} to train")
         counts = run_sweep(sweep, directory, todo, executor, fail_fast=fail_fast, progress=progress(),
                            until=decision.rung)
         for k in totals:
