@@ -92,6 +92,11 @@ def data_dir(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("data"), n_train=2048, n_test=64)
 
 
+# a trial signalled after 20 steps must still be running when the signal lands: at about 0.25 s
+# per tiny epoch, 4 epochs could end first (a Ray cancel takes longer); 40 last about 10 s
+LONG = 40
+
+
 def trial(data_dir: Path, sweep_dir: Path, name: str, epochs: int) -> TrialSpec:
     """A tiny conv-net trial writing into sweep_dir/name, as the sweep runner would make it."""
     run_dir = sweep_dir / name
@@ -148,7 +153,7 @@ def test_trials_run_and_record_their_executor_and_job_id(tmp_path, data_dir, eng
 
 
 def test_a_trial_stopped_with_sigterm_resumes_to_the_exact_metrics(tmp_path, data_dir, engine):
-    epochs = 4
+    epochs = LONG
     reference = trial(data_dir, tmp_path / "reference", "t", epochs)
     local = subprocess.Popen(reference.argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     executor = create_executor(engine, {}, 2)
@@ -176,7 +181,7 @@ def test_a_trial_stopped_with_sigterm_resumes_to_the_exact_metrics(tmp_path, dat
 
 
 def test_slurm_time_limit_warning_requeues_the_trial_which_continues(tmp_path, data_dir, slurm_cluster):
-    epochs = 4
+    epochs = LONG
     executor = create_executor("slurm", {}, 1)
     spec = trial(data_dir, tmp_path / "sweep", "t", epochs)
     [job_id] = executor.submit([spec])
@@ -216,7 +221,7 @@ def test_slurm_runs_one_job_array_at_most_jobs_at_a_time(tmp_path, data_dir, slu
 
 def test_slurm_cancel_stops_running_and_queued_trials(tmp_path, data_dir, slurm_cluster):
     executor = create_executor("slurm", {}, 1)
-    specs = [trial(data_dir, tmp_path / "sweep", f"t{i}", epochs=4) for i in range(2)]
+    specs = [trial(data_dir, tmp_path / "sweep", f"t{i}", epochs=LONG) for i in range(2)]
     ids = executor.submit(specs)
     wait_steps(specs[0].run_dir, 20)
     executor.cancel(ids)

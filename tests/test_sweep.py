@@ -245,13 +245,18 @@ def _running_trial(directory: Path):
 def test_ctrl_c_and_killed_trial_are_continued(tmp_path, tiny_config):
     args = ["sweep", str(tiny_config), "--seeds", "0", "train.epochs=150", "train.log_every=0"]
     directory = tmp_path / "runs" / "tiny-seed"
-    command = [sys.executable, "-m", "mnistlab", *args]
+    # as from a terminal: a test run started in the background (`pytest &`) inherits an ignored
+    # SIGINT, which the sweep would keep, as a background job should
+    command = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, "
+               "signal.SIG_DFL); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+               "-m", "mnistlab", *args]
 
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, run_dir = wait_for(lambda: _running_trial(directory))
     sweep.send_signal(signal.SIGINT)  # Ctrl-C: the trial is cancelled and saves itself
-    _, stderr = sweep.communicate(timeout=300)
-    assert sweep.returncode == 130 and "cancelled the 1 trial this sweep had submitted" in stderr
+    out, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 130, out + stderr
+    assert "cancelled the 1 trial this sweep had submitted" in stderr
     assert next(iter(index(directory).values()))["status"] == "stopped"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
