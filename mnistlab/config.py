@@ -133,6 +133,12 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})" if value is not None else "null"
 
 
+# what a list-valued setting looks like, for the error that asks for a list
+LIST_EXAMPLES = {"model.hidden": "[256]", "model.channels": "[32, 64]", "model.stride": "[2, 1]",
+                 "quadratic.x0": "[3.0, -2.0]", "linreg.x_columns": "[x1, x2]",
+                 "linreg.y_columns": "[y]"}
+
+
 def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     """Check one value against a type hint; return it converted, or record a problem."""
     origin = typing.get_origin(tp)
@@ -164,7 +170,8 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if origin is list:
         (inner,) = args
         if not isinstance(value, list):
-            problems.append(f"{path}: expected a list, e.g. [32, 64], got {_describe(value)}")
+            example = next((ex for key, ex in LIST_EXAMPLES.items() if path.endswith(key)), "[1, 2]")
+            problems.append(f"{path}: expected a list, e.g. {example}, got {_describe(value)}")
             return None
         return [_convert(inner, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     if tp is bool:

@@ -124,3 +124,12 @@ def test_a_stride_other_than_one_or_two_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "model.stride" in str(err.value) and "[2, 1]" in str(err.value)
+
+
+def test_a_scalar_where_a_list_belongs_gets_an_example_of_that_setting(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {kind: conv, stride: 2, hidden: 5}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "model.stride: expected a list, e.g. [2, 1], got 2" in str(err.value)
+    assert "model.hidden: expected a list, e.g. [256], got 5" in str(err.value)
