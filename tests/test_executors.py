@@ -193,7 +193,10 @@ def test_slurm_time_limit_warning_requeues_the_trial_which_continues(tmp_path, d
         time.sleep(0.2)
     assert executor.states([job_id])[job_id] == "pending"  # requeued: the same job id, queued again
     assert summary(spec.run_dir)["status"] == "interrupted"
-    # SLURM holds a requeued job back for two minutes; let it start now
+    # SLURM holds a requeued job back for two minutes; let it start sooner, though not at once:
+    # slurmd refuses to launch a job it killed a moment ago ("already killed, do not launch batch
+    # job") and the job fails
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"], check=True)
     wait_finished(executor, [job_id])
     done = summary(spec.run_dir)
