@@ -287,9 +287,10 @@ def main() -> None:
                           "cnn_summary": cnn, "dense_summary": dense})
         out["pairs"] = pairs
 
-        ablation_list = [(label, extra) for label, extra in ABLATIONS
-                         if flags or label not in PRECISION_ROWS]
-        full_list = [(label, extra) for label, extra in FULL_RUNS if flags or label not in PRECISION_ROWS]
+        def measurable(rows):
+            return [(label, extra) for label, extra in rows if flags or label not in PRECISION_ROWS]
+
+        ablation_list, full_list = measurable(ABLATIONS), measurable(FULL_RUNS)
         if not flags:
             print("no native bf16: the fp32 and bf16 rows are left out (auto trains in fp32; "
                   "python bench/speed.py --precision-only compares the two)", flush=True)
