@@ -41,6 +41,10 @@ class ModelConfig:
     # layer), 1 keeps it and the pooling above halves it
     stride: list[int] = field(default_factory=lambda: [1, 1])
     batch_norm: bool = True
+    # learned: trained like every layer; whitened: the first conv's filters are fitted to the
+    # training images' patches (principal directions at unit variance, each with its negative)
+    # and then frozen, so nothing is backpropagated below the second conv (1.5x faster steps)
+    first_conv: Literal["learned", "whitened"] = "learned"
     # module: your own nn.Module class, FILE.py:Class (relative to the config file) or package.module:Class
     module: str | None = None
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of its constructor
@@ -305,6 +309,14 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
     if len(m.stride) != 2 or any(st is not None and st not in (1, 2) for st in m.stride):
         problems.append(f"model.stride: give the stride of each of the two conv layers, 1 or 2, "
                         f"such as [2, 1]; got {m.stride!r}")
+    if m.kind == "conv" and m.first_conv == "whitened" and m.channels and m.channels[0] is not None \
+            and (m.channels[0] % 2 or m.channels[0] > 2 * m.kernel_size ** 2):
+        most = 2 * m.kernel_size ** 2
+        problems.append(
+            f"model.channels: a whitened first conv has one filter per direction of a "
+            f"{m.kernel_size}x{m.kernel_size} patch and one per its negative, so an even number "
+            f"of at most {most}; got {m.channels[0]}. Use e.g. model.channels=[{most}, "
+            f"{m.channels[1] if len(m.channels) > 1 else 64}] or model.first_conv=learned")
     if m.kernel_size % 2 == 0:
         problems.append(
             f"model.kernel_size: {m.kernel_size} is even; use an odd size (3, 5, 7) so the "
@@ -607,19 +619,19 @@ UNREAD = {
                            "train.label_smoothing"),
              "linreg": ("model", "data", "quadratic", "train.label_smoothing")},
     "model.kind": {"dense": ("model.channels", "model.kernel_size", "model.pool", "model.batch_norm",
-                             "model.stride", "model.module", "model.args", "model.source_digest"),
+                             "model.stride", "model.first_conv", "model.module", "model.args", "model.source_digest"),
                    "conv": ("model.hidden", "model.module", "model.args", "model.source_digest"),
                    # your own class: its file's digest is in, so changed code is a new experiment
                    "module": ("model.hidden", "model.activation", "model.dropout", "model.channels",
                               "model.kernel_size", "model.pool", "model.batch_norm",
-                              "model.stride")},
+                              "model.stride", "model.first_conv")},
     "optim.schedule": {"none": ("optim.step_size", "optim.gamma"),
                        "cosine": ("optim.step_size", "optim.gamma"),
                        "onecycle": ("optim.step_size", "optim.gamma")},
 }
 # settings added after hash_version 2: left out of the hash at their default, so that runs made
 # before they existed keep their hash (and sweeps their trials)
-ADDED_LATER = {"model.stride": [1, 1]}
+ADDED_LATER = {"model.stride": [1, 1], "model.first_conv": "learned"}
 HASH_VERSION = 2  # 1: every setting but name and runs_dir entered the hash
 
 

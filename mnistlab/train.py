@@ -447,7 +447,7 @@ def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False)
     if own_model:
         first = as_input(task.data.train_x[:cfg.train.batch_size], device, is_conv(task.model))
         usermodel.probe(task.model, first, task.info["num_classes"])
-    optimizer = build_optimizer(cfg.optim, task.model.parameters())
+    optimizer = build_optimizer(cfg.optim, [p for p in task.model.parameters() if p.requires_grad])
     steps_per_epoch = math.ceil(len(task.data.train_x) / cfg.train.batch_size)
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs, steps_per_epoch)
     n = min(cfg.train.batch_size, len(task.data.train_x))  # auto measures one training batch
@@ -475,7 +475,8 @@ def new_run(cfg: Config, task: Task, device: torch.device, chosen: precision.Cho
         "name": cfg.name, "run_dir": str(run_dir), "task": cfg.task, "status": "running",
         "started": datetime.now().isoformat(timespec="seconds"), "ended": None,
         **runs.process_identity(), "executor": runs.executor_identity(), "config_hash": config_hash(cfg), "hash_version": HASH_VERSION,
-        "source": source or {}, "params": count_parameters(task.model), "device": str(device),
+        "source": source or {}, "params": count_parameters(task.model),
+        "params_learned": count_parameters(task.model, learned_only=True), "device": str(device),
         "precision": chosen.name, "precision_reason": chosen.reason, "epochs": cfg.train.epochs,
         "epochs_completed": 0, "steps_completed": 0,
         "steps_per_epoch": math.ceil(len(data.train_x) / cfg.train.batch_size),

@@ -133,3 +133,16 @@ def test_a_scalar_where_a_list_belongs_gets_an_example_of_that_setting(tmp_path)
         load_config(path)
     assert "model.stride: expected a list, e.g. [2, 1], got 2" in str(err.value)
     assert "model.hidden: expected a list, e.g. [256], got 5" in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, fix", [
+    (["model.first_conv=whitened"], "model.channels=[18, 64]"),  # cnn.yaml's 32 learned filters
+    (["model.first_conv=whitened", "model.channels=[7,64]"], "model.channels=[18, 64]"),
+    (["model.first_conv=whitened", "model.kernel_size=5", "model.channels=[52,32]"],
+     "model.channels=[50, 32]"),
+])
+def test_a_whitened_first_conv_with_filters_it_cannot_make_is_refused(overrides, fix):
+    result = runner.invoke(app, ["train", str(ROOT / "configs/cnn.yaml"), "model.channels=[32,64]",
+                                 *overrides])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "a whitened first conv" in result.stderr and fix in result.stderr

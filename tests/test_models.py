@@ -1,9 +1,10 @@
 """Model output shapes and parameter counts, computed by hand."""
 
+import pytest
 import torch
 
 from mnistlab.config import ModelConfig
-from mnistlab.models import activation_first, build_model, count_parameters
+from mnistlab.models import WhitenedConv2d, activation_first, build_model, count_parameters, fit_whitening
 
 
 def test_dense_default_is_two_layers_with_the_expected_parameters():
@@ -79,3 +80,45 @@ def test_a_stride_two_conv_halves_the_image_itself_and_is_not_pooled():
     assert count_parameters(model) == (9 * 32 + 32) + (32 * 64 * 9 + 64) + (64 * 7 * 7 * 10 + 10)
     odd = build_model(ModelConfig(kind="conv", channels=[4, 8], stride=[2, 2], pool="none"), (1, 9, 9), 3)
     assert odd(torch.zeros(1, 1, 9, 9)).shape == (1, 3)  # 9 -> 5 -> 3
+
+
+def test_a_whitened_first_conv_decorrelates_the_patches_it_was_fitted_to():
+    torch.manual_seed(0)
+    # images with strongly correlated neighbouring pixels, of a variance that dwarfs EPS
+    noise = torch.randn(200, 1, 10, 10)
+    images = 10 * torch.nn.functional.avg_pool2d(noise, 3, stride=1, padding=1)
+    cfg = ModelConfig(kind="conv", channels=[18, 8], first_conv="whitened", batch_norm=False)
+    model = build_model(cfg, (1, 10, 10), 3)
+    conv = model[0]
+    assert isinstance(conv, WhitenedConv2d) and conv.bias is None
+    fit_whitening(model, images)
+    out = conv(images).detach().permute(0, 2, 3, 1).reshape(-1, 18).double()
+    half = out[:, :9]
+    cov = torch.cov(half.T)
+    # unit variance at SCALE (up to the EPS added to each variance), and no correlation left
+    scale = WhitenedConv2d.SCALE ** 2
+    assert torch.allclose(cov.diagonal(), torch.full((9,), scale, dtype=torch.double), rtol=0.05)
+    assert (cov - torch.diag(cov.diagonal())).abs().max() < 1e-6
+    assert torch.equal(out[:, 9:], -half)  # each filter beside its negative
+
+
+def test_a_whitened_first_conv_keeps_the_largest_directions_and_is_never_trained():
+    torch.manual_seed(0)
+    images = 10 * torch.nn.functional.avg_pool2d(torch.randn(100, 1, 10, 10), 3, stride=1, padding=1)
+    cfg = ModelConfig(kind="conv", channels=[4, 8], first_conv="whitened", batch_norm=False)
+    model = build_model(cfg, (1, 10, 10), 3)
+    fit_whitening(model, images)
+    # 4 filters: the 2 directions of largest variance; the smoothest (all-positive) one is first
+    first = model[0].weight[0].flatten()
+    assert (first > 0).all() or (first < 0).all()
+    assert count_parameters(model) - count_parameters(model, learned_only=True) == 4 * 9
+    before = model[0].weight.clone()
+    model(images[:8]).square().sum().backward()
+    assert model[0].weight.grad is None and model[3].weight.grad is not None
+    assert torch.equal(model[0].weight, before)
+
+
+def test_a_whitened_first_conv_needs_an_even_number_of_filters_it_can_make():
+    for channels in (3, 20):
+        with pytest.raises(ValueError, match="even number"):
+            WhitenedConv2d(1, channels, 3)

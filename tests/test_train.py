@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -208,3 +209,20 @@ def test_a_reused_pid_does_not_make_a_dead_run_look_alive():
         reused = {**me, "pid_started": me["pid_started"] - 1}
         assert run_status({"status": "running", **reused}) == "killed"
     assert process_alive({**me, "host": "elsewhere"}) is None
+
+
+def test_a_whitened_first_conv_is_fitted_once_kept_frozen_and_resumes_exactly(tiny_config):
+    overrides = ["model.first_conv=whitened", "model.channels=[4,8]", "optim.name=sgd",
+                 "optim.momentum=0.9", "optim.weight_decay=0.01"]
+    cfg = load_config(tiny_config, overrides)
+    straight = fit(cfg)
+    paused = fit(cfg, until_epoch=1)
+    first = load_checkpoint(Path(paused["run_dir"]) / "checkpoints" / "last.pt")["model"]["0.weight"]
+    resumed = fit(cfg, resume=Path(paused["run_dir"]))
+    assert resumed["final"] == straight["final"]
+    assert straight["params"] - straight["params_learned"] == 4 * 9
+    # the fitted filters, untouched by two epochs of weight decay and momentum
+    last = load_checkpoint(Path(straight["run_dir"]) / "checkpoints" / "last.pt")["model"]["0.weight"]
+    assert torch.equal(first, last) and first.abs().sum() > 0
+    learned = fit(load_config(tiny_config, overrides[1:]))
+    assert learned["final"] != straight["final"]
