@@ -112,6 +112,21 @@ def fit_whitening(model: nn.Module, train_images: torch.Tensor) -> None:
             layer.fit(train_images)
 
 
+def frozen_head(model: nn.Module) -> int:
+    """How many leading layers of the model can run once for the whole training set: a fitted
+    (whitened) first conv and the pooling and activation after it, up to the second conv. They
+    learn nothing, draw no random numbers and act alike in training and evaluation. 0 when the
+    model starts otherwise, or when anything else (batch norm, dropout) stands before conv 2."""
+    if not isinstance(model, nn.Sequential) or not isinstance(model[0], WhitenedConv2d):
+        return 0
+    for count, layer in enumerate(model[1:], start=1):
+        if isinstance(layer, nn.Conv2d):
+            return count
+        if not isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, *ACTIVATIONS.values())):
+            return 0
+    return 0
+
+
 def activation_first(model: nn.Sequential) -> nn.Sequential:
     """The same layers in the textbook order, activation then max-pooling: the same numbers as
     build_model's pool-then-activation, with the activation run on the 4x larger map."""

@@ -24,7 +24,7 @@ from .config import (HASH_VERSION, Config, OptimConfig, config_from_dict, config
                      optimizer_settings, to_dict, to_yaml)
 from .errors import (CheckpointError, Diverged, DiskError, Interrupted, MnistlabError,  # noqa: F401
                      RunError, TrainError)
-from .models import count_parameters
+from .models import count_parameters, frozen_head
 from .tasks import TASKS, Task, build_task
 
 
@@ -335,6 +335,7 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
                     "rate_unit": task.rate_unit, "epochs": cfg.train.epochs,
                     "steps_per_epoch": steps_per_epoch, "start_epoch": state.epoch})
     channels_last = is_conv(model)
+    body, train_x = model, None  # the first epoch may find a fitted first stage to run once
     losses: list[tuple[int, int, torch.Tensor]] = []  # (epoch, step, loss) not yet checked
     model.train()
     t_epoch = time.perf_counter()
@@ -343,13 +344,15 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
             state.epoch_shuffle = state.shuffle.get_state()
             perm = torch.randperm(n_train, generator=state.shuffle).to(device)
             t_epoch = t_window = time.perf_counter()
+            if train_x is None:  # inside the epoch's time: it is part of what training costs
+                train_x, body = training_inputs(model, data.train_x, batch, device, bf16)
             for step in range(state.step, steps_per_epoch):
                 if stop.is_set():
                     raise KeyboardInterrupt
                 idx = perm[step * batch:(step + 1) * batch]
-                xb, yb = as_input(data.train_x[idx], device, channels_last), data.train_y[idx]
+                xb, yb = as_input(train_x[idx], device, channels_last), data.train_y[idx]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = model(xb)
+                    out = body(xb)
                     loss = task.loss(out, yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -420,6 +423,32 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
         run.finish("failed", state, e.message())
         raise
     return run.finish("completed", state)
+
+
+FEATURE_CACHE_BYTES = 2**30  # the most a first stage's output over the training set may take
+
+
+@torch.no_grad()
+def training_inputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
+                    bf16: bool) -> tuple[torch.Tensor, torch.nn.Module]:
+    """What the training steps feed to which layers: the training images to the whole model, or,
+    where the model starts with a fitted first stage (a whitened conv, its pooling and activation),
+    that stage's output for every image, computed once, to the layers above it. The same numbers
+    either way, without a quarter of each step; at most FEATURE_CACHE_BYTES of them."""
+    count = frozen_head(model)
+    if not count:
+        return x, model
+    head, out = model[:count], None
+    for i in range(0, len(x), batch_size):  # training-sized batches: they stay in the CPU's caches
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            part = head(as_input(x[i:i + batch_size], device, True))
+        if out is None:
+            if len(x) * part[0].numel() * part.element_size() > FEATURE_CACHE_BYTES:
+                return x, model
+            out = torch.empty((len(x), *part.shape[1:]), dtype=part.dtype, device=device,
+                              memory_format=torch.channels_last)
+        out[i:i + len(part)] = part
+    return (x, model) if out is None else (out, model[count:])
 
 
 def stop_after(cfg: Config, until_epoch: int | None) -> int:

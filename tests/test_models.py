@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mnistlab.config import ModelConfig
-from mnistlab.models import WhitenedConv2d, activation_first, build_model, count_parameters, fit_whitening
+from mnistlab.models import (WhitenedConv2d, activation_first, build_model, count_parameters,
+                             fit_whitening, frozen_head)
 
 
 def test_dense_default_is_two_layers_with_the_expected_parameters():
@@ -122,3 +123,17 @@ def test_a_whitened_first_conv_needs_an_even_number_of_filters_it_can_make():
     for channels in (3, 20):
         with pytest.raises(ValueError, match="even number"):
             WhitenedConv2d(1, channels, 3)
+
+
+def test_only_a_whole_fitted_first_stage_is_a_frozen_head():
+    def head(**settings):
+        return frozen_head(build_model(ModelConfig(kind="conv", channels=[4, 8], batch_norm=False,
+                                                   **settings), (1, 12, 12), 3))
+
+    assert head(first_conv="whitened") == 3  # conv, max-pool, ReLU
+    assert head(first_conv="whitened", stride=[2, 1]) == 2  # conv, ReLU
+    assert head(first_conv="whitened", activation="gelu") == 3  # conv, GELU, max-pool
+    assert head(first_conv="learned") == 0
+    assert head(first_conv="whitened", dropout=0.5) == 3  # the dropout stands before the dense layer
+    with_bn = build_model(ModelConfig(kind="conv", channels=[4, 8], first_conv="whitened"), (1, 12, 12), 3)
+    assert frozen_head(with_bn) == 0  # batch norm learns: the first stage is not fixed
