@@ -50,7 +50,7 @@ from mnistlab.models import activation_first  # noqa: E402
 from mnistlab.compute import as_input, evaluate, is_conv  # noqa: E402
 from mnistlab.precision import choose, cpu_bf16_flags, cpu_model, for_eval, measure_both  # noqa: E402
 from mnistlab.tasks import TASKS, build_task  # noqa: E402
-from mnistlab.train import Silent, fit  # noqa: E402
+from mnistlab.train import Silent, fit, setup, training_inputs  # noqa: E402
 
 
 class TestEachEpoch(Silent):
@@ -214,6 +214,60 @@ def time_to_first_step(data_dir: str, runs_dir: Path, cache: Path) -> float:
     return first["time"] - first["elapsed"] - launched
 
 
+def op_profile(data_dir: str, steps: int = 30) -> dict:
+    """Where cnn.yaml's training step spends its time, by operator (torch.profiler's self CPU time,
+    ms per step), on the inputs the training loop feeds it (a whitened first stage run once)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = load_config(ROOT / "configs" / "cnn.yaml", ["data.name=fashion-mnist", f"data.root={data_dir}"])
+    device, task, optimizer, _, chosen = setup(cfg)
+    batch = cfg.train.batch_size
+    x, body = training_inputs(task.model, task.data.train_x[:batch * (steps + 5)], batch, device,
+                              chosen.bf16)
+    y = task.data.train_y
+
+    def step(i):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=chosen.bf16):
+            loss = task.loss(body(as_input(x[i * batch:(i + 1) * batch], device, True)),
+                             y[i * batch:(i + 1) * batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(5):
+        step(i)
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(5, steps + 5):
+            step(i)
+    wall = (time.perf_counter() - t) / steps
+    ops = sorted(((e.key, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()),
+                 key=lambda kv: -kv[1])
+    # the FLOPs of the convs the step runs (the run-once stage excluded), forward, per batch
+    conv_flops = []
+    hooks = [m.register_forward_hook(lambda m, i, o: conv_flops.append(
+        2 * o.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1]))
+        for m in body.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        body(as_input(x[:batch], device, True))
+    for h in hooks:
+        h.remove()
+    return {"step_ms": 1e3 * wall, "ops_ms": dict(ops[:8]), "conv_gflop_per_batch": sum(conv_flops) / 1e9}
+
+
+def print_profile(prof: dict) -> None:
+    total = sum(prof["ops_ms"].values())
+    print(f"\n| cnn.yaml training step by operator (self CPU ms per step; the step: "
+          f"{prof['step_ms']:.1f} ms under the profiler) | ms | share of these |\n|---|---|---|")
+    for name, ms in prof["ops_ms"].items():
+        print(f"| {name} | {ms:.2f} | {100 * ms / total:.0f}% |")
+    flops, ops = prof["conv_gflop_per_batch"], prof["ops_ms"]
+    if "aten::mkldnn_convolution" in ops and "aten::convolution_backward" in ops:
+        print(f"- the trained convs: {flops:.2f} GFLOP per batch forward, the same again for their "
+              f"weight gradient: forward at {flops / ops['aten::mkldnn_convolution'] * 1e3:.0f} "
+              f"GFLOP/s, weight gradient at {flops / ops['aten::convolution_backward'] * 1e3:.0f} GFLOP/s")
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -260,6 +314,8 @@ def main() -> None:
     parser.add_argument("--ref-epochs", type=int, default=4,
                         help="at most this many reference epochs (it stops once it reaches 90%%)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the operator profile of cnn.yaml's training step (a minute)")
     parser.add_argument("--precision-only", action="store_true",
                         help="only one epoch of cnn.yaml in auto, fp32 and bf16, interleaved "
                              "(a few minutes): does auto pick the faster on this machine?")
@@ -276,6 +332,12 @@ def main() -> None:
           f"{out['matmul_gflops_bf16']:.0f} GFLOP/s bf16", flush=True)
     if args.precision_only:
         precision_only(args, out)
+        return
+    if args.profile_only:
+        out["profile"] = op_profile(args.data_dir)
+        print_profile(out["profile"])
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2, default=str))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -325,6 +387,7 @@ def main() -> None:
 
         out["step"] = step_costs(args.data_dir)
         out["pool_order"] = pool_order_costs(args.data_dir)
+        out["profile"] = op_profile(args.data_dir)
         cache = tmp / "cache"
         out["first_step_cold"] = time_to_first_step(args.data_dir, tmp / "runs", cache)
         out["first_step_warm"] = median(
@@ -396,6 +459,7 @@ Fashion-MNIST, medians over {args.repeats} seeds (training seconds, evaluation e
 - conv net training: {flops / 1e6:.1f} MFLOP per image, {achieved:.0f} GFLOP/s achieved = {100 * achieved / rate:.0f}% of the {rate:.0f} GFLOP/s {s0_precision} matrix-multiply rate
 - without the 28x28 first stage (stride-2 first conv, one epoch): {stride_flops / 1e6:.1f} MFLOP per image, {stride_rate:.0f} GFLOP/s = {100 * stride_rate / rate:.0f}% of that rate
 """)
+    print_profile(out["profile"])
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
 
