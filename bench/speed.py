@@ -1,7 +1,8 @@
 """mnistlab against the PyTorch MNIST example on Fashion-MNIST, side by side in one process.
 
-    python bench/speed.py                 # 15 minutes (AMX Xeon) to 35 (AVX2 EPYC) on 2 cores
+    python bench/speed.py                 # about 30 minutes on a 2-core AVX2 EPYC
     python bench/speed.py --repeats 3 --json results.json
+    python bench/speed.py --profile-only  # a minute: the training step by operator
 
 Measures, on the same machine in the same invocation:
 - time to 90% test accuracy: the reference pipeline (bench/reference.py) against
@@ -10,13 +11,14 @@ Measures, on the same machine in the same invocation:
   evaluation excluded for both;
 - the shipped configs' final test accuracy and training time (targets: cnn >= 92% in <= 60 s,
   dense >= 88% in <= 15 s);
-- per-epoch cost of each speed choice (bf16, threads, channels, kernel, batch size, batch norm,
-  a stride-2 first conv) against the default, one epoch each, and whole runs that show whether
+- per-epoch cost of each speed choice (bf16, threads, a learned first conv, channels, kernel,
+  batch size, batch norm, a stride-2 first conv) against the default, one epoch each, and whole runs that show whether
   the accuracy holds; the fp32/bf16 rows only where bf16 is native;
 - a training step with max-pooling before the ReLU against the textbook order (same numbers);
 - data preparation (index slice, copy, channels-last) as a share of a training step;
 - from the command to the first training step, with the parsed-data cache cold and warm;
-- the conv net's training FLOP/s as a share of the machine's fp32 matrix-multiply rate.
+- the conv net's training FLOP/s as a share of the machine's fp32 matrix-multiply rate, and its
+  training step by operator (torch.profiler), with the trained conv's forward and weight-gradient rates.
 Medians over --repeats (seeds 0, 1, ...); ratios are taken pair by pair (same seed). The machine
 should be otherwise idle: every figure is a wall-clock time.
 """
