@@ -18,10 +18,12 @@ def _scores(rec: dict) -> str:
 
 
 def epoch_line(train: dict, val: dict | None, epochs: int, rate_unit: str = "img/s") -> str:
-    text = f"epoch {train['epoch']}/{epochs}  train {_scores(train)}"
+    """One line per epoch, within 80 columns: the training scores unlabelled (as Keras prints them)."""
+    text = f"epoch {train['epoch']}/{epochs}  {_scores(train)}"
     if val:
         text += f"  val {_scores(val)}"
-    return text + f"  {train['elapsed']:.1f}s  {train['images_per_s']:.0f} {rate_unit}"
+    elapsed = train["elapsed"]
+    return text + f"  {elapsed:.{0 if elapsed >= 100 else 1}f}s {train['images_per_s']:.0f} {rate_unit}"
 
 
 def summary_line(s: dict) -> str:

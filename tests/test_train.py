@@ -239,3 +239,14 @@ def test_a_fitted_first_stage_run_once_gives_the_same_run_as_running_it_every_st
     assert once["final"] == every_step["final"] and once["best"] == every_step["best"]
     metrics = [read_metrics(Path(s["run_dir"]) / "metrics.jsonl") for s in (once, every_step)]
     assert [r.get("loss") for r in metrics[0]] == [r.get("loss") for r in metrics[1]]
+
+
+def test_an_epoch_line_fits_an_80_column_terminal():
+    from mnistlab.display import epoch_line
+
+    train_rec = {"epoch": 10, "loss": 0.913731, "accuracy": 0.83931, "elapsed": 157.31,
+                 "images_per_s": 3959.2}
+    line = epoch_line(train_rec, {"loss": 0.399121, "accuracy": 0.896}, 12)
+    assert line == "epoch 10/12  loss 0.9137 acc 83.93%  val loss 0.3991 acc 89.60%  157s 3959 img/s"
+    assert len(line) <= 80
+    assert epoch_line({**train_rec, "elapsed": 13.62}, None, 12).endswith("  13.6s 3959 img/s")
