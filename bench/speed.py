@@ -12,13 +12,14 @@ Measures, on the same machine in the same invocation:
 - the shipped configs' final test accuracy and training time (targets: cnn >= 92% in <= 60 s,
   dense >= 88% in <= 15 s);
 - per-epoch cost of each speed choice (bf16, threads, a learned first conv, channels, kernel,
-  batch size, batch norm, a stride-2 first conv) against the default, one epoch each, and whole runs that show whether
-  the accuracy holds; the fp32/bf16 rows only where bf16 is native;
+  batch size, batch norm, a stride-2 first conv) against the default, one epoch each, and whole
+  runs that show whether the accuracy holds; the fp32/bf16 rows only where bf16 is native;
 - a training step with max-pooling before the ReLU against the textbook order (same numbers);
 - data preparation (index slice, copy, channels-last) as a share of a training step;
 - from the command to the first training step, with the parsed-data cache cold and warm;
 - the conv net's training FLOP/s as a share of the machine's fp32 matrix-multiply rate, and its
-  training step by operator (torch.profiler), with the trained conv's forward and weight-gradient rates.
+  training step by operator (torch.profiler), with the trained conv's forward and weight-gradient
+  rates.
 Medians over --repeats (seeds 0, 1, ...); ratios are taken pair by pair (same seed). The machine
 should be otherwise idle: every figure is a wall-clock time.
 """
@@ -76,7 +77,7 @@ class TestEachEpoch(Silent):
 
 
 STRIDE_LABEL = "stride-2 first conv, no pooling after it"
-# one epoch of cnn.yaml with one setting changed: what each choice costs or saves
+# the textbook first conv, trained, as in the previous cnn.yaml
 LEARNED = ("model.first_conv=learned", "model.channels=[32,64]")
 # one epoch of cnn.yaml with one setting changed: what each choice costs or saves
 ABLATIONS = (("default (precision auto)", []), ("fp32", ["train.precision=fp32"]),
@@ -175,6 +176,14 @@ def pool_order_costs(data_dir: str, rounds: int = 7, steps: int = 5) -> dict:
     return {label: median(t) for label, t in times.items()}
 
 
+def forward_flops(module: nn.Module, output: torch.Tensor) -> int:
+    """FLOPs of one conv or linear layer's forward pass that produced output."""
+    if isinstance(module, nn.Conv2d):
+        k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        return 2 * output.numel() * k
+    return 2 * module.in_features * module.out_features * output.shape[0]
+
+
 def training_flops_per_image(model: nn.Module, image_shape) -> float:
     """FLOPs of the conv and linear layers for one image: the forward pass, the weight gradient of
     each layer that learns, and the input gradient of each layer that has a learning layer below
@@ -184,13 +193,8 @@ def training_flops_per_image(model: nn.Module, image_shape) -> float:
 
     def hook(module, inputs, output):
         nonlocal learning_below
-        if isinstance(module, nn.Conv2d):
-            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            forward = 2 * output.numel() * k
-        else:
-            forward = 2 * module.in_features * module.out_features * output.shape[0]
         learns = module.weight.requires_grad
-        flops.append(forward * (1 + learns + learning_below))
+        flops.append(forward_flops(module, output) * (1 + learns + learning_below))
         learning_below = learning_below or learns
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
@@ -247,9 +251,8 @@ def op_profile(data_dir: str, steps: int = 30) -> dict:
                  key=lambda kv: -kv[1])
     # the FLOPs of the convs the step runs (the run-once stage excluded), forward, per batch
     conv_flops = []
-    hooks = [m.register_forward_hook(lambda m, i, o: conv_flops.append(
-        2 * o.numel() * m.in_channels * m.kernel_size[0] * m.kernel_size[1]))
-        for m in body.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [m.register_forward_hook(lambda m, i, o: conv_flops.append(forward_flops(m, o)))
+             for m in body.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
         body(as_input(x[:batch], device, True))
     for h in hooks:
@@ -342,6 +345,7 @@ def main() -> None:
             args.json.write_text(json.dumps(out, indent=2, default=str))
         return
 
+    cfg = load_config(ROOT / "configs" / "cnn.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pairs = []
@@ -367,7 +371,7 @@ def main() -> None:
             return [(label, extra) for label, extra in rows if flags or label not in PRECISION_ROWS]
 
         ablation_list, full_list = measurable(ABLATIONS), measurable(FULL_RUNS)
-        epochs = load_config(ROOT / "configs" / "cnn.yaml").train.epochs
+        epochs = cfg.train.epochs
         full_list.append((f"{epochs - 1} epochs, not {epochs}", [f"train.epochs={epochs - 1}"]))
         if not flags:
             print("no native bf16: the fp32 and bf16 rows are left out (auto trains in fp32; "
@@ -395,7 +399,6 @@ def main() -> None:
         out["first_step_warm"] = median(
             [time_to_first_step(args.data_dir, tmp / "runs", cache) for _ in range(3)])
 
-    cfg = load_config(ROOT / "configs" / "cnn.yaml")
     model = build_task(load_config(ROOT / "configs" / "cnn.yaml", [
         "data.name=fashion-mnist", f"data.root={args.data_dir}"])).model
     flops = training_flops_per_image(model, (1, 28, 28))

@@ -24,7 +24,7 @@ from .config import (HASH_VERSION, Config, OptimConfig, config_from_dict, config
                      optimizer_settings, to_dict, to_yaml)
 from .errors import (CheckpointError, Diverged, DiskError, Interrupted, MnistlabError,  # noqa: F401
                      RunError, TrainError)
-from .models import count_parameters, frozen_head
+from .models import count_parameters, fit_whitening, frozen_head
 from .tasks import TASKS, Task, build_task
 
 
@@ -434,7 +434,7 @@ def training_inputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int, de
     """What the training steps feed to which layers: the training images to the whole model, or,
     where the model starts with a fitted first stage (a whitened conv, its pooling and activation),
     that stage's output for every image, computed once, to the layers above it. The same numbers
-    either way, without a quarter of each step; at most FEATURE_CACHE_BYTES of them."""
+    either way, without running that stage in every step; at most FEATURE_CACHE_BYTES of them."""
     count = frozen_head(model)
     if not count:
         return x, model
@@ -469,6 +469,8 @@ def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False)
         runs.tensorboard_class()  # a missing package is reported before anything is written
     own_model = cfg.model.kind == "module" and TASKS[cfg.task].builds_model
     task = build_task(cfg, usermodel.trusted_copy(resume, trust_run_code) if own_model else None)
+    if resume is None:  # a resumed run's fitted layers come from its checkpoint
+        fit_whitening(task.model, task.data.train_x)
     task.data = task.data.to(device)  # once: batches are index slices on the device
     task.model.to(device)
     if is_conv(task.model):

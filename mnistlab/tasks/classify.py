@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..data import load_data
-from ..models import build_model, fit_whitening
+from ..models import build_model
 from .base import Data, Task
 
 
@@ -22,7 +22,6 @@ class Classify(Task):
         self.data = Data(splits.train_x, splits.train_y, splits.val_x, splits.val_y,
                          splits.test_x, splits.test_y)
         self.model = build_model(cfg.model, splits.image_shape, splits.num_classes, model_source)
-        fit_whitening(self.model, splits.train_x)  # a resumed run's checkpoint then overwrites it
         self.info = {"dataset": cfg.data.name, "mean": splits.mean, "std": splits.std,
                      "image_shape": list(splits.image_shape), "num_classes": splits.num_classes,
                      "class_names": splits.class_names}
