@@ -428,6 +428,15 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
 FEATURE_CACHE_BYTES = 2**30  # the most a first stage's output over the training set may take
 
 
+def cached_head(model: torch.nn.Module, first: torch.Tensor, n_train: int) -> int:
+    """How many leading layers training_inputs runs once instead of in every step: the fitted
+    first stage (models.frozen_head), if its output over n_train images fits FEATURE_CACHE_BYTES;
+    first: that stage's output for one batch."""
+    count = frozen_head(model)
+    fits = n_train * first[0].numel() * first.element_size() <= FEATURE_CACHE_BYTES
+    return count if fits else 0
+
+
 @torch.no_grad()
 def training_inputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
                     bf16: bool) -> tuple[torch.Tensor, torch.nn.Module]:
@@ -443,12 +452,24 @@ def training_inputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int, de
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             part = head(as_input(x[i:i + batch_size], device, True))
         if out is None:
-            if len(x) * part[0].numel() * part.element_size() > FEATURE_CACHE_BYTES:
+            if not cached_head(model, part, len(x)):
                 return x, model
             out = torch.empty((len(x), *part.shape[1:]), dtype=part.dtype, device=device,
                               memory_format=torch.channels_last)
         out[i:i + len(part)] = part
     return (x, model) if out is None else (out, model[count:])
+
+
+@torch.no_grad()
+def trained_part(model: torch.nn.Module, x: torch.Tensor,
+                 n_train: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The layers a training step runs and their input for the batch x: those above a first stage
+    that training_inputs runs once, or the whole model. What precision auto has to time."""
+    count = frozen_head(model)
+    if not count:
+        return model, x
+    first = model[:count](x)
+    return (model[count:], first) if cached_head(model, first, n_train) else (model, x)
 
 
 def stop_after(cfg: Config, until_epoch: int | None) -> int:
@@ -483,8 +504,8 @@ def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False)
     scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs, steps_per_epoch)
     n = min(cfg.train.batch_size, len(task.data.train_x))  # auto measures one training batch
     x = as_input(task.data.train_x[:n], device, is_conv(task.model))
-    chosen = precision.choose(cfg.train.precision, device, task.model, x, task.data.train_y[:n],
-                              task.loss)
+    body, x = trained_part(task.model, x, len(task.data.train_x))  # of the layers the steps train
+    chosen = precision.choose(cfg.train.precision, device, body, x, task.data.train_y[:n], task.loss)
     return device, task, optimizer, scheduler, chosen
 
 

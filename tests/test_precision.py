@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -85,3 +86,31 @@ def test_eval_uses_the_precision_the_run_trained_in():
     assert precision.for_eval("auto", "bf16", conv=False) is True
     assert precision.for_eval("auto", "fp32", conv=True) is False
     assert precision.for_eval("fp32", "bf16", conv=True) is False
+
+
+WHITENED = ["model.first_conv=whitened", "model.batch_norm=false"]
+
+
+@pytest.mark.parametrize("overrides, cache_bytes, times_from", [
+    (WHITENED, 2**30, "conv 2"),  # the first stage runs once, before the steps
+    (WHITENED, 1, "conv 1"),  # its output is too big to keep: every step runs it
+    ([], 2**30, "conv 1"),  # a learned first conv trains in every step
+])
+def test_auto_times_the_layers_the_training_steps_run(tiny_config, monkeypatch, overrides,
+                                                      cache_bytes, times_from):
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(importlib.import_module("mnistlab.train"), "FEATURE_CACHE_BYTES", cache_bytes)
+    timed = []
+
+    def measure_both(model, x, y, loss_fn):
+        timed.append((model, x.shape))
+        return {"fp32": 0.010, "bf16": 0.020}
+
+    monkeypatch.setattr(precision, "measure_both", measure_both)
+    fit(load_config(tiny_config, ["train.epochs=1", *overrides]))  # 12x12 images, channels 4, 8
+    ((model, shape),) = timed
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    if times_from == "conv 2":
+        assert (first.in_channels, first.out_channels) == (4, 8) and shape == (32, 4, 6, 6)
+    else:
+        assert (first.in_channels, first.out_channels) == (1, 4) and shape == (32, 1, 12, 12)
