@@ -366,3 +366,27 @@ def test_detach_is_refused_on_ray_whose_tasks_die_with_their_driver(tmp_path, da
     assert result.exit_code == 2
     assert "--detach: Ray tasks belong to the driver" in result.output
     assert not (tmp_path / "runs" / "s").exists()
+
+
+CANCEL_IN_AN_IGNORING_WORKER = """
+import _thread, json, signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in the workers of a Ray started in the background
+from mnistlab.sweep.executors.ray import run_trial
+log = sys.argv[1]
+threading.Timer(2.0, _thread.interrupt_main).start()  # what ray.cancel does in the worker
+start = time.monotonic()
+try:
+    code = run_trial([sys.executable, "-c", "import time; time.sleep(60)"], {}, log)
+    print(json.dumps({"returned": code}))
+except KeyboardInterrupt:
+    print(json.dumps({"interrupted_after": round(time.monotonic() - start, 1)}))
+"""
+
+
+def test_a_cancelled_ray_task_stops_its_trial_even_where_sigint_is_ignored(tmp_path):
+    pytest.importorskip("ray")
+    done = subprocess.run([sys.executable, "-c", CANCEL_IN_AN_IGNORING_WORKER, str(tmp_path / "log")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "interrupted_after" in result, result  # not the trial's own end, a minute later

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
+import threading
 
 import ray
 
@@ -15,6 +17,11 @@ from .process import start_trial, stop_trial
 
 def run_trial(argv: list[str], env: dict[str, str], log: str) -> int:
     """The Ray task of one trial: run its command; a cancelled task stops the trial with SIGTERM."""
+    if threading.current_thread() is threading.main_thread():
+        # ray.cancel raises KeyboardInterrupt through SIGINT's handler (_thread.interrupt_main),
+        # which does nothing where SIGINT is ignored: in the workers of a Ray started in the
+        # background (nohup, or a job of a non-interactive shell)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = start_trial(argv, env, log)
     try:
         while True:
