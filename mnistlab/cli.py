@@ -228,6 +228,7 @@ def plot(
                                    help="Draw the run's test confusion matrix instead of curves."),
     ckpt: str = typer.Option("last", "--ckpt", metavar="best|last",
                              help="Checkpoint for --confusion."),
+    trust_run_code: bool = TRUST,
 ) -> None:
     """Draw learning curves of runs overlaid, or a run's confusion matrix."""
     import matplotlib
@@ -240,12 +241,15 @@ def plot(
     for note in skipped:
         err.print(note, markup=False)
     rows = [report.load_run(d) for d in dirs]
+    if trust_run_code and not confusion:
+        raise fail("--trust-run-code goes with --confusion, the only plot that runs a model; "
+                   "learning curves are drawn from the runs' logs.")
     if confusion:
         if ckpt not in ("best", "last"):
             raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
         if len(rows) != 1:
             raise fail("--confusion draws one run's confusion matrix; give a single run.")
-        fig = report.confusion_figure(saved_or_evaluate(rows[0]["dir"], ckpt))
+        fig = report.confusion_figure(saved_or_evaluate(rows[0]["dir"], ckpt, trust_run_code))
         output = output or Path("confusion.png")
     elif all(tasks.get(r["config"].get("task")).figure == "steps" for r in rows):
         fig = report.quadratic_figure(rows)

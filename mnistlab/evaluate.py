@@ -177,8 +177,9 @@ def evaluate_run(target: Path, which: str | None = None, split: str = "test",
     return result
 
 
-def saved_or_evaluate(run_dir: Path, which: str) -> dict:
-    """The run's test eval of a checkpoint: the saved one if newer than the checkpoint, else anew."""
+def saved_or_evaluate(run_dir: Path, which: str, trust_run_code: bool = False) -> dict:
+    """The run's test eval of a checkpoint: the saved one if newer than the checkpoint, else anew
+    (trust_run_code: for a model.kind=module run, import the run's own copy of the code)."""
     saved = run_dir / "evals" / f"test-{which}.json"
     weights = run_dir / "checkpoints" / f"{which}.pt"
     if saved.is_file() and weights.is_file() and saved.stat().st_mtime >= weights.stat().st_mtime:
@@ -186,7 +187,7 @@ def saved_or_evaluate(run_dir: Path, which: str) -> dict:
             return runs.read_json(saved)
         except (OSError, ValueError):
             pass
-    return evaluate_run(run_dir, which, "test")
+    return evaluate_run(run_dir, which, "test", trust_run_code=trust_run_code)
 
 
 # `import mnistlab.evaluate` replaces the package's evaluate() with this module: calling it still works

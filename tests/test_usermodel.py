@@ -145,6 +145,20 @@ def test_eval_refuses_a_run_whose_file_changed_and_runs_the_copy_only_when_trust
     assert result.exit_code == 2 and "does not have the sha256 the run recorded" in result.output
 
 
+def test_plot_confusion_of_a_run_whose_file_changed_runs_the_copy_only_when_trusted(tmp_path, tiny_data):
+    path = small_config(tmp_path, tiny_data)
+    run = Path(fit(load_config(path, ["train.epochs=1"]))["run_dir"])
+    (tmp_path / "models" / "small.py").write_text(SMALL.replace("c=8", "c=9"))
+    figure = tmp_path / "confusion.png"
+    result = cli("plot", run, "--confusion", "-o", figure)  # no saved eval: the model must run
+    assert result.exit_code == 2 and "--trust-run-code" in result.output and not figure.exists()
+    result = cli("plot", run, "-o", figure, "--trust-run-code")
+    assert result.exit_code == 2 and "goes with --confusion" in result.output
+    result = cli("plot", run, "--confusion", "-o", figure, "--trust-run-code")
+    assert result.exit_code == 0, result.output
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+
 def test_trust_run_code_goes_only_with_resume(tmp_path, tiny_data):
     result = cli("train", small_config(tmp_path, tiny_data), "--trust-run-code")
     assert result.exit_code == 2 and "--resume RUN_DIR" in result.output
