@@ -390,3 +390,17 @@ def test_a_cancelled_ray_task_stops_its_trial_even_where_sigint_is_ignored(tmp_p
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "interrupted_after" in result, result  # not the trial's own end, a minute later
+
+
+def test_a_local_ray_refuses_trials_no_node_can_run_instead_of_waiting_forever(tmp_path, data_dir):
+    engine_module("ray")
+    path = sweep_file(tmp_path, data_dir, epochs=1)
+    definition = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**definition, "executor": {"ray": {"gpus_per_trial": 1}}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local instance
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(path), "--executor", "ray"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "each trial asks for 1 GPU(s), more than any node" in " ".join(done.stderr.split())
+    assert "gpus_per_trial" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs" / "s").exists() or not trial_dirs(tmp_path / "runs" / "s")

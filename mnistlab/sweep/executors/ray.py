@@ -59,6 +59,15 @@ class RayExecutor:
                     f"--executor ray: cannot connect to {where} ({_first_line(str(e))}). Start the "
                     "cluster (ray start --head), fix the address (executor: ray: address in the sweep "
                     "file, or RAY_ADDRESS), or leave both unset for a local instance.") from None
+        if self.owner and not address:  # a local instance: this machine is all it will ever have
+            why = unplaceable(self.options)
+            if why:
+                self.close()
+                raise ExecutorUnavailable(
+                    f"--executor ray: {why}. A local Ray instance has only this machine, so the "
+                    "trials would wait forever. Lower executor.ray.gpus_per_trial or cpus_per_trial "
+                    "in the sweep file, or connect to a cluster that has such a node (executor: ray: "
+                    "address, or RAY_ADDRESS).")
         self.prefix = f"ray-{os.urandom(4).hex()}"
         self.count = 0
         self.queue: list[tuple[str, TrialSpec]] = []
@@ -135,6 +144,19 @@ def check_ray_options(options: dict) -> dict:
     if problems:
         raise ConfigError(problems)
     return options
+
+
+def unplaceable(options: dict) -> str | None:
+    """Why no live node of the connected cluster can run one trial, or None: Ray places a task on
+    one node, so a trial asking for more GPUs or CPUs than the largest node has never starts."""
+    need = {"GPU": options.get("gpus_per_trial") or 0, "CPU": options.get("cpus_per_trial") or 0}
+    need = {kind: n for kind, n in need.items() if n}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not need or any(all(r.get(k, 0) >= n for k, n in need.items()) for r in nodes):
+        return None
+    asks = " and ".join(f"{n:g} {kind}(s)" for kind, n in need.items())
+    has = "; ".join(f"{r.get('CPU', 0):g} CPU(s), {r.get('GPU', 0):g} GPU(s)" for r in nodes)
+    return f"each trial asks for {asks}, more than any node of the Ray cluster has ({has or 'no live node'})"
 
 
 def _first_line(text: str) -> str:
