@@ -43,8 +43,8 @@ class ModelConfig:
     batch_norm: bool = True
     # learned: trained like every layer; whitened: the first conv's filters are fitted to the
     # training images' patches (principal directions at unit variance, each with its negative)
-    # and then frozen, so nothing is backpropagated below the second conv (bench/speed.py: 1.3x
-    # faster per epoch than learned at the same channels)
+    # and then frozen, so nothing is backpropagated below the second conv (bench/speed.py: 1.1x
+    # to 1.3x faster per epoch than learned at the same channels)
     first_conv: Literal["learned", "whitened"] = "learned"
     # module: your own nn.Module class, FILE.py:Class (relative to the config file) or package.module:Class
     module: str | None = None

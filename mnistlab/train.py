@@ -428,13 +428,10 @@ def _fit(cfg: Config, reporter: Reporter, resume: Path | None, source: dict | No
 FEATURE_CACHE_BYTES = 2**30  # the most a first stage's output over the training set may take
 
 
-def cached_head(model: torch.nn.Module, first: torch.Tensor, n_train: int) -> int:
-    """How many leading layers training_inputs runs once instead of in every step: the fitted
-    first stage (models.frozen_head), if its output over n_train images fits FEATURE_CACHE_BYTES;
-    first: that stage's output for one batch."""
-    count = frozen_head(model)
-    fits = n_train * first[0].numel() * first.element_size() <= FEATURE_CACHE_BYTES
-    return count if fits else 0
+def fits_cache(first: torch.Tensor, n_train: int) -> bool:
+    """Whether a first stage's output over n_train images fits FEATURE_CACHE_BYTES (first: its
+    output for one batch), so that training_inputs can run it once instead of in every step."""
+    return n_train * first[0].numel() * first.element_size() <= FEATURE_CACHE_BYTES
 
 
 @torch.no_grad()
@@ -452,7 +449,7 @@ def training_inputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int, de
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             part = head(as_input(x[i:i + batch_size], device, True))
         if out is None:
-            if not cached_head(model, part, len(x)):
+            if not fits_cache(part, len(x)):
                 return x, model
             out = torch.empty((len(x), *part.shape[1:]), dtype=part.dtype, device=device,
                               memory_format=torch.channels_last)
@@ -469,7 +466,7 @@ def trained_part(model: torch.nn.Module, x: torch.Tensor,
     if not count:
         return model, x
     first = model[:count](x)
-    return (model[count:], first) if cached_head(model, first, n_train) else (model, x)
+    return (model[count:], first) if fits_cache(first, n_train) else (model, x)
 
 
 def stop_after(cfg: Config, until_epoch: int | None) -> int:

@@ -233,9 +233,20 @@ def test_a_fitted_first_stage_run_once_gives_the_same_run_as_running_it_every_st
                                                                                    monkeypatch):
     cfg = load_config(tiny_config, ["model.first_conv=whitened", "model.channels=[4,8]",
                                     "model.batch_norm=false", "optim.name=sgd", "optim.momentum=0.9"])
+    train_module = importlib.import_module("mnistlab.train")
+    bodies = []  # the layers each run's steps trained
+    real = train_module.training_inputs
+
+    def spy(*args):
+        inputs, body = real(*args)
+        bodies.append(body)
+        return inputs, body
+
+    monkeypatch.setattr(train_module, "training_inputs", spy)
     once = fit(cfg)
-    monkeypatch.setattr(importlib.import_module("mnistlab.train"), "FEATURE_CACHE_BYTES", 0)  # too big to keep: every step runs it
+    monkeypatch.setattr(train_module, "FEATURE_CACHE_BYTES", 0)  # too big to keep: every step runs it
     every_step = fit(cfg)
+    assert len(bodies[0]) < len(bodies[1])  # the first run did train on the kept output
     assert once["final"] == every_step["final"] and once["best"] == every_step["best"]
     metrics = [read_metrics(Path(s["run_dir"]) / "metrics.jsonl") for s in (once, every_step)]
     assert [r.get("loss") for r in metrics[0]] == [r.get("loss") for r in metrics[1]]
