@@ -48,12 +48,14 @@ from reference import DEFAULT_DATA_DIR, run_reference  # noqa: E402
 
 from mnistlab.config import load_config  # noqa: E402
 from mnistlab.data import load_data  # noqa: E402
-from mnistlab.evaluate import load_model  # noqa: E402
+from mnistlab.evaluation import load_model  # noqa: E402
 from mnistlab.models import activation_first  # noqa: E402
 from mnistlab.compute import as_input, evaluate, is_conv  # noqa: E402
 from mnistlab.precision import choose, cpu_bf16_flags, cpu_model, for_eval, measure_both  # noqa: E402
 from mnistlab.tasks import TASKS, build_task  # noqa: E402
-from mnistlab.train import Silent, fit, setup, trained_part, training_inputs  # noqa: E402
+from mnistlab.run import Silent  # noqa: E402
+from mnistlab.training import fit  # noqa: E402
+from mnistlab.platforms.pytorch import setup, trained_part, training_inputs  # noqa: E402
 
 
 class TestEachEpoch(Silent):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ def train(config: str | Path | dict, overrides: list[str] = (), quiet: bool = Tr
     """
     from . import display
     from .config import apply_overrides, config_from_dict, load_config
-    from .train import fit, resume_config
+    from .training import fit, resume_config
 
     if resume is not None:
         return fit(resume_config(resume), display.Plain(quiet=quiet), resume=Path(resume))
@@ -54,17 +52,7 @@ def load_runs(runs_dir: str | Path = "runs") -> Any:
 def evaluate(run: str | Path | dict, split: str = "test", ckpt: str | None = None,
              overrides: list[str] = (), save: bool = True) -> dict:
     """Score a run (a directory, a checkpoint file or the summary train returned) on one split."""
-    from .evaluate import evaluate_run
+    from .evaluation import evaluate_run
 
     target = run["run_dir"] if isinstance(run, dict) else run
     return evaluate_run(Path(target), ckpt, split, list(overrides), save)
-
-
-def callable_module(name: str, function) -> None:
-    """Let the module `name` be called as `function`.
-
-    mnistlab.train and mnistlab.evaluate are both modules and this API's functions: importing a
-    submodule sets the package attribute of its name to the module, so the module is made callable.
-    """
-    module = sys.modules[name]
-    module.__class__ = type("CallableModule", (types.ModuleType,), {"__call__": staticmethod(function)})

@@ -50,8 +50,8 @@ class Commands(TyperGroup):
             raise fail(e.message(), e.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted; nothing more was written.", 130) from None
-        except OSError as e:  # a write no runs.writing() wrapped: still a disk error, not a traceback
-            from .runs import DISK_REASONS, disk_error
+        except OSError as e:  # a write no files.writing() wrapped: still a disk error, not a traceback
+            from .files import DISK_REASONS, disk_error
 
             if e.errno not in DISK_REASONS:
                 raise
@@ -94,7 +94,7 @@ def train(
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import display
-    from .train import completed, fit, resume_config
+    from .training import completed, fit, resume_config
 
     overrides = overrides or []
     if until_epoch is not None and until_epoch < 1:
@@ -147,7 +147,7 @@ def eval_(
     import json
 
     from . import report
-    from .evaluate import CKPTS, evaluate_run
+    from .evaluation import CKPTS, evaluate_run
 
     if ckpt is not None and ckpt not in CKPTS:
         raise fail(f"--ckpt: {ckpt!r} is not a checkpoint name; choose best or last.")
@@ -235,7 +235,7 @@ def plot(
 
     matplotlib.use("Agg")
     from . import report, tasks
-    from .evaluate import saved_or_evaluate
+    from .evaluation import saved_or_evaluate
 
     dirs, skipped = report.runs_of(run_dirs)
     for note in skipped:

@@ -20,7 +20,7 @@ import torch
 
 from .config import DataConfig
 from .errors import DataError, DiskError
-from .runs import digest_ok, save_verified
+from .files import digest_ok, save_verified
 
 # the folder names of torchvision's dataset classes, which also give checksums, mirrors and classes
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}

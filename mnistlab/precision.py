@@ -70,7 +70,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(key: str, entry: dict) -> None:
-    from .runs import atomic_write_text
+    from .files import atomic_write_text
 
     cache = _read_cache()
     cache[key] = entry

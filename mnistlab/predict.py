@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ImageError
-from .evaluate import find_checkpoint, load_model
+from .evaluation import find_checkpoint, load_model
 
 
 def read_gray(path: Path) -> torch.Tensor:

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from . import metrics, runs
+from . import files, metrics, rundir
 from .config import flatten
 from .errors import RunError
 
@@ -95,7 +95,7 @@ def read_run(path: Path) -> dict:
         problem = "summary.json has no status"
     if not problem:
         try:
-            status = runs.run_status(summary)
+            status = rundir.run_status(summary)
         except (TypeError, ValueError, OverflowError):
             problem = "summary.json has an invalid pid"
     started = summary.get("started")
@@ -473,7 +473,7 @@ def _number(v) -> bool:
 def records(run_dir: Path, event: str) -> list[dict]:
     """The run's metrics.jsonl records of one event that have a numeric epoch, step and loss.
 
-    Lines that a kill cut short or that were damaged are skipped, as runs.read_metrics does."""
+    Lines that a kill cut short or that were damaged are skipped, as rundir.read_metrics does."""
     path = run_dir / "metrics.jsonl"
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
@@ -757,4 +757,4 @@ def save_figure(fig, path: Path) -> None:
         raise RunError(f"{path}: the directory {path.parent} does not exist; create it first.")
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lower()[1:])
-    runs.atomic_write_bytes(path, buf.getvalue())
+    files.atomic_write_bytes(path, buf.getvalue())

@@ -211,7 +211,7 @@ def probe(net: nn.Module, x: torch.Tensor, num_classes: int) -> None:
 
 def save_copy(model: ModelConfig, run_dir: Path) -> None:
     """RUN/model_source.py: the very source the run was trained with."""
-    from .runs import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     _, data = _verified_source(model, None)
     atomic_write_bytes(Path(run_dir) / RUN_COPY, data)

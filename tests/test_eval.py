@@ -11,10 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict, write_dataset
-from mnistlab import runs
+from mnistlab import checkpoint
 from mnistlab.cli import app
 from mnistlab.config import config_from_dict
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 runner = CliRunner()
 
@@ -102,7 +102,7 @@ def _bad_checkpoints(run_dir: Path, tmp_path: Path) -> dict[str, Path]:
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     ckpt["config"]["model"]["channels"] = [6, 8]  # weights no longer fit the config
     files["mismatch"] = tmp_path / "mismatch.pt"
-    runs.save_checkpoint(files["mismatch"], {k: v for k, v in ckpt.items() if k != "digest"})
+    checkpoint.write(files["mismatch"], {k: v for k, v in ckpt.items() if k != "digest"})
     return files
 
 

@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from conftest import tiny_config_dict
-from mnistlab import runs
+from mnistlab import rundir
 from mnistlab.config import ConfigError, HASH_VERSION, config_from_dict, config_hash, load_config
-from mnistlab.train import build_optimizer
+from mnistlab.platforms.pytorch import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "runs-v1" / "20261130-000140-tiny"
@@ -57,14 +57,14 @@ def test_a_run_made_before_the_semantic_hash_gets_the_key_of_an_equivalent_new_c
     new["optim"]["lr"] = 0.02
     new["train"]["epochs"] = 1
     key = config_hash(config_from_dict(new))
-    assert runs.trial_key(FIXTURE, old) == key != old["config_hash"]
+    assert rundir.trial_key(FIXTURE, old) == key != old["config_hash"]
     # new summaries carry their version, so their recorded hash is used as it is
-    assert runs.trial_key(tmp_path, {"hash_version": HASH_VERSION, "config_hash": "abc"}) == "abc"
+    assert rundir.trial_key(tmp_path, {"hash_version": HASH_VERSION, "config_hash": "abc"}) == "abc"
     # an unreadable config.yaml gives no key rather than an error
     damaged = tmp_path / "damaged"
     shutil.copytree(FIXTURE, damaged)
     (damaged / "config.yaml").write_text("optim: [")
-    assert runs.trial_key(damaged, old) is None
+    assert rundir.trial_key(damaged, old) is None
 
 
 def test_each_optimizer_has_its_own_defaults(tiny_config):

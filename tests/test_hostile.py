@@ -19,12 +19,12 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict, write_dataset, write_idx
-from mnistlab import runs
+from mnistlab import checkpoint, files
 from mnistlab.cli import app
 from mnistlab.config import ConfigError, DataConfig, config_from_dict, load_config
 from mnistlab.data import DataError, load_data, read_split
 from mnistlab.errors import DiskError
-from mnistlab.train import RunInterrupted, fit
+from mnistlab.training import RunInterrupted, fit
 
 runner = CliRunner()
 LINREG = Path(__file__).resolve().parents[1] / "configs" / "linreg.yaml"
@@ -127,12 +127,12 @@ def test_a_full_disk_mid_run_ends_failed_with_the_file_and_the_reason(base, disk
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "the disk is full" in summary["error"]
     assert "best.pt" in out and "best.pt" in summary["error"]
-    assert runs.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # what was saved stays good
+    assert checkpoint.load_checkpoint(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1  # what was saved stays good
     assert not list(run.rglob("*.tmp"))
 
 
 def test_when_even_the_summary_cannot_be_written_the_message_says_so(base, tmp_path, monkeypatch):
-    real = runs.atomic_write_bytes
+    real = files.atomic_write_bytes
     calls = {"summary.json": 0}
 
     def failing(path, data):
@@ -140,10 +140,10 @@ def test_when_even_the_summary_cannot_be_written_the_message_says_so(base, tmp_p
         if path.name == "summary.json":
             calls["summary.json"] += 1
         if path.name == "last.pt" or (path.name == "summary.json" and calls["summary.json"] > 1):
-            raise runs.disk_error(path, OSError(errno.ENOSPC, "No space left on device"))
+            raise files.disk_error(path, OSError(errno.ENOSPC, "No space left on device"))
         real(path, data)
 
-    monkeypatch.setattr(runs, "atomic_write_bytes", failing)
+    monkeypatch.setattr(files, "atomic_write_bytes", failing)
     cfg = config_from_dict(tiny_config_dict(base / "tiny", tmp_path / "runs"))
     with pytest.raises(DiskError) as info:
         fit(cfg)
@@ -234,11 +234,11 @@ def crafted(ckpt: dict, kind: str) -> dict:
     return ckpt
 
 
-@pytest.mark.parametrize("kind", ["no-config", "no-epoch", "no-data", "rng-list", "data-no-classes"])
+@pytest.mark.parametrize("kind", ["no-config", "no-state", "no-data", "rng-list", "data-no-classes"])
 def test_crafted_checkpoints_are_refused_in_resume_eval_and_predict(run_copy, tmp_path, kind):
     last = run_copy / "checkpoints" / "last.pt"
     good = torch.load(last, weights_only=True)
-    runs.save_checkpoint(last, crafted(good, kind))  # a valid digest: the schema check must catch it
+    checkpoint.write(last, crafted(good, kind))  # a valid digest: the schema check must catch it
     as_interrupted(run_copy)
     before = snapshot(run_copy)
     image = tmp_path / "x.png"
@@ -290,7 +290,7 @@ def test_a_damaged_data_cache_is_rebuilt_from_the_files(tmp_path):
     flip_tensor_bytes(cache)
     again = load_data(cfg, 0.0, 0)
     assert torch.equal(again.train_x, first.train_x) and torch.equal(again.train_y, first.train_y)
-    assert runs.digest_ok(torch.load(cache, weights_only=True))  # and the cache was written anew
+    assert files.digest_ok(torch.load(cache, weights_only=True))  # and the cache was written anew
 
 
 def test_a_gzip_file_that_inflates_past_its_header_is_refused_without_inflating_it(tmp_path):

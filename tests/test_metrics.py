@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config_dict, write_dataset
-from mnistlab import metrics, runs
+from mnistlab import files, metrics
 from mnistlab.config import config_from_dict, load_config
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_NAMES = ("val_accuracy", "val_loss", "best_val_accuracy", "test_accuracy", "test_loss",
@@ -33,7 +33,7 @@ def summaries(tmp_path_factory) -> dict[str, dict]:
 
 def _summary(cfg) -> dict:
     fit(cfg)
-    return runs.read_json(sorted(Path(cfg.runs_dir).glob(f"*-{cfg.name}"))[-1] / "summary.json")
+    return files.read_json(sorted(Path(cfg.runs_dir).glob(f"*-{cfg.name}"))[-1] / "summary.json")
 
 
 def test_registry_keeps_the_sweep_names():

@@ -61,6 +61,12 @@ def test_max_pool_before_a_monotone_activation_gives_the_same_values_and_gradien
         model.zero_grad()
         ref = textbook(x)
         ref.square().sum().backward()
+        if activation == "sigmoid":  # AVX-512's vector sigmoid and its scalar tail differ in the
+            # last bit, so on such CPUs the two orders agree to float32 rounding, not bit for bit
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+            for g, p in zip(grads, model.parameters()):
+                torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-6)
+            continue
         assert torch.equal(out, ref)
         assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
 

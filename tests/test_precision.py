@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from mnistlab import precision
 from mnistlab.config import load_config
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 CPU = torch.device("cpu")
 
@@ -99,7 +99,7 @@ WHITENED = ["model.first_conv=whitened", "model.batch_norm=false"]
 def test_auto_times_the_layers_the_training_steps_run(tiny_config, monkeypatch, overrides,
                                                       cache_bytes, times_from):
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"])
-    monkeypatch.setattr(importlib.import_module("mnistlab.train"), "FEATURE_CACHE_BYTES", cache_bytes)
+    monkeypatch.setattr(importlib.import_module("mnistlab.platforms.pytorch"), "FEATURE_CACHE_BYTES", cache_bytes)
     timed = []
 
     def measure_both(model, x, y, loss_fn):

@@ -14,7 +14,7 @@ from conftest import FASHION_DIR, tiny_config_dict, write_idx
 from mnistlab.cli import app
 from mnistlab.config import config_from_dict
 from mnistlab.predict import prepare
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 runner = CliRunner()
 

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from mnistlab.cli import app
 from mnistlab.config import load_config
 from mnistlab.errors import ConfigError
-from mnistlab.runs import load_checkpoint, read_metrics
+from mnistlab.checkpoint import load_checkpoint
+from mnistlab.rundir import read_metrics
 from mnistlab.sweep import build_trials, read_sweep
 from mnistlab.sweep.prune import (Plan, config_key, epoch_metric, halve, keep_count, mean_score, promote, read_plan,
                             rungs)
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 runner = CliRunner()
 
@@ -175,7 +176,7 @@ def test_until_epoch_pauses_on_the_full_schedule_and_resume_ends_like_an_uninter
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "paused" and summary["epochs_completed"] == 1
     assert summary["epochs"] == 4 and "test" not in summary["final"] and summary["final"]["val"]
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
 
     listed = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--format", "json"])
     assert json.loads(listed.output)[0]["status"] == "paused"

@@ -15,10 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import tiny_config_dict, write_dataset
-from mnistlab import metrics, report, runs
+from mnistlab import files, metrics, report
 from mnistlab.cli import app
 from mnistlab.config import config_from_dict, load_config
-from mnistlab.train import TrainError, fit
+from mnistlab.errors import TrainError
+from mnistlab.training import fit
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,9 +41,9 @@ def runs_dir(tmp_path_factory) -> Path:
     fast = next(out.glob("*-fast"))
     stopped = out / (fast.name.replace("fast", "stopped"))
     shutil.copytree(fast, stopped)  # as a Ctrl-C during epoch 2 leaves it
-    summary = runs.read_json(stopped / "summary.json")
+    summary = files.read_json(stopped / "summary.json")
     summary.update(status="interrupted", epochs_completed=1, final={}, wall_seconds=None)
-    runs.write_json(stopped / "summary.json", summary)
+    files.write_json(stopped / "summary.json", summary)
     return out
 
 
@@ -83,7 +84,7 @@ def _shown(output: str, runs_dir: Path) -> None:
         assert column in header
     for run in runs_dir.iterdir():
         line = next(line for line in lines if run.name in line)
-        summary = runs.read_json(run / "summary.json")
+        summary = files.read_json(run / "summary.json")
         assert summary["status"] in line
         if summary["status"] == "completed":
             assert metrics.text("test_accuracy", summary["final"]["test"]["accuracy"]) in line
@@ -142,7 +143,7 @@ def test_compare_shows_differences_and_metrics(runs_dir):
     out = json.loads(result.output)
     assert out["config"]["optim.lr"] == [0.01, 0.001]
     assert "train.epochs" not in out["config"]
-    tests = [runs.read_json(r / "summary.json")["final"]["test"]["accuracy"] for r in (fast, slow)]
+    tests = [files.read_json(r / "summary.json")["final"]["test"]["accuracy"] for r in (fast, slow)]
     assert out["metrics"]["test_accuracy"] == tests
     assert "f" not in out["metrics"] and "lstsq_gap" not in out["metrics"]  # not a classifier's
     table = cli("compare", fast, slow)

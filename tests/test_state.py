@@ -9,12 +9,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mnistlab import display, runs
+from mnistlab import checkpoint, display
 from mnistlab.cli import app
 from mnistlab.config import load_config
-from mnistlab.runs import load_checkpoint, read_metrics
+from mnistlab.checkpoint import load_checkpoint
+from mnistlab.rundir import read_metrics
 from mnistlab.tasks import build_task
-from mnistlab.train import RunInterrupted, Silent, build_optimizer, fit
+from mnistlab.training import RunInterrupted, fit
+from mnistlab.run import Silent
+from mnistlab.platforms.pytorch import build_optimizer
 
 runner = CliRunner()
 TIMING = ("elapsed", "images_per_s", "eval_seconds", "time")
@@ -127,7 +130,7 @@ def test_a_checkpoint_written_before_train_state_still_resumes(tiny_config):
                 rng_state=state["rng"]["cpu"], best=state["best"], train_seconds=state["seconds"])
     for key in ("format", "digest"):
         ckpt.pop(key, None)
-    runs.save_checkpoint(path, ckpt)  # with the digest of its new content
+    checkpoint.write(path, ckpt)  # with the digest of its new content
     resumed = fit(cfg, resume=run)
     reference = fit(cfg)
     assert resumed["status"] == "completed" and resumed["final"]["test"] == reference["final"]["test"]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import wait_for
 
-from mnistlab import runs
+from mnistlab import lease, rundir
 from mnistlab.cli import app
 
 runner = CliRunner()
@@ -34,7 +34,7 @@ def live_trial(directory: Path, min_epochs: int = 0):
 
 
 def train_epochs(run_dir: Path) -> list[int]:
-    return [r["epoch"] for r in runs.read_metrics(run_dir / "metrics.jsonl")
+    return [r["epoch"] for r in rundir.read_metrics(run_dir / "metrics.jsonl")
             if r.get("event") == "epoch" and r.get("split") == "train"]
 
 
@@ -99,7 +99,7 @@ def test_second_writer_of_a_live_run_is_refused(tmp_path, tiny_config):
     finally:
         trainer.kill()  # kill -9: the owner dies without releasing its lease
         trainer.wait()
-    assert (run_dir / "owner.json").exists() and runs.live_owner(run_dir) is None  # known dead
-    lease = runs.Lease()
-    lease.acquire(run_dir)  # so the next writer may take it over
-    lease.release()
+    assert (run_dir / "owner.json").exists() and lease.live_owner(run_dir) is None  # known dead
+    taker = lease.Lease()
+    taker.acquire(run_dir)  # so the next writer may take it over
+    taker.release()

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mnistlab.config import HASH_VERSION
-from mnistlab import runs
+from mnistlab import files, lease
 from mnistlab.cli import app
 from mnistlab.config import ConfigError
 from mnistlab.errors import ExecutorUnavailable, RunBusy, SweepError
@@ -58,7 +58,7 @@ def big_sweep(tmp_path: Path, tiny_config: Path, n: int) -> Path:
 
 def complete(run_dir: Path, h: str, accuracy: float = 0.5) -> None:
     run_dir.mkdir(parents=True)
-    runs.write_json(run_dir / "summary.json", {"status": "completed", "config_hash": h,
+    files.write_json(run_dir / "summary.json", {"status": "completed", "config_hash": h,
                                                "hash_version": HASH_VERSION,
                                                "final": {"val": {"accuracy": accuracy}}})
 
@@ -101,16 +101,16 @@ def test_states_come_from_lease_job_and_summary(tmp_path, tiny_config):
     complete(done.run_dir, done.hash)
     for t in (live, dead):
         t.run_dir.mkdir(parents=True)
-        runs.write_json(t.run_dir / "summary.json", {"status": "running", "config_hash": t.hash,
+        files.write_json(t.run_dir / "summary.json", {"status": "running", "config_hash": t.hash,
                                                        "hash_version": HASH_VERSION})
-    runs.write_json(live.run_dir / "owner.json", {"host": "elsewhere", "pid": 1,
+    files.write_json(live.run_dir / "owner.json", {"host": "elsewhere", "pid": 1,
                                                   "heartbeat": time.time()})
-    runs.write_json(dead.run_dir / "owner.json", {"host": "elsewhere", "pid": 1,
+    files.write_json(dead.run_dir / "owner.json", {"host": "elsewhere", "pid": 1,
                                                   "heartbeat": time.time() - 3600})
     queued.run_dir.mkdir(parents=True)
-    runs.write_json(queued.run_dir / "job.json", {"executor": "slurm", "job_id": "42"})
+    files.write_json(queued.run_dir / "job.json", {"executor": "slurm", "job_id": "42"})
     failed.run_dir.mkdir(parents=True)
-    runs.write_json(failed.run_dir / "summary.json", {"status": "failed", "config_hash": failed.hash,
+    files.write_json(failed.run_dir / "summary.json", {"status": "failed", "config_hash": failed.hash,
                                                       "hash_version": HASH_VERSION,
                                                       "error": "diverged"})
     states = trial_states(trials, scan(directory), lambda jobs: {"42"})
@@ -199,17 +199,17 @@ def test_grid_sweeps_of_a_config_get_their_own_directories(tiny_config):
 def test_lease_of_another_host_lives_by_its_heartbeat(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    runs.write_json(run / "owner.json", {"host": "elsewhere", "pid": 1, "heartbeat": time.time(),
+    files.write_json(run / "owner.json", {"host": "elsewhere", "pid": 1, "heartbeat": time.time(),
                                          "executor": {"name": "slurm", "job_id": "7_1"}})
-    lease = runs.Lease()
+    taker = lease.Lease()
     with pytest.raises(RunBusy, match="pid 1 on host elsewhere \\(slurm job 7_1\\)"):
-        lease.acquire(run)
-    runs.write_json(run / "owner.json", {"host": "elsewhere", "pid": 1,
-                                         "heartbeat": time.time() - 2 * runs.LEASE_SECONDS})
-    with runs.Lease() as lease:
-        lease.acquire(run)  # a stale heartbeat: the owner is dead
+        taker.acquire(run)
+    files.write_json(run / "owner.json", {"host": "elsewhere", "pid": 1,
+                                         "heartbeat": time.time() - 2 * lease.LEASE_SECONDS})
+    with lease.Lease() as taker:
+        taker.acquire(run)  # a stale heartbeat: the owner is dead
         owner = json.loads((run / "owner.json").read_text())
-        assert owner["host"] == socket.gethostname() and runs.live_owner(run)["token"] == owner["token"]
+        assert owner["host"] == socket.gethostname() and lease.live_owner(run)["token"] == owner["token"]
     assert not (run / "owner.json").exists()  # released
 
 

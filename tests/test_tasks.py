@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from mnistlab.cli import app
 from mnistlab.config import load_config
-from mnistlab.runs import read_metrics
-from mnistlab.train import fit
+from mnistlab.rundir import read_metrics
+from mnistlab.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

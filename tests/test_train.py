@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from conftest import FASHION_DIR
 from mnistlab.cli import app
 from mnistlab.config import load_config
-from mnistlab.runs import load_checkpoint, read_metrics
-from mnistlab.train import fit
+from mnistlab.checkpoint import load_checkpoint
+from mnistlab.rundir import read_metrics
+from mnistlab.training import fit
 
 runner = CliRunner()
 
@@ -65,11 +66,11 @@ def test_train_through_the_cli_writes_a_complete_run_directory(tiny_config, tmp_
     assert env["threads"] == 1 and env["seed"] == 0
 
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ckpt["epoch"] == 3 and ckpt["config"]["optim"]["lr"] == 0.02
+    assert ckpt["state"]["epoch"] == 3 and ckpt["config"]["optim"]["lr"] == 0.02
     assert {"model", "optimizer", "scheduler", "data"} <= set(ckpt)
     assert ckpt["data"]["num_classes"] == 4 and ckpt["data"]["image_shape"] == [1, 12, 12]
     best = load_checkpoint(run / "checkpoints" / "best.pt")
-    assert best["epoch"] == summary["best"]["epoch"]
+    assert best["state"]["epoch"] == summary["best"]["epoch"]
 
 
 def test_runs_never_overwrite_each_other(tiny_config, tmp_path):
@@ -201,7 +202,8 @@ def test_cuda_without_a_gpu_is_a_config_error(tiny_config, tmp_path):
 
 
 def test_a_reused_pid_does_not_make_a_dead_run_look_alive():
-    from mnistlab.runs import process_alive, process_identity, run_status
+    from mnistlab.lease import process_alive, process_identity
+    from mnistlab.rundir import run_status
 
     me = process_identity()
     assert process_alive(me) is True
@@ -233,7 +235,7 @@ def test_a_fitted_first_stage_run_once_gives_the_same_run_as_running_it_every_st
                                                                                    monkeypatch):
     cfg = load_config(tiny_config, ["model.first_conv=whitened", "model.channels=[4,8]",
                                     "model.batch_norm=false", "optim.name=sgd", "optim.momentum=0.9"])
-    train_module = importlib.import_module("mnistlab.train")
+    train_module = importlib.import_module("mnistlab.platforms.pytorch")
     bodies = []  # the layers each run's steps trained
     real = train_module.training_inputs
 

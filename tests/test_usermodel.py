@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import FASHION_DIR, tiny_config_dict, write_dataset
 from mnistlab.cli import app
 from mnistlab.config import config_from_dict, config_hash, load_config
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 LENET = ROOT / "configs" / "models" / "lenet.py"

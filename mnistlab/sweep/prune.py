@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import runs
+from .. import files, rundir
 from ..errors import ConfigError, SweepError
 from ..metrics import METRICS as METRIC_REGISTRY
 from .runner import Progress, run_sweep
@@ -198,7 +198,7 @@ def trial_score(summary: dict | None, metric: str, rung: int) -> tuple[bool, flo
         return True, None
     if (summary.get("epochs_completed") or 0) < rung:
         return False, None
-    records = runs.read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
+    records = rundir.read_metrics(Path(summary["run_dir"]) / "metrics.jsonl")
     return True, epoch_metric(records, metric, rung)
 
 
@@ -207,11 +207,11 @@ def mark_pruned(summary: dict, rung: int, metric: str, value: float | None) -> N
     if summary.get("status") != "paused":
         return
     run_dir = Path(summary["run_dir"])
-    on_disk = runs.read_json(run_dir / "summary.json")
+    on_disk = files.read_json(run_dir / "summary.json")
     on_disk.update(status="pruned", pruned={
         "rung": rung, "metric": metric, "value": value,
         "continue": f"mnistlab train --resume {run_dir}"})
-    runs.write_json(run_dir / "summary.json", on_disk)
+    files.write_json(run_dir / "summary.json", on_disk)
 
 
 def run_pruned(sweep: Sweep, directory: Path, trials: list[Trial], plan: Plan, executor,

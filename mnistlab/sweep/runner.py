@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import runs
+from .. import files, lease
 from ..config import to_dict
 from ..errors import Interrupted, SweepError
 from . import store
@@ -80,11 +80,11 @@ def jobs_alive(executor: Executor, jobs: list[dict]) -> set[str]:
     ids = [j["job_id"] for j in jobs if j.get("executor") == executor.name and j.get("job_id")]
     states = executor.states(ids) if ids else {}
     alive = {i for i, s in states.items() if s in ("pending", "running")}
-    me = runs.process_identity()
+    me = lease.process_identity()
     for j in jobs:  # a local or Ray job of another sweep command runs while that command lives
         driver = j.get("driver") or {}
         if (j.get("executor") in ("local", "ray") and states.get(j.get("job_id"), "unknown") == "unknown"
-                and driver.get("pid") != me["pid"] and runs.process_alive(driver) is True):
+                and driver.get("pid") != me["pid"] and lease.process_alive(driver) is True):
             alive.add(j.get("job_id"))
     return alive
 
@@ -123,15 +123,15 @@ class Runner:
                     self.watched[t.hash] = t
             specs = []
             for t in claim:
-                with runs.writing(t.run_dir):
+                with files.writing(t.run_dir):
                     t.run_dir.mkdir(parents=True, exist_ok=True)
                 specs.append(TrialSpec(t.hash, t.name, trial_argv(self.sweep, t, self.until), t.run_dir,
                                        t.run_dir / "trial.log", self.threads))
             ids = self.executor.submit(specs) if specs else []
             for t, job_id in zip(claim, ids):
-                runs.write_json(t.run_dir / "job.json", {
+                files.write_json(t.run_dir / "job.json", {
                     "executor": self.executor.name, "job_id": job_id,
-                    "driver": runs.process_identity(), "submitted": time.time()})
+                    "driver": lease.process_identity(), "submitted": time.time()})
                 self.attempts[t.hash] = self.attempts.get(t.hash, 0) + 1
                 self.jobs[job_id] = Job(t, job_id, self.attempts[t.hash])
                 self.states[t.hash] = TrialState(QUEUED, t.run_dir, None, {"job_id": job_id})

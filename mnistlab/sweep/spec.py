@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .. import runs
+from .. import rundir
 from .executors import check_options
 from ..config import (Config, ConfigError, apply_overrides, config_from_file_dict, config_hash,
                       load_config, parse_override, read_yaml)
@@ -160,7 +160,7 @@ def read_sweep(path: Path, grid: list[str] = (), seeds: str | None = None,
     sweep.overrides += list(overrides)
     if not is_sweep_file(raw) and not name:  # different --grid keys never share a directory
         sweep.name = "-".join([sweep.name] + [k.split(".")[-1] for k in sweep.keys])
-    sweep.name = runs.slug(name or sweep.name)
+    sweep.name = rundir.slug(name or sweep.name)
     if "train.seed" in sweep.keys[:-1] and sweep.seeds:
         problems.append("train.seed is both swept and given as seeds:; keep one of them")
     if not sweep.keys and not problems:
@@ -341,7 +341,7 @@ def _name_part(value: Any) -> str:
 def _trial_name(point: dict, default: str) -> str:
     """lr-0.01_name-sgd_seed-0: the last part of each key with its value."""
     parts = [f"{key.split('.')[-1]}-{_name_part(v)}" for key, v in point.items()]
-    return runs.slug("_".join(parts))[:100] if parts else default
+    return rundir.slug("_".join(parts))[:100] if parts else default
 
 
 def sweep_dir(sweep: Sweep) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import runs
+from .. import files, lease, rundir
 from .spec import Sweep, Trial, train_command
 
 INDEX_FORMAT = "mnistlab-sweep"
@@ -41,19 +41,19 @@ def scan(directory: Path) -> dict[str, list[dict]]:
         if not entry.is_dir():
             continue
         try:
-            summary = runs.read_json(Path(entry.path) / "summary.json")
+            summary = files.read_json(Path(entry.path) / "summary.json")
         except (OSError, ValueError):
             continue  # not a run, or a run killed while it was being created
         if isinstance(summary, dict):
             summary["run_dir"] = entry.path
-            found.setdefault(runs.trial_key(Path(entry.path), summary), []).append(summary)
+            found.setdefault(rundir.trial_key(Path(entry.path), summary), []).append(summary)
     return found
 
 
 def read_job(run_dir: Path) -> dict | None:
     """job.json: the driver's claim of a queued trial (executor, job id, driver, submitted)."""
     try:
-        job = runs.read_json(run_dir / "job.json")
+        job = files.read_json(run_dir / "job.json")
     except (OSError, ValueError):
         return None
     return job if isinstance(job, dict) else None
@@ -64,12 +64,12 @@ def scan_trials(trials: list[Trial]) -> dict[str, list[dict]]:
     found: dict[str, list[dict]] = {}
     for t in trials:
         try:
-            summary = runs.read_json(t.run_dir / "summary.json")
+            summary = files.read_json(t.run_dir / "summary.json")
         except (OSError, ValueError):
             continue
         if isinstance(summary, dict):
             summary["run_dir"] = str(t.run_dir)
-            found.setdefault(runs.trial_key(t.run_dir, summary), []).append(summary)
+            found.setdefault(rundir.trial_key(t.run_dir, summary), []).append(summary)
     return found
 
 
@@ -90,7 +90,7 @@ def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) 
         if not t.run_dir.is_dir():
             states[t.hash] = TrialState(NEW, t.run_dir)
             continue
-        owner = runs.live_owner(t.run_dir)
+        owner = lease.live_owner(t.run_dir)
         if owner is not None:
             states[t.hash] = TrialState(RUNNING, t.run_dir, None, owner)
             continue
@@ -114,7 +114,7 @@ def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) 
 @contextlib.contextmanager
 def locked(directory: Path):
     """An exclusive lock on the sweep directory: claims and index updates happen one at a time."""
-    with runs.writing(directory / ".sweep.lock"):
+    with files.writing(directory / ".sweep.lock"):
         directory.mkdir(parents=True, exist_ok=True)
         lock = open(directory / ".sweep.lock", "a")
     with lock:
@@ -129,7 +129,7 @@ def locked_index(directory: Path):
         index = read_index(directory)
         yield index
         index["updated"] = datetime.now().isoformat(timespec="seconds")
-        runs.write_json(directory / "sweep.json", index)
+        files.write_json(directory / "sweep.json", index)
 
 
 def read_index(directory: Path) -> dict:
@@ -183,8 +183,8 @@ def write_definition(sweep: Sweep, directory: Path) -> None:
     head = "# written by mnistlab sweep: the last definition run here; repeat or report it with\n" \
            f"#   mnistlab sweep {directory} --report\n"
     text = head + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
-    with runs.writing(directory):
+    with files.writing(directory):
         directory.mkdir(parents=True, exist_ok=True)
     path = directory / DEFINITION
     if not path.is_file() or path.read_text() != text:
-        runs.atomic_write_text(path, text)
+        files.atomic_write_text(path, text)

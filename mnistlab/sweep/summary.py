@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .. import metrics, runs
+from .. import files, metrics, rundir
 from .spec import Sweep, Trial, format_value
 from .store import DONE, FAILED, TrialState
 
@@ -116,7 +116,7 @@ def write_report(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -
             "" if r[c] is None else r[c] for c in ("mean", "std")] + [
             len(r["values"]), r["trials"], r["failed"]] + [
             "" if r[c] is None else r[c] for c in ("test_accuracy", "train_seconds", "pruned_at")])
-    runs.atomic_write_text(directory / "summary.csv", buf.getvalue())
+    files.atomic_write_text(directory / "summary.csv", buf.getvalue())
 
     test = _show_test(rows, metric)
     head = keys + [_unit(metric) + (" mean ± std" if sweep.seeds else ""), "runs"] + (
@@ -134,7 +134,7 @@ def write_report(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -
         if i == 0 and r["mean"] is not None:
             cells = [f"**{c}**" for c in cells]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    runs.atomic_write_text(directory / "summary.md", "\n".join(lines) + "\n")
+    files.atomic_write_text(directory / "summary.md", "\n".join(lines) + "\n")
     return [directory / "summary.csv", directory / "summary.md"] + plot(sweep, directory, rows, metric)
 
 
@@ -216,8 +216,8 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120)
         plt.close(fig)
-        path = directory / f"plot-{runs.slug(key)}-{metric}.png"  # one per metric: none overwritten
-        runs.atomic_write_bytes(path, buf.getvalue())
+        path = directory / f"plot-{rundir.slug(key)}-{metric}.png"  # one per metric: none overwritten
+        files.atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
 

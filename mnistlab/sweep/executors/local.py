@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 
-from ... import runs
+from ... import files
 from .base import TrialSpec
 
 
@@ -36,7 +36,7 @@ class LocalExecutor:
             job_id, spec = self.queue.pop(0)
             env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), **spec.env,
                    "MNISTLAB_EXECUTOR": self.name, "MNISTLAB_JOB_ID": job_id}
-            with runs.writing(spec.log):
+            with files.writing(spec.log):
                 out = open(spec.log, "a")
             with out:
                 # a session of its own: Ctrl-C reaches only the sweep, which stops each trial once

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import runs, tasks
+from . import checkpoint, files, rundir, tasks
 from .compute import evaluate, is_conv, resolve_device
 from .precision import for_eval
 from .config import Config, ConfigError, apply_overrides, config_from_dict, flatten, to_dict
@@ -54,7 +54,7 @@ def load_model(path: Path, trust_run_code: bool = False) -> tuple[nn.Module, dic
 
     trust_run_code: a model.kind=module run imports the copy of the code in its run directory.
     """
-    ckpt = runs.load_checkpoint(path)  # checked whole: fields, types, digest, config
+    ckpt = checkpoint.load_checkpoint(path)  # checked whole: fields, types, digest, config
     cfg = config_from_dict(ckpt["config"])
     if not tasks.get(cfg.task).has_classes:
         raise CheckpointError(f"{path}: is a task={cfg.task} run; eval and predict work on "
@@ -102,7 +102,7 @@ def _eval_name(split: str, label: str, trained: Config, used: Config) -> str:
     for key in ("name", "root", "train_samples", "test_samples"):
         if old[key] != new[key]:
             value = Path(str(new[key])).name if key == "root" else new[key]
-            name += f"-{key.replace('_', '-')}-{runs.slug(str(value))}"
+            name += f"-{key.replace('_', '-')}-{rundir.slug(str(value))}"
     return name
 
 
@@ -158,7 +158,7 @@ def evaluate_run(target: Path, which: str | None = None, split: str = "test",
     label = path.stem
     result = {
         "format": "mnistlab-eval", "run_dir": str(run_dir) if run_dir else None,
-        "checkpoint": str(path), "ckpt": label, "epoch": ckpt.get("epoch"), "split": split,
+        "checkpoint": str(path), "ckpt": label, "epoch": checkpoint.epoch_of(ckpt), "split": split,
         "dataset": ecfg.data.name, "data_source": data.source, "overrides": list(overrides),
         "n": res["n"], "loss": res["loss"], "accuracy": res["accuracy"],
         "class_names": class_names, "per_class": per_class, "confusion": confusion,
@@ -168,9 +168,9 @@ def evaluate_run(target: Path, which: str | None = None, split: str = "test",
     if save and run_dir is not None:
         out = run_dir / "evals" / f"{_eval_name(split, label, cfg, ecfg)}.json"
         try:
-            with runs.writing(out.parent):
+            with files.writing(out.parent):
                 out.parent.mkdir(exist_ok=True)
-            runs.write_json(out, {**result, "saved": str(out)})
+            files.write_json(out, {**result, "saved": str(out)})
             result["saved"] = str(out)
         except DiskError as e:  # a read-only run can still be scored; the score is just not kept
             result["not_saved"] = e.message()
@@ -184,13 +184,7 @@ def saved_or_evaluate(run_dir: Path, which: str, trust_run_code: bool = False) -
     weights = run_dir / "checkpoints" / f"{which}.pt"
     if saved.is_file() and weights.is_file() and saved.stat().st_mtime >= weights.stat().st_mtime:
         try:
-            return runs.read_json(saved)
+            return files.read_json(saved)
         except (OSError, ValueError):
             pass
     return evaluate_run(run_dir, which, "test", trust_run_code=trust_run_code)
-
-
-# `import mnistlab.evaluate` replaces the package's evaluate() with this module: calling it still works
-from .api import callable_module, evaluate as _evaluate  # noqa: E402
-
-callable_module(__name__, _evaluate)

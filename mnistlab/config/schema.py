@@ -1,15 +1,12 @@
-"""Typed experiment config: a YAML file plus dotted key=value overrides, validated all at once."""
+"""The config schema: typed sections with every default in one place, validated all at once."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import functools
-import hashlib
-import json
 import math
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,8 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
-
+from ..errors import ConfigError
 
 def bounds(lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> dict:
     """Field metadata: allowed numeric range (lo inclusive; hi inclusive unless hi_open)."""
@@ -113,9 +109,18 @@ class LinregConfig:
 
 
 @dataclass
+class KerasConfig:
+    # the backend Keras 3 computes with; tensorflow is the course's
+    backend: Literal["tensorflow", "torch", "jax"] = "tensorflow"
+
+
+@dataclass
 class Config:
     name: str | None = None  # run name; default: the config file's stem
     runs_dir: str = "runs"
+    # what trains it: torch (the loop written out), keras (compile/fit), tensorflow (a
+    # GradientTape step in a tf.function) or jax (jax.grad); docs/platforms.md compares them
+    platform: Literal["torch", "keras", "tensorflow", "jax"] = "torch"
     # classify: the MNIST family; quadratic: minimise sum(x^2); linreg: fit Y = AX + B
     task: Literal["classify", "quadratic", "linreg"] = "classify"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -125,9 +130,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     quadratic: QuadraticConfig = field(default_factory=QuadraticConfig)
     linreg: LinregConfig = field(default_factory=LinregConfig)
-
-
-# ---------------------------------------------------------------- conversion
+    keras: KerasConfig = field(default_factory=KerasConfig)
 
 
 def _join(path: str, key: str) -> str:
@@ -273,7 +276,11 @@ def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[st
 
 # sizes that can be allocated on an ordinary machine; beyond them PyTorch fails or the OOM killer acts
 MAX_HIDDEN, MAX_LAYERS, MAX_CHANNELS = 16384, 64, 2048
+
+
 MAX_LINREG_VALUES, MAX_X0 = 200_000_000, 1_000_000
+
+
 # runs never go here
 SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin",
                "/sys", "/usr")
@@ -342,6 +349,8 @@ OPTIMIZER_SETTINGS = {
     "adadelta": {"weight_decay": 0.0},
     "manual": {},
 }
+
+
 # the values that mean "not set" for settings an optimizer may not read, as typed
 UNSET = {"momentum": (None, "null"), "nesterov": (False, "false"), "weight_decay": (0.0, "0")}
 
@@ -399,176 +408,6 @@ def config_from_dict(raw: Any, cli_keys: set[str] = frozenset(), machine: bool =
     return cfg
 
 
-# ---------------------------------------------------------------- files and overrides
-
-_KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
-
-
-# a config holds a few hundred values; aliases that expand beyond this are a "billion laughs" file
-MAX_YAML_VALUES = 100_000
-
-
-def _expanded_size(node: yaml.Node, memo: dict, active: set) -> int:
-    """How many values the node becomes once every alias is expanded (counted, never expanded)."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    if key in active:
-        raise ValueError("an alias refers to itself")
-    active.add(key)
-    if isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(c, memo, active) for c in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo, active) + _expanded_size(v, memo, active)
-                       for k, v in node.value)
-    else:
-        size = 1
-    active.discard(key)
-    memo[key] = size
-    return size
-
-
-def safe_yaml(text: str, where: str) -> Any:
-    """yaml.safe_load, but a document whose aliases expand past MAX_YAML_VALUES is refused unread."""
-    loader = yaml.SafeLoader(text)
-    try:
-        try:
-            node = loader.get_single_node()
-            size = 0 if node is None else _expanded_size(node, {}, set())
-        except ValueError as e:
-            raise ConfigError([f"{where}: refused: {e}; write the values out instead"]) from None
-        except RecursionError:
-            raise ConfigError([f"{where}: refused: lists or mappings nested too deeply to be "
-                               "a config"]) from None
-        if size > MAX_YAML_VALUES:
-            raise ConfigError([
-                f"{where}: refused: its aliases (&name / *name) expand to {size:,} values, more "
-                f"than the {MAX_YAML_VALUES:,} a config can hold (a 'billion laughs' file?); "
-                "write the values out instead of aliasing them"])
-        return None if node is None else loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'optim.lr=1e-3' -> ('optim.lr', '1e-3' read as a YAML scalar)."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not _KEY.match(key):
-        raise ConfigError([
-            f"{text!r}: an override is key=value with a dotted key, e.g. optim.lr=0.01 "
-            "or model.channels=[16,32]"])
-    try:
-        parsed = safe_yaml(value, repr(text)) if value.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{text!r}: the value is not valid YAML ({_yaml_problem(e)})"]) from None
-    return key, parsed
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> tuple[dict, set[str]]:
-    """Return a copy of raw with each key=value set (later ones win), and the keys set."""
-    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
-    problems, keys = [], set()
-    for text in overrides:
-        try:
-            key, value = parse_override(text)
-        except ConfigError as e:
-            problems += e.problems
-            continue
-        node, parts = out, key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                problems.append(
-                    f"{text!r}: {'.'.join(parts[:i + 1])} is a value, not a section, "
-                    "so it has no sub-keys")
-                break
-            node = child
-        else:
-            node[parts[-1]] = value
-            keys.add(key)
-    if problems:
-        raise ConfigError(problems)
-    return out, keys
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    return str(getattr(e, "problem", None) or e).strip()
-
-
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; errors name the file, line and column."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file; give the path of a YAML config, "
-                           "e.g. configs/cnn.yaml"]) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot be read as a YAML config ({e.__class__.__name__})"]) from None
-    try:
-        raw = safe_yaml(text, str(path))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: invalid YAML: {_yaml_problem(e)}"]) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of sections "
-                           f"(model:, optim:, train:, data:), got {type(raw).__name__}"])
-    return raw
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """YAML file, then overrides (the command line wins), then validation."""
-    raw = read_yaml(path)
-    if "base" in raw and ("grid" in raw or "random" in raw):
-        raise ConfigError([f"{path}: is a sweep file (it has base: and grid:/random:), not a "
-                           f"config; run it with: mnistlab sweep {path}"])
-    raw, keys = apply_overrides(raw, list(overrides))
-    return config_from_file_dict(raw, keys, path)
-
-
-def config_from_file_dict(raw: dict, keys: set[str], path: str | Path) -> Config:
-    """The end of load_config: the mapping read from path, overrides applied (their keys), validated."""
-    if raw.get("name") is None:
-        raw["name"] = Path(path).stem
-    _absolute_paths(raw, keys, Path(path).parent)
-    return resolve_module(config_from_dict(raw, keys, machine=True), Path(path).parent, keys)
-
-
-def resolve_module(cfg: Config, config_dir: Path, cli_keys: set[str]) -> Config:
-    """model.kind=module: the class's file made absolute and its source's sha256 recorded."""
-    if cfg.model.kind == "module":
-        from .usermodel import resolve
-
-        # a file path is relative as those above are: to the config file, or the working directory
-        base = Path.cwd() if "model.module" in cli_keys else Path(config_dir)
-        cfg.model = resolve(cfg.model, base)
-    return cfg
-
-
-# file paths in a config: stored absolute, so a run's config.yaml works from any directory
-PATH_KEYS = ("data.root", "linreg.csv")
-
-
-def _absolute_paths(raw: dict, cli_keys: set[str], config_dir: Path) -> None:
-    """Relative paths become absolute: against the config file's directory, or the working
-    directory for those given on the command line."""
-    for key in PATH_KEYS:
-        section, name = key.split(".")
-        node = raw.get(section)
-        if not isinstance(node, dict) or not isinstance(node.get(name), str) or not node[name]:
-            continue
-        value = Path(node[name]).expanduser()
-        if not value.is_absolute():
-            value = (Path.cwd() if key in cli_keys else config_dir) / value
-        node[name] = os.path.abspath(value)
-
-
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
     """Every dotted key of a config class, sections included."""
     out = []
@@ -608,42 +447,3 @@ _Dumper.add_representer(
 
 def to_yaml(cfg: Config) -> str:
     return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-
-
-# settings that cannot change what is learned
-NOT_LEARNED = ("name", "runs_dir", "train.threads", "train.device", "train.eval_batch_size", "log",
-               "data.root", "data.download", "data.mirror")
-# settings a choice leaves unread: choice key -> value -> keys (or sections) it ignores
-UNREAD = {
-    "task": {"classify": ("quadratic", "linreg"),
-             "quadratic": ("model", "data", "linreg", "train.batch_size", "train.val_split",
-                           "train.label_smoothing"),
-             "linreg": ("model", "data", "quadratic", "train.label_smoothing")},
-    "model.kind": {"dense": ("model.channels", "model.kernel_size", "model.pool", "model.batch_norm",
-                             "model.stride", "model.first_conv", "model.module", "model.args", "model.source_digest"),
-                   "conv": ("model.hidden", "model.module", "model.args", "model.source_digest"),
-                   # your own class: its file's digest is in, so changed code is a new experiment
-                   "module": ("model.hidden", "model.activation", "model.dropout", "model.channels",
-                              "model.kernel_size", "model.pool", "model.batch_norm",
-                              "model.stride", "model.first_conv")},
-    "optim.schedule": {"none": ("optim.step_size", "optim.gamma"),
-                       "cosine": ("optim.step_size", "optim.gamma"),
-                       "onecycle": ("optim.step_size", "optim.gamma")},
-}
-# settings added after hash_version 2: left out of the hash at their default, so that runs made
-# before they existed keep their hash (and sweeps their trials)
-ADDED_LATER = {"model.stride": [1, 1], "model.first_conv": "learned"}
-HASH_VERSION = 2  # 1: every setting but name and runs_dir entered the hash
-
-
-def config_hash(cfg: Config) -> str:
-    """Short stable hash of the settings that can change what is learned, as the run reads them."""
-    flat = flatten(to_dict(cfg))
-    flat.update({f"optim.{k}": v for k, v in optimizer_settings(cfg.optim).items()})
-    drop = list(NOT_LEARNED) + [f"optim.{k}" for k in UNSET if k not in OPTIMIZER_SETTINGS[cfg.optim.name]]
-    for choice, by_value in UNREAD.items():
-        drop += by_value.get(flat[choice], ())
-    drop += [key for key, default in ADDED_LATER.items() if flat.get(key) == default]
-    kept = {k: v for k, v in flat.items()
-            if not any(k == d or k.startswith(d + ".") for d in drop)}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]

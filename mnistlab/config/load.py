@@ -1,0 +1,184 @@
+"""A config from a YAML file and key=value overrides: safe YAML, the override grammar, paths made absolute."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .schema import Config, config_from_dict
+
+from ..errors import ConfigError
+
+
+_KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
+
+
+# a config holds a few hundred values; aliases that expand beyond this are a "billion laughs" file
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict, active: set) -> int:
+    """How many values the node becomes once every alias is expanded (counted, never expanded)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ValueError("an alias refers to itself")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(c, memo, active) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, active) + _expanded_size(v, memo, active)
+                       for k, v in node.value)
+    else:
+        size = 1
+    active.discard(key)
+    memo[key] = size
+    return size
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, but a document whose aliases expand past MAX_YAML_VALUES is refused unread."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+            size = 0 if node is None else _expanded_size(node, {}, set())
+        except ValueError as e:
+            raise ConfigError([f"{where}: refused: {e}; write the values out instead"]) from None
+        except RecursionError:
+            raise ConfigError([f"{where}: refused: lists or mappings nested too deeply to be "
+                               "a config"]) from None
+        if size > MAX_YAML_VALUES:
+            raise ConfigError([
+                f"{where}: refused: its aliases (&name / *name) expand to {size:,} values, more "
+                f"than the {MAX_YAML_VALUES:,} a config can hold (a 'billion laughs' file?); "
+                "write the values out instead of aliasing them"])
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=1e-3' -> ('optim.lr', '1e-3' read as a YAML scalar)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.match(key):
+        raise ConfigError([
+            f"{text!r}: an override is key=value with a dotted key, e.g. optim.lr=0.01 "
+            "or model.channels=[16,32]"])
+    try:
+        parsed = safe_yaml(value, repr(text)) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{text!r}: the value is not valid YAML ({_yaml_problem(e)})"]) from None
+    return key, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> tuple[dict, set[str]]:
+    """Return a copy of raw with each key=value set (later ones win), and the keys set."""
+    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    problems, keys = [], set()
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        node, parts = out, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(
+                    f"{text!r}: {'.'.join(parts[:i + 1])} is a value, not a section, "
+                    "so it has no sub-keys")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+            keys.add(key)
+    if problems:
+        raise ConfigError(problems)
+    return out, keys
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    return str(getattr(e, "problem", None) or e).strip()
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file; give the path of a YAML config, "
+                           "e.g. configs/cnn.yaml"]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot be read as a YAML config ({e.__class__.__name__})"]) from None
+    try:
+        raw = safe_yaml(text, str(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError([f"{where}: invalid YAML: {_yaml_problem(e)}"]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections "
+                           f"(model:, optim:, train:, data:), got {type(raw).__name__}"])
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """YAML file, then overrides (the command line wins), then validation."""
+    raw = read_yaml(path)
+    if "base" in raw and ("grid" in raw or "random" in raw):
+        raise ConfigError([f"{path}: is a sweep file (it has base: and grid:/random:), not a "
+                           f"config; run it with: mnistlab sweep {path}"])
+    raw, keys = apply_overrides(raw, list(overrides))
+    return config_from_file_dict(raw, keys, path)
+
+
+def config_from_file_dict(raw: dict, keys: set[str], path: str | Path) -> Config:
+    """The end of load_config: the mapping read from path, overrides applied (their keys), validated."""
+    if raw.get("name") is None:
+        raw["name"] = Path(path).stem
+    _absolute_paths(raw, keys, Path(path).parent)
+    return resolve_module(config_from_dict(raw, keys, machine=True), Path(path).parent, keys)
+
+
+def resolve_module(cfg: Config, config_dir: Path, cli_keys: set[str]) -> Config:
+    """model.kind=module: the class's file made absolute and its source's sha256 recorded."""
+    if cfg.model.kind == "module":
+        from ..usermodel import resolve
+
+        # a file path is relative as those above are: to the config file, or the working directory
+        base = Path.cwd() if "model.module" in cli_keys else Path(config_dir)
+        cfg.model = resolve(cfg.model, base)
+    return cfg
+
+
+# file paths in a config: stored absolute, so a run's config.yaml works from any directory
+PATH_KEYS = ("data.root", "linreg.csv")
+
+
+def _absolute_paths(raw: dict, cli_keys: set[str], config_dir: Path) -> None:
+    """Relative paths become absolute: against the config file's directory, or the working
+    directory for those given on the command line."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        node = raw.get(section)
+        if not isinstance(node, dict) or not isinstance(node.get(name), str) or not node[name]:
+            continue
+        value = Path(node[name]).expanduser()
+        if not value.is_absolute():
+            value = (Path.cwd() if key in cli_keys else config_dir) / value
+        node[name] = os.path.abspath(value)
+
