@@ -40,6 +40,9 @@ class Task:
     has_classes = False  # eval and predict work on tasks with classes
     figure = "curves"  # curves: per epoch; steps: the logged steps (report.quadratic_figure)
     builds_model = False  # the config's model: section builds its network (model.kind=module too)
+    # what a platform builds to learn it, in the platforms' words: network (the model: section's
+    # net, cross-entropy), linear (Y = AX + B, mean squared error) or point (a vector x, f(x) its loss)
+    learns = "linear"
 
     data: Data
     model: nn.Module

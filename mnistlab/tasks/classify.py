@@ -11,6 +11,7 @@ from .base import Data, Task
 
 
 class Classify(Task):
+    learns = "network"
     metric = "val_accuracy"
     rate_unit = "img/s"
     loss_label = "cross-entropy loss"

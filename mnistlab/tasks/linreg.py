@@ -16,6 +16,7 @@ from .base import Data, Task
 
 
 class Linreg(Task):
+    learns = "linear"
     loss_label = "mean squared error"
 
     def __init__(self, cfg: Config, model_source=None):  # its model is its own

@@ -21,6 +21,7 @@ class Parabola(nn.Module):
 
 
 class Quadratic(Task):
+    learns = "point"
     metric = "f"
     rate_unit = "steps/s"
     loss_label = "f(x)"
