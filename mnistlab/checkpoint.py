@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import tasks
 from .config import Config, config_from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .files import digest_ok, save_verified
@@ -97,7 +98,7 @@ def _schema_problems(ckpt: dict) -> list[str]:
         if isinstance(where.get(key), int) and where[key] < 0:
             problems.append(f"{key} is negative")
     config = ckpt.get("config")
-    if isinstance(config, dict) and config.get("task", "classify") == "classify" and isinstance(
+    if isinstance(config, dict) and tasks.get(config.get("task")).has_classes and isinstance(
             ckpt.get("data"), dict):
         data = ckpt["data"]
         for key, kind in CLASSIFY_DATA_FIELDS.items():

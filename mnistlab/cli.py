@@ -251,9 +251,10 @@ def plot(
             raise fail("--confusion draws one run's confusion matrix; give a single run.")
         fig = report.confusion_figure(saved_or_evaluate(rows[0]["dir"], ckpt, trust_run_code))
         output = output or Path("confusion.png")
-    elif all(tasks.get(r["config"].get("task")).figure == "steps" for r in rows):
-        fig = report.quadratic_figure(rows)
-        output = output or Path("quadratic.png")
+    elif len(kinds := {tasks.get(r["config"].get("task")) for r in rows}) == 1 and \
+            (task := kinds.pop()).figure == "steps":
+        fig = report.steps_figure(rows)
+        output = output or Path(f"{task.name}.png")
     else:
         fig = report.curves_figure(rows)
         output = output or Path("learning-curves.png")

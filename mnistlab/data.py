@@ -15,12 +15,15 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import DataConfig
 from .errors import DataError, DiskError
 from .files import digest_ok, save_verified
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 # the folder names of torchvision's dataset classes, which also give checksums, mirrors and classes
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}

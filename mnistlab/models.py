@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 MONOTONE = ("relu", "tanh", "sigmoid")  # non-decreasing: max(f(a), f(b)) == f(max(a, b))

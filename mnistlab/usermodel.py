@@ -17,12 +17,15 @@ import sys
 import traceback
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
 from .errors import ConfigError, ModelCodeError
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 RUN_COPY = "model_source.py"
 FROM_DATA = ("num_classes", "image_shape")  # passed by mnistlab when the constructor names them

@@ -17,8 +17,9 @@ from mnistlab.errors import ConfigError
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.rundir import read_metrics
 from mnistlab.sweep import build_trials, read_sweep
-from mnistlab.sweep.prune import (Plan, config_key, epoch_metric, halve, keep_count, mean_score, promote, read_plan,
-                            rungs)
+from mnistlab.sweep.plan import (Plan, epoch_metric, halve, keep_count, mean_score, promote, read_plan,
+                                 rungs)
+from mnistlab.sweep.prune import config_key
 from mnistlab.training import fit
 
 runner = CliRunner()

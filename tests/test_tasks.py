@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from mnistlab.cli import app
 from mnistlab.config import load_config
 from mnistlab.rundir import read_metrics
+from mnistlab.tasks.linreg import line_equation
 from mnistlab.training import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_plot_draws_quadratic_runs_on_log_scales_and_shows_coinciding_ones(tmp_p
         runner.invoke(app, ["train", str(ROOT / "configs/quadratic.yaml"), f"optim.lr={lr}",
                             "train.epochs=20", f"runs_dir={tmp_path / 'runs'}", "-q"])
     rows = [report.load_run(p) for p in sorted((tmp_path / "runs").iterdir())]
-    fig = report.quadratic_figure(rows)
+    fig = report.steps_figure(rows)
     ax_f, ax_x = fig.axes
     assert ax_f.get_yscale() == ax_x.get_yscale() == "log"
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
@@ -128,15 +129,14 @@ def test_plot_of_a_one_input_linreg_shows_the_data_and_the_fitted_line(tmp_path)
     a, b = summary["result"]["A"][0][0], summary["result"]["B"][0]
     x0, x1 = fitted.get_xdata()
     assert list(fitted.get_ydata()) == pytest.approx([a * x0 + b, a * x1 + b])
-    assert fitted.get_label() == f"fit {report.line_equation(a, b)}"
+    assert fitted.get_label() == f"fit {line_equation(a, b)}"
     assert ax_loss.get_yscale() == "log"  # the MSE falls by more than 30x to the noise floor
 
 
 def test_line_equation_writes_a_negative_intercept_with_a_minus():
-    from mnistlab import report
 
-    assert report.line_equation(1.54, -0.291) == "y = 1.54x − 0.291"
-    assert report.line_equation(-2, 0.5) == "y = -2x + 0.5"
+    assert line_equation(1.54, -0.291) == "y = 1.54x − 0.291"
+    assert line_equation(-2, 0.5) == "y = -2x + 0.5"
 
 
 def test_runs_table_shows_the_final_loss_of_runs_without_accuracy(tmp_path):

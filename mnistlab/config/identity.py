@@ -6,6 +6,7 @@ import hashlib
 import json
 
 
+from ..tasks import TASKS
 from .schema import OPTIMIZER_SETTINGS, UNSET, Config, flatten, optimizer_settings, to_dict
 
 
@@ -18,10 +19,7 @@ NOT_LEARNED = ("name", "runs_dir", "train.threads", "train.device", "train.eval_
 # settings a choice leaves unread: choice key -> value -> keys (or sections) it ignores
 UNREAD = {
     "platform": {"torch": ("keras",), "tensorflow": ("keras",), "jax": ("keras",)},
-    "task": {"classify": ("quadratic", "linreg"),
-             "quadratic": ("model", "data", "linreg", "train.batch_size", "train.val_split",
-                           "train.label_smoothing"),
-             "linreg": ("model", "data", "quadratic", "train.label_smoothing")},
+    "task": {name: task.unread for name, task in TASKS.items()},
     "model.kind": {"dense": ("model.channels", "model.kernel_size", "model.pool", "model.batch_norm",
                              "model.stride", "model.first_conv", "model.module", "model.args", "model.source_digest"),
                    "conv": ("model.hidden", "model.module", "model.args", "model.source_digest"),

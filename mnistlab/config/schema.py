@@ -16,6 +16,9 @@ from typing import Any, Literal
 import yaml
 
 from ..errors import ConfigError
+from ..tasks import DEFAULT, TASKS
+
+TaskName = Literal[tuple(TASKS)]
 
 def bounds(lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> dict:
     """Field metadata: allowed numeric range (lo inclusive; hi inclusive unless hi_open)."""
@@ -121,8 +124,9 @@ class Config:
     # what trains it: torch (the loop written out), keras (compile/fit), tensorflow (a
     # GradientTape step in a tf.function) or jax (jax.grad); docs/platforms.md compares them
     platform: Literal["torch", "keras", "tensorflow", "jax"] = "torch"
-    # classify: the MNIST family; quadratic: minimise sum(x^2); linreg: fit Y = AX + B
-    task: Literal["classify", "quadratic", "linreg"] = "classify"
+    # what is learned, one of tasks.TASKS: classify (the MNIST family), quadratic (minimise
+    # sum(x^2)) or linreg (fit Y = AX + B)
+    task: TaskName = DEFAULT
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -278,7 +282,6 @@ def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[st
 MAX_HIDDEN, MAX_LAYERS, MAX_CHANNELS = 16384, 64, 2048
 
 
-MAX_LINREG_VALUES, MAX_X0 = 200_000_000, 1_000_000
 
 
 # runs never go here
@@ -299,17 +302,6 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
     if cfg.data.train_samples and cfg.data.train_samples - round(cfg.data.train_samples * split) < 1:
         problems.append(f"data.train_samples: {cfg.data.train_samples} samples with train.val_split="
                         f"{split:g} leave no training sample; use more samples or a lower val_split")
-    lin = cfg.linreg
-    if cfg.task == "linreg" and not lin.csv:
-        if lin.n - round(lin.n * split) < 1:
-            problems.append(f"linreg.n: {lin.n} samples with train.val_split={split:g} leave no "
-                            "training sample; use more samples or a lower val_split")
-        if lin.n * (lin.in_dim + lin.out_dim) > MAX_LINREG_VALUES:
-            problems.append(f"linreg.n: {lin.n} samples of {lin.in_dim} inputs and {lin.out_dim} "
-                            f"outputs are more than {MAX_LINREG_VALUES:,} numbers, more than "
-                            "memory holds; use fewer samples or dimensions")
-    if len(cfg.quadratic.x0) > MAX_X0:
-        problems.append(f"quadratic.x0: at most {MAX_X0:,} dimensions; got {len(cfg.quadratic.x0):,}")
     where = Path(os.path.abspath(Path(cfg.runs_dir).expanduser()))
     if where == Path("/") or any(where == Path(d) or Path(d) in where.parents for d in SYSTEM_DIRS):
         problems.append(f"runs_dir: {where} is a system directory; runs belong in a directory of "
@@ -332,12 +324,7 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
     if m.kind == "module" and not m.module:
         problems.append("model.module: model.kind is module, so name your class, e.g. "
                         "model.module=models/lenet.py:Net (a file relative to the config file)")
-    if cfg.task == "quadratic" and not cfg.quadratic.x0:
-        problems.append("quadratic.x0: give the start point as a list, e.g. [3.0, -2.0]")
-    if cfg.task == "classify" and cfg.data.name == "idx" and not cfg.data.root:
-        problems.append(
-            "data.root: data.name is idx (your own MNIST-format files), so data.root must "
-            "name the directory that holds them")
+    problems += TASKS[cfg.task].check(cfg)
 
 
 # what each optimizer reads besides lr, with its own default for a setting left null (PyTorch's)

@@ -10,10 +10,22 @@ from rich.console import Console
 from .. import metrics
 from ..errors import SweepError, TrialsMissed
 from .executors import create_executor
-from .prune import epochs_line, resolve_plan, rungs, run_pruned
+from .plan import rungs
+from .prune import epochs_line, resolve_plan, run_pruned
 from .runner import SweepInterrupted, jobs_alive, progress_for, run_sweep
-from .spec import (MAX_TRIALS, Sweep, Trial, build_trials, expand, format_value, parse_grid_option,
-                   read_sweep, sample_random, split_values, train_command)
+from .spec import (
+    MAX_TRIALS,
+    Sweep,
+    Trial,
+    build_trials,
+    expand,
+    format_value,
+    parse_grid_option,
+    read_sweep,
+    sample_random,
+    split_values,
+    train_command,
+)
 from .store import locked_index, read_index, scan, trial_states
 from .summary import report_table, summarize, trial_table, write_report
 

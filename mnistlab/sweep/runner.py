@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from ..config import to_dict
 from ..errors import Interrupted, SweepError
 from . import store
 from .executors import Executor, TrialSpec
-from .spec import Sweep, Trial
+from .spec import Sweep, Trial, train_command
 from .store import DONE, FAILED, NEW, PAUSED, QUEUED, RUNNING, STOPPED, TrialState
 
 POLL_SECONDS = 0.1
@@ -51,25 +50,15 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cores // jobs)
 
 
-def trial_argv(sweep: Sweep, trial: Trial, until: int | None = None) -> list[str]:
-    """The trial as the executor runs it: the train command, with absolute paths (any cwd, any host).
-
-    With until (a rung of a pruned sweep) the trial stops after that epoch, paused.
-    """
-    rung = ["--until-epoch", str(until)] if until is not None and until < trial.cfg.train.epochs else []
-    return [sys.executable, "-m", "mnistlab", "train", "--quiet", str(Path(sweep.base).resolve()),
-            *sweep.overrides, *trial.overrides, f"runs_dir={trial.run_dir.parent.resolve()}",
-            f"name={trial.name}", "--run-dir", str(trial.run_dir.resolve()), *rung]
-
-
 def check_data(trials: list[Trial]) -> None:
     """Build the data of each distinct data setting once, as train does; a DataError stops here."""
-    from ..tasks import build_task
+    from ..tasks import TASKS, build_task
 
     seen = set()
     for t in trials:
         d = to_dict(t.cfg)
-        key = json.dumps([d.get(k) for k in ("task", "data", "linreg")], sort_keys=True, default=str)
+        key = json.dumps([t.cfg.task] + [d.get(k) for k in TASKS[t.cfg.task].data_sections],
+                         sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
             build_task(t.cfg)
@@ -125,7 +114,7 @@ class Runner:
             for t in claim:
                 with files.writing(t.run_dir):
                     t.run_dir.mkdir(parents=True, exist_ok=True)
-                specs.append(TrialSpec(t.hash, t.name, trial_argv(self.sweep, t, self.until), t.run_dir,
+                specs.append(TrialSpec(t.hash, t.name, train_command(self.sweep, t, self.until, executed=True), t.run_dir,
                                        t.run_dir / "trial.log", self.threads))
             ids = self.executor.submit(specs) if specs else []
             for t, job_id in zip(claim, ids):
@@ -344,8 +333,13 @@ class LiveProgress(Progress):
     """A Rich bar of trials done / total with running, failed and ETA; result lines above it."""
 
     def __init__(self, console: Console):
-        from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         from rich.progress import Progress as Bar
 
         super().__init__(console)

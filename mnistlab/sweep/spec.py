@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,18 @@ from typing import Any
 import yaml
 
 from .. import rundir
+from ..config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_file_dict,
+    config_hash,
+    load_config,
+    parse_override,
+    read_yaml,
+)
 from .executors import check_options
-from ..config import (Config, ConfigError, apply_overrides, config_from_file_dict, config_hash,
-                      load_config, parse_override, read_yaml)
+from .plan import read_plan
 
 SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "executor", "prune")
 MAX_TRIALS = 10_000  # a larger sweep is refused unless --max-trials raises the limit
@@ -219,9 +229,7 @@ def _sweep_from_file(path: Path, raw: dict, problems: list[str]) -> Sweep:
             if key in sweep.grid:
                 problems.append(f"{path}: {key} is in both grid: and random:; keep one")
     if raw.get("prune") is not None:
-        from .prune import read_plan  # checked now, with the other problems; used by the command
-
-        try:
+        try:  # checked now, with the other problems; used by the command
             read_plan(raw["prune"], f"{path}: prune")
             sweep.prune = raw["prune"] if isinstance(raw["prune"], dict) else {}
         except ConfigError as e:
@@ -405,11 +413,20 @@ def _with_values(raw: dict, values: dict) -> dict | None:
     return out
 
 
-def train_command(sweep: Sweep, trial: Trial) -> list[str]:
-    """The command that runs this trial by hand, exactly as the sweep runs it."""
-    return (["mnistlab", "train", _shown_path(sweep.base)] + sweep.overrides + trial.overrides
-            + [f"runs_dir={trial.cfg.runs_dir}", f"name={trial.name}",
-               "--run-dir", _shown_path(trial.run_dir)])
+def train_command(sweep: Sweep, trial: Trial, until: int | None = None,
+                  executed: bool = False) -> list[str]:
+    """The train command of this trial: as a user types it (paths relative to here), or, executed,
+    as an executor runs it (this Python, absolute paths: any cwd, any host). With until (a rung of
+    a pruned sweep) the trial stops after that epoch, paused."""
+    rung = ["--until-epoch", str(until)] if until is not None and until < trial.cfg.train.epochs else []
+    if executed:
+        head = [sys.executable, "-m", "mnistlab", "train", "--quiet", str(Path(sweep.base).resolve())]
+        runs_dir, run_dir = trial.run_dir.parent.resolve(), str(trial.run_dir.resolve())
+    else:
+        head = ["mnistlab", "train", _shown_path(sweep.base)]
+        runs_dir, run_dir = trial.cfg.runs_dir, _shown_path(trial.run_dir)
+    return (head + sweep.overrides + trial.overrides
+            + [f"runs_dir={runs_dir}", f"name={trial.name}", "--run-dir", run_dir] + rung)
 
 
 def _shown_path(path: Path) -> str:

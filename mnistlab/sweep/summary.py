@@ -15,7 +15,6 @@ from .spec import Sweep, Trial, format_value
 from .store import DONE, FAILED, TrialState
 
 
-
 def summarize(sweep: Sweep, trials: list[Trial], states: dict[str, TrialState],
               metric: str) -> list[dict]:
     """One row per configuration (seeds pooled): mean and std of the metric, best first."""

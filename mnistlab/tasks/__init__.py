@@ -1,23 +1,31 @@
-"""What is learned, one file per task, and the registry the rest of the code reads."""
+"""What is learned, one file per task, and the registry the rest of the code reads.
+
+A task's class is light: its columns, figure, checks, unread settings and default metric are read
+without importing torch; building it (build_task) loads its data and builds its model.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import Config
 from .base import Data, Task
 from .classify import Classify
 from .linreg import Linreg
 from .quadratic import Quadratic
 
-TASKS: dict[str, type[Task]] = {"classify": Classify, "quadratic": Quadratic, "linreg": Linreg}
+if TYPE_CHECKING:
+    from ..config import Config
 
-__all__ = ["TASKS", "Data", "Task", "build_task", "get"]
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Classify, Quadratic, Linreg)}
+DEFAULT = Classify.name  # the task of a config that names none, and of runs that recorded none
+
+__all__ = ["DEFAULT", "TASKS", "Data", "Task", "build_task", "get"]
 
 
 def get(name: str | None) -> type[Task]:
     """The task class of a name; runs that recorded no task are classifiers."""
-    return TASKS[name or "classify"]
+    return TASKS.get(name or DEFAULT, TASKS[DEFAULT])
 
 
 def build_task(cfg: Config, model_source: Path | None = None) -> Task:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # a task's class is read by light commands (runs, plot): torch is imported on use
+    import torch
+    from torch import nn
+
+    from ..config import Config
 
 
 def _none() -> torch.Tensor:
+    import torch
+
     return torch.zeros(0, 1)
 
 
@@ -29,16 +34,22 @@ class Data:
 
 
 class Task:
-    """Data, model and loss for the loop, and what the task shows and reports.
+    """Data, model and loss for the loop, and what the task shows, reports and checks.
 
-    A subclass sets data, model and info in __init__ and overrides what differs.
+    A subclass sets data, model and info in __init__ and overrides what differs; its class
+    attributes and static methods are read without building it (and without importing torch).
     """
 
-    metric = "val_loss"  # the default metric a sweep ranks by (a name of sweep.METRICS)
+    name = ""  # its value of the config's task: setting
+    metric = "val_loss"  # the default metric a sweep ranks by (a name of metrics.METRICS)
+    columns: tuple[str, ...] = ("val_loss",)  # the metrics the runs table shows, headline first
+    # config sections (or keys) it never reads: left out of the hash, the tables and --print-config
+    unread: tuple[str, ...] = ()
+    data_sections: tuple[str, ...] = ()  # the config sections that decide its data
     rate_unit = "samples/s"  # how training speed is shown
     loss_label = "loss"  # the y axis of learning curves
     has_classes = False  # eval and predict work on tasks with classes
-    figure = "curves"  # curves: per epoch; steps: the logged steps (report.quadratic_figure)
+    figure = "curves"  # curves: per epoch; steps: its own steps_figure of the logged steps
     builds_model = False  # the config's model: section builds its network (model.kind=module too)
     # what a platform builds to learn it, in the platforms' words: network (the model: section's
     # net, cross-entropy), linear (Y = AX + B, mean squared error) or point (a vector x, f(x) its loss)
@@ -48,13 +59,22 @@ class Task:
     model: nn.Module
     info: dict  # saved in checkpoints: what eval and predict need to prepare inputs
 
+    @staticmethod
+    def check(cfg: Config) -> list[str]:
+        """Problems of a config of this task, each a sentence naming its key."""
+        return []
+
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training objective, a mean over the batch."""
+        import torch.nn.functional as F
+
         return F.mse_loss(out, y)
 
     @staticmethod
     def eval_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The evaluation loss summed over the batch, in float64."""
+        import torch.nn.functional as F
+
         return F.mse_loss(out, y).double() * len(y)
 
     @staticmethod
@@ -78,3 +98,8 @@ class Task:
     def show_result(result: dict) -> list[str]:
         """Parts of the final summary line that present the result."""
         return []
+
+    @staticmethod
+    def draw_result(ax, rows: list[dict], labels: list[str]) -> bool:
+        """Beside the learning curves, what the runs' results show (False: nothing to draw)."""
+        return False

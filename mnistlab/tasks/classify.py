@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
-from ..config import Config
-from ..data import load_data
-from ..models import build_model
 from .base import Data, Task
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class Classify(Task):
     learns = "network"
+    name = "classify"
     metric = "val_accuracy"
+    columns = ("test_accuracy", "val_accuracy", "best_val_accuracy")
+    unread = ("quadratic", "linreg")
+    data_sections = ("data",)
     rate_unit = "img/s"
     loss_label = "cross-entropy loss"
     has_classes = True
     builds_model = True
 
     def __init__(self, cfg: Config, model_source=None):
+        from ..data import load_data
+        from ..models import build_model
+
         splits = load_data(cfg.data, cfg.train.val_split, cfg.train.seed)
         self.data = Data(splits.train_x, splits.train_y, splits.val_x, splits.val_y,
                          splits.test_x, splits.test_y)
@@ -29,11 +36,22 @@ class Classify(Task):
         self.source = splits.source
         self.label_smoothing = cfg.train.label_smoothing
 
+    @staticmethod
+    def check(cfg):
+        if cfg.data.name == "idx" and not cfg.data.root:
+            return ["data.root: data.name is idx (your own MNIST-format files), so data.root must "
+                    "name the directory that holds them"]
+        return []
+
     def loss(self, out, y):
+        import torch.nn.functional as F
+
         return F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
 
     @staticmethod
     def eval_loss(out, y):
+        import torch.nn.functional as F
+
         return F.cross_entropy(out, y, reduction="sum").double()
 
     @staticmethod

@@ -4,28 +4,52 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from ..config import Config
-from ..data import val_count
 from ..errors import DataError
 from .base import Data, Task
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import Config
+
+MAX_VALUES = 200_000_000  # numbers of a synthetic data set: more than memory holds
 
 
 class Linreg(Task):
     learns = "linear"
+    name = "linreg"
+    unread = ("model", "data", "quadratic", "train.label_smoothing")
+    data_sections = ("linreg",)
     loss_label = "mean squared error"
 
     def __init__(self, cfg: Config, model_source=None):  # its model is its own
+        from torch import nn
+
         self.data, self.truth, self.source = linreg_data(cfg)
         in_dim, out_dim = self.data.train_x.shape[1], self.data.train_y.shape[1]
         self.model = nn.Linear(in_dim, out_dim)
         self.info = {"dataset": "linreg", "in_dim": in_dim, "out_dim": out_dim}
 
+    @staticmethod
+    def check(cfg):
+        lin, split, problems = cfg.linreg, cfg.train.val_split, []
+        if lin.csv:
+            return problems
+        if lin.n - round(lin.n * split) < 1:
+            problems.append(f"linreg.n: {lin.n} samples with train.val_split={split:g} leave no "
+                            "training sample; use more samples or a lower val_split")
+        if lin.n * (lin.in_dim + lin.out_dim) > MAX_VALUES:
+            problems.append(f"linreg.n: {lin.n} samples of {lin.in_dim} inputs and {lin.out_dim} "
+                            f"outputs are more than {MAX_VALUES:,} numbers, more than "
+                            "memory holds; use fewer samples or dimensions")
+        return problems
+
     def result(self):
+        import torch
+        import torch.nn.functional as F
+
         lin = self.model.cpu()
         a, b = lin.weight.detach(), lin.bias.detach()
         x, y = self.data.train_x, self.data.train_y
@@ -50,6 +74,14 @@ class Linreg(Task):
         return super().describe() + f" ({self.source})"
 
     @staticmethod
+    def draw_result(ax, rows, labels):
+        """The data of 1-input regressions with their fitted lines (and the true ones)."""
+        fits = fits_1d(rows)
+        if fits:
+            draw_fits(ax, rows, labels, fits)
+        return bool(fits)
+
+    @staticmethod
     def show_result(result):
         parts = [f"train MSE {result['train_mse']:.4g}, {result['lstsq_gap']:.2g} above least squares"]
         if "A_max_error" in result:
@@ -60,6 +92,10 @@ class Linreg(Task):
 
 def linreg_data(cfg: Config) -> tuple[Data, dict, str]:
     """Y = AX + B: synthetic (A, B drawn with the seed, Gaussian noise) or from a CSV file."""
+    import torch
+
+    from ..data import val_count
+
     lr = cfg.linreg
     g = torch.Generator().manual_seed(cfg.train.seed)
     truth = {}
@@ -81,6 +117,8 @@ def linreg_data(cfg: Config) -> tuple[Data, dict, str]:
 
 def read_csv(path: Path, x_columns: list[str], y_columns: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Float columns of a CSV file with a header row."""
+    import torch
+
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -101,3 +139,35 @@ def read_csv(path: Path, x_columns: list[str], y_columns: list[str]) -> tuple[to
         raise DataError(f"{path}: a value is not a number ({e}); every X and Y column must "
                         "hold numbers.") from None
     return x, y
+
+
+def fits_1d(rows: list[dict]) -> dict[int, tuple]:
+    """For each run that recorded its one-input training points (linreg): (x, y)."""
+    out = {}
+    for i, row in enumerate(rows):
+        points = (row["summary"].get("result") or {}).get("train_points")
+        if points:
+            out[i] = (points["x"], points["y"])
+    return out
+
+
+def line_equation(a: float, b: float) -> str:
+    """y = ax + b as written by hand: y = 1.54x − 0.291, never + -0.291."""
+    return f"y = {a:.3g}x {'−' if b < 0 else '+'} {abs(b):.3g}"
+
+
+def draw_fits(ax, rows: list[dict], labels: list[str], fits: dict[int, tuple]) -> None:
+    """The data of 1-input linear regressions with their fitted lines (and the true ones)."""
+    for i, (x, y) in fits.items():
+        result, color = rows[i]["summary"]["result"], f"C{i % 10}"
+        ax.scatter(x, y, s=6, alpha=0.35, color=color)
+        ends = [min(x), max(x)]
+        a, b = result["A"][0][0], result["B"][0]
+        ax.plot(ends, [a * e + b for e in ends], color=color, lw=2,
+                label=f"fit {line_equation(a, b)}" + (f" ({labels[i]})" if len(fits) > 1 else ""))
+        if "true_A" in result:
+            ta, tb = result["true_A"][0][0], result["true_B"][0]
+            ax.plot(ends, [ta * e + tb for e in ends], "--", color="gray",
+                    label=f"true {line_equation(ta, tb)}")
+    ax.set(title="Data and fitted line", xlabel="x", ylabel="y")
+    ax.legend(fontsize="small")

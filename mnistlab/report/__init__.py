@@ -1,0 +1,48 @@
+"""Reading runs, and showing them as tables and figures: shared by runs, compare, plot, eval and sweep."""
+
+from .figures import (
+                      PLOT_SUFFIXES,
+                      confusion_figure,
+                      curves_figure,
+                      legend_labels,
+                      log_if_wide,
+                      metric_axis,
+                      save_figure,
+                      steps_figure,
+)
+from .read import (
+                      ROW_KEYS,
+                      all_keys,
+                      epoch_curves,
+                      find_runs,
+                      load_run,
+                      model_name,
+                      read_run,
+                      records,
+                      resolve_run,
+                      runs_of,
+                      select,
+                      sort_rows,
+                      task_label,
+                      value_of,
+                      varying_keys,
+)
+from .tables import (
+                      COMPARE_METRICS,
+                      FORMATS,
+                      STATUS_STYLE,
+                      cell,
+                      compare,
+                      console,
+                      eval_tables,
+                      render,
+                      rich_table,
+                      runs_table,
+)
+
+__all__ = ["COMPARE_METRICS", "FORMATS", "PLOT_SUFFIXES", "ROW_KEYS", "STATUS_STYLE", "all_keys",
+           "cell", "compare", "confusion_figure", "console", "curves_figure", "epoch_curves",
+           "eval_tables", "find_runs", "legend_labels", "load_run", "log_if_wide", "metric_axis",
+           "model_name", "read_run", "records", "render", "resolve_run", "rich_table", "runs_of",
+           "runs_table", "save_figure", "select", "sort_rows", "steps_figure", "task_label",
+           "value_of", "varying_keys"]
