@@ -6,26 +6,38 @@ from pathlib import Path
 from typing import Any
 
 
-def train(config: str | Path | dict, overrides: list[str] = (), quiet: bool = True,
-          resume: str | Path | None = None) -> dict:
+def load(config, overrides: list[str] = (), resume: str | Path | None = None):
+    """The resolved config of a YAML file or a mapping with key=value overrides, or the one a
+    run at resume was started with."""
+    from .config import apply_overrides, config_from_dict, load_config
+    from .training import resume_config
+
+    if resume is not None:
+        return resume_config(resume)
+    if isinstance(config, dict):
+        raw, keys = apply_overrides(config, list(overrides))
+        return config_from_dict(raw, keys)
+    return load_config(config, list(overrides))
+
+
+def train(config, overrides: list[str] = (), quiet: bool = True,
+          resume: str | Path | None = None, *, cfg=None, reporter=None, run_dir=None,
+          until_epoch: int | None = None, trust_run_code: bool = False) -> dict:
     """Train a config (a YAML file or a mapping) with key=value overrides; return the run's summary.
 
     The summary's run_dir is the run directory. quiet=False prints a line per epoch.
+    cfg: the config load() already resolved; reporter: what to show (the CLI's live display);
+    run_dir, until_epoch, trust_run_code: as the train command's options.
     """
     from . import display
-    from .config import apply_overrides, config_from_dict, load_config
-    from .training import fit, resume_config
+    from .training import fit
 
-    if resume is not None:
-        return fit(resume_config(resume), display.Plain(quiet=quiet), resume=Path(resume))
-    if isinstance(config, dict):
-        raw, keys = apply_overrides(config, list(overrides))
-        cfg = config_from_dict(raw, keys)
-        source = {"config": None, "overrides": list(overrides)}
-    else:
-        cfg = load_config(config, list(overrides))
-        source = {"config": str(config), "overrides": list(overrides)}
-    return fit(cfg, display.Plain(quiet=quiet), source=source)
+    cfg = cfg or load(config, overrides, resume)
+    source = None if resume is not None else {
+        "config": None if isinstance(config, dict) or config is None else str(config),
+        "overrides": list(overrides)}
+    return fit(cfg, reporter or display.Plain(quiet=quiet), resume=None if resume is None else Path(resume),
+               source=source, run_dir=run_dir, until_epoch=until_epoch, trust_run_code=trust_run_code)
 
 
 def load_runs(runs_dir: str | Path = "runs") -> Any:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from .config import load_config, to_yaml
+from .config import to_yaml
 from .errors import MnistlabError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -93,8 +93,8 @@ def train(
     trust_run_code: bool = TRUST,
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
-    from . import display
-    from .training import completed, fit, resume_config
+    from . import api, display
+    from .training import completed
 
     overrides = overrides or []
     if until_epoch is not None and until_epoch < 1:
@@ -107,7 +107,7 @@ def train(
             err.print(Text(f"{resume}: the run has already completed; nothing to resume, "
                            "its files are left as they are."))
             return
-        cfg = resume_config(resume)
+        cfg = api.load(None, resume=resume)
     elif trust_run_code:
         raise fail("--trust-run-code runs the model code kept in a run directory, so it goes with "
                    "--resume RUN_DIR; a new run imports the file its config names.")
@@ -115,16 +115,15 @@ def train(
         raise fail("give a config file, e.g. mnistlab train configs/cnn.yaml "
                    "(or --resume RUN_DIR)")
     else:
-        cfg = load_config(config, overrides)
+        cfg = api.load(config, overrides)
     if print_config:
         typer.echo(to_yaml(cfg), nl=False)
         return
     where = Path(os.path.abspath(Path(cfg.runs_dir).expanduser()))
     if resume is None and run_dir is None and not where.is_relative_to(Path.cwd()):
         err.print(Text(f"note: runs go to {where}, outside the working directory."))
-    summary = fit(cfg, display.reporter(quiet), resume=resume, run_dir=run_dir,
-                  source={"config": str(config) if config else None, "overrides": overrides},
-                  until_epoch=until_epoch, trust_run_code=trust_run_code)
+    summary = api.train(config, overrides, resume=resume, cfg=cfg, reporter=display.reporter(quiet),
+                        run_dir=run_dir, until_epoch=until_epoch, trust_run_code=trust_run_code)
     if summary.get("untouched"):
         typer.echo(f"{run_dir or resume}: already {summary.get('status')} at epoch "
                    f"{summary.get('epochs_completed')}; nothing to do.")
@@ -372,12 +371,11 @@ def sweep(
     if metric is not None and metric not in ranked:
         raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(ranked)}")
     if executor not in EXECUTORS:
-        import difflib
+        from .errors import did_you_mean
 
-        close = difflib.get_close_matches(executor, list(EXECUTORS), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        hint = did_you_mean(executor, EXECUTORS)
         raise fail(f"--executor {executor}: unknown executor; choose one of: "
-                   f"{', '.join(EXECUTORS)}{hint}")
+                   f"{', '.join(EXECUTORS)}{'; ' + hint if hint else ''}")
     definition = sw.read_sweep(spec, grid or [], seeds, overrides or [], name)
     sw.sweep_command(definition, out, executor, jobs, dry_run, report_only, fail_fast,
                      retry_failed, detach, metric, max_trials, prune, min_epochs, eta)

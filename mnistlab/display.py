@@ -1,11 +1,22 @@
-"""What a training run shows: a Rich live display on a terminal, plain lines elsewhere."""
+"""What a training run and a sweep show: a Rich live display on a terminal, plain lines elsewhere."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+if TYPE_CHECKING:
+    from .sweep.spec import Trial
 
 
 def _pct(x: float | None) -> str:
@@ -33,7 +44,9 @@ def summary_line(s: dict) -> str:
     if test:
         parts.append(f"test {_scores(test)}")
     if s.get("result"):
-        from . import tasks  # imported here: tables that only format lines need no torch
+        from . import (
+            tasks,  # imported here: tables that only format lines need no torch
+        )
 
         parts += tasks.get(s.get("task")).show_result(s["result"])
     if best.get("val_accuracy") is not None:
@@ -116,3 +129,87 @@ def reporter(quiet: bool):
     if quiet:
         return Plain(quiet=True)
     return Live() if sys.stdout.isatty() else Plain()
+
+
+class SweepLines:
+    """A sweep in plain lines: one when a trial starts, one when it ends."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.total = self.done = self.failed = 0
+        self.counts: dict = {}
+
+    def start(self, name: str, total: int, counts: dict, executor: str, jobs: int,
+              threads: int) -> None:
+        self.total, self.counts = total, counts
+        before = counts["done_before"]
+        other = f", {counts['elsewhere']} running in another sweep" if counts["elsewhere"] else ""
+        self.console.print(f"sweep {name}: {counts['total']} trials, {before} done before{other}, "
+                           f"{total} to run; {executor} executor, {jobs} job{'s' if jobs > 1 else ''}"
+                           f" x {threads} thread{'s' if threads > 1 else ''}")
+
+    def started(self, trial: Trial, resumed: Path | None) -> None:
+        how = f"continuing {resumed}" if resumed else " ".join(trial.overrides)
+        self.console.print(f"start {trial.name}: {how}")
+
+    def finished(self, trial: Trial, status: str, summary: dict | None, error: str | None) -> None:
+        self.done += 1
+        self.failed += status == "failed"
+        self.console.print(f"[{self.done}/{self.total}] {result_line(trial, status, summary, error)}")
+
+    def update(self, running: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class SweepLive(SweepLines):
+    """A sweep as a Rich bar of trials done / total with running, failed and ETA; result lines above it."""
+
+    def __init__(self, console: Console):
+        from rich.progress import TimeRemainingColumn
+
+        super().__init__(console)
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("running {task.fields[running]}  failed {task.fields[failed]}"),
+                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                       console=console, transient=True)
+        self.task = None
+
+    def start(self, name, total, counts, executor, jobs, threads) -> None:
+        super().start(name, total, counts, executor, jobs, threads)
+        self.bar.start()
+        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, failed=0)
+
+    def started(self, trial, resumed) -> None:
+        pass
+
+    def finished(self, trial, status, summary, error) -> None:
+        self.done += 1
+        self.failed += status == "failed"
+        self.bar.console.print(result_line(trial, status, summary, error))
+        self.bar.update(self.task, completed=self.done, failed=self.failed)
+
+    def update(self, running: int) -> None:
+        self.bar.update(self.task, running=running)
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def sweep_progress(console: Console) -> SweepLines:
+    """A sweep's live bar on a terminal, plain lines in a pipe or log file."""
+    return SweepLive(console) if console.is_terminal else SweepLines(console)
+
+
+def result_line(trial: Trial, status: str, summary: dict | None, error: str | None) -> str:
+    if status == "completed":
+        val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
+        acc = f"val acc {100 * val:.2f}%, " if val is not None else ""
+        return f"completed {trial.name}: {acc}{summary.get('wall_seconds') or 0:.1f}s"
+    if status == "paused":
+        val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
+        acc = f", val acc {100 * val:.2f}%" if val is not None else ""
+        return f"paused {trial.name} at epoch {summary.get('epochs_completed')}{acc}"
+    return f"{status} {trial.name}: {error}"

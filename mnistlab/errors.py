@@ -87,3 +87,23 @@ class ExecutorUnavailable(SweepError):
 
 class ModelCodeError(MnistlabError):
     """Your own model class (model.kind: module) failed, or its code cannot be trusted."""
+
+
+def closest(word, choices, cutoff: float = 0.6) -> str | None:
+    """The choice a mistyped word most likely meant, or None."""
+    import difflib
+
+    found = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def did_you_mean(word, choices, otherwise: str = "", cutoff: float = 0.6) -> str:
+    """'did you mean X?' for a mistyped word, else otherwise: the one hint every error gives."""
+    match = closest(word, choices, cutoff)
+    return f"did you mean {match}?" if match else otherwise
+
+
+def first_line(text: str | None) -> str:
+    """The first non-blank line of a tool's output, for a one-paragraph error."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[0] if lines else ""

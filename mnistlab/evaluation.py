@@ -10,11 +10,18 @@ from torch import nn
 
 from . import checkpoint, files, rundir, tasks
 from .compute import evaluate, is_conv, resolve_device
-from .precision import for_eval
-from .config import Config, ConfigError, apply_overrides, config_from_dict, flatten, to_dict
+from .config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    flatten,
+    to_dict,
+)
 from .data import load_data
 from .errors import CheckpointError, DataError, DiskError
 from .models import build_model
+from .precision import for_eval
 
 # settings that change how a model is evaluated, never what was trained
 EVAL_KEYS = ("data.name", "data.root", "data.download", "data.mirror", "data.train_samples",

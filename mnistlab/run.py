@@ -14,7 +14,7 @@ from typing import Protocol
 
 from . import files, lease, rundir
 from .config import HASH_VERSION, Config, config_hash, to_yaml
-from .errors import Diverged, DiskError
+from .errors import DiskError, Diverged
 
 
 class Reporter(Protocol):

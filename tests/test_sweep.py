@@ -6,6 +6,7 @@ import csv
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,14 +15,22 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from conftest import wait_for
+from typer.testing import CliRunner
 
 from mnistlab.cli import app
 from mnistlab.config import ConfigError, load_config, parse_override
-from mnistlab.sweep import (Sweep, build_trials, expand, format_value, locked_index,
-                            parse_grid_option, read_sweep, sample_random, split_values)
+from mnistlab.sweep import (
+    Sweep,
+    build_trials,
+    expand,
+    format_value,
+    locked_index,
+    parse_grid_option,
+    read_sweep,
+    sample_random,
+    split_values,
+)
 
 runner = CliRunner()
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -268,3 +277,29 @@ def test_ctrl_c_and_killed_trial_are_continued(tmp_path, tiny_config):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 150
     assert sweep_dirs(directory) == [run_dir]  # continued from its checkpoint, not started over
+
+
+def test_the_live_sweep_bar_counts_failed_trials_without_a_traceback():
+    """On a terminal a failed (or interrupted) trial once ended the sweep in KeyError: 'failed'."""
+    import io
+
+    from rich.console import Console
+
+    from mnistlab import display
+    from mnistlab.sweep import Trial
+
+    screen = io.StringIO()
+    live = display.sweep_progress(Console(file=screen, force_terminal=True, width=80,
+                                          highlight=False))
+    assert isinstance(live, display.SweepLive)
+    counts = {"total": 2, "done_before": 0, "elsewhere": 0, "failed_before": 0, "to_run": 2}
+    live.start("s", 2, counts, "local", 1, 2)
+    trial = Trial.__new__(Trial)
+    trial.name = "lr-1.5"
+    live.finished(trial, "failed", None, "the run diverged")
+    live.finished(trial, "interrupted", None, "saved")
+    live.stop()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert live.failed == 1 and live.done == 2
+    assert "local executor, 1 job x 2 threads" in text and "failed 1" in text
+    assert "failed lr-1.5: the run diverged" in text

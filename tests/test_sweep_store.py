@@ -29,10 +29,14 @@ class FakeExecutor:
     """Records what it is asked; every job reports the state given."""
 
     name = "fake"
+    detachable, attached_because = True, ""
 
     def __init__(self, state: str = "finished"):
         self.state, self.submitted, self.cancelled = state, [], []
         self.jobs = 1
+
+    def trial_threads(self, running):
+        return 1
 
     def submit(self, specs):
         self.submitted += specs

@@ -1,11 +1,33 @@
 """Typed experiment config: the schema, loading with overrides, and the identity (hash) of a config."""
 
-from .identity import ADDED_LATER, HASH_VERSION, NOT_LEARNED, UNREAD, config_hash
-from .load import apply_overrides, config_from_file_dict, load_config, parse_override, read_yaml, safe_yaml
-from .schema import (ALL_KEYS, OPTIMIZER_SETTINGS, Config, DataConfig, LinregConfig, LogConfig, ModelConfig,
-                     OptimConfig, QuadraticConfig, KerasConfig, TrainConfig, config_from_dict, flatten, optimizer_settings,
-                     to_dict, to_yaml)
 from ..errors import ConfigError
+from .identity import ADDED_LATER, HASH_VERSION, NOT_LEARNED, UNREAD, config_hash
+from .load import (
+                     apply_overrides,
+                     config_from_file_dict,
+                     load_config,
+                     parse_override,
+                     read_yaml,
+                     safe_yaml,
+)
+from .schema import (
+                     ALL_KEYS,
+                     OPTIMIZER_SETTINGS,
+                     Config,
+                     DataConfig,
+                     KerasConfig,
+                     LinregConfig,
+                     LogConfig,
+                     ModelConfig,
+                     OptimConfig,
+                     QuadraticConfig,
+                     TrainConfig,
+                     config_from_dict,
+                     flatten,
+                     optimizer_settings,
+                     to_dict,
+                     to_yaml,
+)
 
 __all__ = ["ADDED_LATER", "ALL_KEYS", "HASH_VERSION", "NOT_LEARNED", "OPTIMIZER_SETTINGS", "UNREAD", "Config",
            "ConfigError", "DataConfig", "LinregConfig", "LogConfig", "ModelConfig", "OptimConfig",

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 
-
 from ..tasks import TASKS
-from .schema import OPTIMIZER_SETTINGS, UNSET, Config, flatten, optimizer_settings, to_dict
-
-
+from .schema import (
+    OPTIMIZER_SETTINGS,
+    UNSET,
+    Config,
+    flatten,
+    optimizer_settings,
+    to_dict,
+)
 
 # settings that cannot change what is learned
 NOT_LEARNED = ("name", "runs_dir", "train.threads", "train.device", "train.eval_batch_size", "log",

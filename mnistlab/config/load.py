@@ -10,10 +10,8 @@ from typing import Any
 
 import yaml
 
-from .schema import Config, config_from_dict
-
 from ..errors import ConfigError
-
+from .schema import Config, config_from_dict
 
 _KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 import os
@@ -15,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, closest, did_you_mean
 from ..tasks import DEFAULT, TASKS
 
 TaskName = Literal[tuple(TASKS)]
@@ -165,9 +164,9 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
             return value
         allowed = ", ".join(str(a) for a in args)
         hint = ""
-        if isinstance(value, str):
-            close = difflib.get_close_matches(value, [str(a) for a in args], n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]}?" if close else ""
+        if isinstance(value, str):  # ReLU -> relu too
+            hint = did_you_mean(value.lower() if value.lower() in args else value, args, cutoff=0.5)
+            hint = f"; {hint}" if hint else ""
         problems.append(f"{path}: {_describe(value)} is not allowed; choose one of: {allowed}{hint}")
         return None
     if tp is Any:
@@ -250,10 +249,10 @@ def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[st
         if key in fields:
             continue
         full = _join(path, str(key))
-        close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+        close = closest(key, fields)
         elsewhere = [k for k in ALL_KEYS if k.rsplit(".", 1)[-1] == str(key)]
         if close:
-            hint = f"did you mean {_join(path, close[0])}?"
+            hint = f"did you mean {_join(path, close)}?"
         elif len(elsewhere) == 1:
             hint = f"did you mean {elsewhere[0]}?"
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from pathlib import Path
@@ -11,7 +10,7 @@ import yaml
 
 from .. import metrics, rundir, tasks
 from ..config import flatten
-from ..errors import RunError
+from ..errors import RunError, did_you_mean
 
 # keys every run has but that are not hyperparameters
 NOT_PARAMS = ("name", "runs_dir", "model.kind")
@@ -162,9 +161,8 @@ def _known(rows: list[dict]) -> list[str]:
 
 def _unknown_key(key: str, rows: list[dict], what: str) -> RunError:
     known = _known(rows)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else "use a column such as test_accuracy, " \
-        "status, started, or a config key such as optim.lr"
+    hint = did_you_mean(key, known, "use a column such as test_accuracy, status, started, or a "
+                        "config key such as optim.lr")
     return RunError(f"{what}: {key!r} is not a column or config key of these runs; {hint}")
 
 

@@ -52,17 +52,40 @@ def _text(key: str, v) -> str:
 
 
 def rich_table(title: str, columns: list[tuple[str, str]], texts: list[list[str]],
-               caption: str | None = None) -> Table:
-    """A Rich table of plain texts (never markup); a cell too wide folds, it is never cut."""
+               caption: str | None = None, first_best: bool = False) -> Table:
+    """A Rich table of plain texts (never markup); a cell too wide folds, it is never cut.
+
+    first_best: the first row is the best one, shown in bold green."""
     table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption, title_justify="left",
                   caption_justify="left")
     for key, header in columns:
-        numeric = key in metrics.METRICS
+        numeric = key in metrics.METRICS or key.endswith(("_mean", "_std"))
         table.add_column(header, justify="right" if numeric else "left", overflow="fold")
-    for text in texts:
+    for i, text in enumerate(texts):
         table.add_row(*[Text(t, style=STATUS_STYLE.get(t, "")) if k == "status" else Text(t)
-                        for (k, _), t in zip(columns, text)])
+                        for (k, _), t in zip(columns, text)],
+                      style="bold green" if first_best and i == 0 else None)
     return table
+
+
+def as_csv(columns: list[tuple[str, str]], rows: list[dict]) -> str:
+    """CSV of the rows' values, headed by the column keys."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([k for k, _ in columns])
+    writer.writerows([["" if r.get(k) is None else _csv(r.get(k)) for k, _ in columns] for r in rows])
+    return buf.getvalue()
+
+
+def as_markdown(columns: list[tuple[str, str]], texts: list[list[str]], first_best: bool = False) -> str:
+    """A Markdown table of the texts under the column headers; first_best: the first row in bold."""
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for i, row in enumerate(texts):
+        cells = [t.replace("|", "\\|") for t in row]
+        if first_best and i == 0:
+            cells = [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def render(title: str, columns: list[tuple[str, str]], rows: list[dict], texts: list[list[str]],
@@ -71,17 +94,9 @@ def render(title: str, columns: list[tuple[str, str]], rows: list[dict], texts: 
     if fmt == "json":
         print(json.dumps([{k: r.get(k) for k, _ in columns} for r in rows], indent=2, default=str))
     elif fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([k for k, _ in columns])
-        writer.writerows([["" if r.get(k) is None else _csv(r.get(k)) for k, _ in columns]
-                          for r in rows])
-        print(buf.getvalue(), end="")
+        print(as_csv(columns, rows), end="")
     elif fmt == "markdown":
-        lines = ["| " + " | ".join(h for _, h in columns) + " |",
-                 "|" + "|".join("---" for _ in columns) + "|"]
-        lines += ["| " + " | ".join(t.replace("|", "\\|") for t in row) + " |" for row in texts]
-        print("\n".join(lines))
+        print(as_markdown(columns, texts), end="")
     else:
         out.print(rich_table(title, columns, texts, caption))
 

@@ -7,12 +7,12 @@ import shlex
 
 from rich.console import Console
 
-from .. import metrics
+from .. import display, metrics
 from ..errors import SweepError, TrialsMissed
-from .executors import create_executor
+from .executors import create_executor, executor_class
 from .plan import rungs
 from .prune import epochs_line, resolve_plan, run_pruned
-from .runner import SweepInterrupted, jobs_alive, progress_for, run_sweep
+from .runner import SweepInterrupted, jobs_alive, run_sweep
 from .spec import (
     MAX_TRIALS,
     Sweep,
@@ -49,11 +49,10 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
     default = tasks.get(trials[0].cfg.task).metric  # the task's own: val_accuracy, f, val_loss
     plan = resolve_plan(sweep, prune, min_epochs, eta, metric, default)
     metric = metric or default
-    if detach and executor in ("local", "ray"):
-        whose = {"local": "local trials are processes of this command",
-                 "ray": "Ray tasks belong to the driver that submitted them"}[executor]
-        raise SweepError(f"--detach: {whose} and stop with it; detach with --executor slurm, or "
-                         "run the sweep in tmux/nohup.")
+    engine_class = executor_class(executor)
+    if detach and not engine_class.detachable:
+        raise SweepError(f"--detach: {engine_class.attached_because} and stop with it; detach "
+                         "with --executor slurm, or run the sweep in tmux/nohup.")
     engine = None if report_only or dry_run else create_executor(
         executor, sweep.executor.get(executor) or {}, jobs)
     try:
@@ -65,11 +64,11 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
                 raise SweepError("--detach with --prune: a rung is decided when its trials end, "
                                  "so the sweep command has to wait for them; run it without --detach")
             counts = run_pruned(sweep, directory, trials, plan, engine, fail_fast,
-                                lambda: progress_for(out), lambda text: out.print(text, markup=False))
+                                lambda: display.sweep_progress(out), lambda text: out.print(text, markup=False))
             states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
         else:
             counts = run_sweep(sweep, directory, trials, engine, retry_failed, fail_fast, detach,
-                               progress_for(out))
+                               display.sweep_progress(out))
             states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
     finally:
         if engine is not None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import statistics
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 PRUNE_KEYS = ("min_epochs", "eta", "metric")
 
@@ -50,8 +49,7 @@ def read_plan(block, where: str) -> Plan:
     problems = []
     for key in block:
         if key not in PRUNE_KEYS:
-            close = difflib.get_close_matches(str(key), PRUNE_KEYS, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(PRUNE_KEYS)
+            hint = did_you_mean(key, PRUNE_KEYS, "valid keys: " + ", ".join(PRUNE_KEYS))
             problems.append(f"{where}.{key}: unknown key, {hint}")
     plan = Plan(**{k: block[k] for k in PRUNE_KEYS if block.get(k) is not None})
     problems += check_plan(plan, where)
@@ -68,8 +66,8 @@ def check_plan(plan: Plan, where: str = "prune") -> list[str]:
         problems.append(f"{where}.eta: {plan.eta!r}: give a whole number, 2 or more "
                         "(each rung keeps 1/eta of the configurations)")
     if plan.metric is not None and plan.metric not in EPOCH_METRICS:
-        close = difflib.get_close_matches(str(plan.metric), EPOCH_METRICS, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}? " if close else ""
+        hint = did_you_mean(plan.metric, EPOCH_METRICS)
+        hint = f"{hint} " if hint else ""
         problems.append(f"{where}.metric: {plan.metric!r} is not known at every epoch; {hint}"
                         f"choose one of: {', '.join(EPOCH_METRICS)}")
     return problems

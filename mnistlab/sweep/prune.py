@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import files, rundir
+from .. import display, files, rundir
 from ..errors import ConfigError, SweepError
 from ..metrics import METRICS as METRIC_REGISTRY
 from .plan import Plan, _count, check_plan, epoch_metric, halve, rungs
-from .runner import Progress, run_sweep
+from .runner import run_sweep
 from .spec import Sweep, Trial
 from .store import scan
 
@@ -72,7 +72,7 @@ def mark_pruned(summary: dict, rung: int, metric: str, value: float | None) -> N
 
 
 def run_pruned(sweep: Sweep, directory: Path, trials: list[Trial], plan: Plan, executor,
-               fail_fast: bool, progress: Callable[[], Progress], say: Callable[[str], None]) -> dict:
+               fail_fast: bool, progress: Callable[[], display.SweepLines], say: Callable[[str], None]) -> dict:
     """Successive halving: run the trials rung by rung, the best 1/eta configurations going on.
 
     Every decision is replayed from the run directories, so a new invocation continues where the

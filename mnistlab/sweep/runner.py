@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -11,11 +10,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import files, lease
+from .. import display, files, lease
 from ..config import to_dict
-from ..errors import Interrupted, SweepError
+from ..errors import ExecutorUnavailable, Interrupted, SweepError
 from . import store
-from .executors import Executor, TrialSpec
+from .executors import Executor, TrialSpec, executor_class
 from .spec import Sweep, Trial, train_command
 from .store import DONE, FAILED, NEW, PAUSED, QUEUED, RUNNING, STOPPED, TrialState
 
@@ -45,11 +44,6 @@ class Job:
     running_since: float | None = None
 
 
-def threads_per_job(jobs: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // jobs)
-
-
 def check_data(trials: list[Trial]) -> None:
     """Build the data of each distinct data setting once, as train does; a DataError stops here."""
     from ..tasks import TASKS, build_task
@@ -64,15 +58,23 @@ def check_data(trials: list[Trial]) -> None:
             build_task(t.cfg)
 
 
+def attached(name: str | None) -> bool:
+    """Whether jobs of this engine end with the command that submitted them."""
+    try:
+        return not executor_class(name).detachable
+    except (KeyError, ExecutorUnavailable):  # an engine this install lacks did not submit here
+        return False
+
+
 def jobs_alive(executor: Executor, jobs: list[dict]) -> set[str]:
     """The job ids of job.json records whose job still exists (pending or running)."""
     ids = [j["job_id"] for j in jobs if j.get("executor") == executor.name and j.get("job_id")]
     states = executor.states(ids) if ids else {}
     alive = {i for i, s in states.items() if s in ("pending", "running")}
     me = lease.process_identity()
-    for j in jobs:  # a local or Ray job of another sweep command runs while that command lives
+    for j in jobs:  # an attached job (local, Ray) of another sweep command runs while it lives
         driver = j.get("driver") or {}
-        if (j.get("executor") in ("local", "ray") and states.get(j.get("job_id"), "unknown") == "unknown"
+        if (attached(j.get("executor")) and states.get(j.get("job_id"), "unknown") == "unknown"
                 and driver.get("pid") != me["pid"] and lease.process_alive(driver) is True):
             alive.add(j.get("job_id"))
     return alive
@@ -82,7 +84,7 @@ class Runner:
     """One sweep command's work: what it submitted, what it watches, what it counted."""
 
     def __init__(self, sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
-                 progress: "Progress", threads: int, lease_timeout: float, until: int | None = None):
+                 progress: display.SweepLines, threads: int, lease_timeout: float, until: int | None = None):
         self.sweep, self.directory, self.trials, self.executor = sweep, directory, trials, executor
         self.until = until  # the rung this command trains up to (pruned sweeps), None: the end
         self.progress, self.threads, self.lease_timeout = progress, threads, lease_timeout
@@ -221,14 +223,14 @@ class Runner:
 
 def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
               retry_failed: bool = False, fail_fast: bool = False, detach: bool = False,
-              progress: "Progress | None" = None, lease_timeout: float = LEASE_TIMEOUT,
+              progress: display.SweepLines | None = None, lease_timeout: float = LEASE_TIMEOUT,
               until: int | None = None) -> dict:
     """Run every trial not done yet through the executor (with until: up to that epoch); return counts.
 
     The run directories decide each trial's state; sweep.json is rewritten from them. Raises
     SweepInterrupted on Ctrl-C/SIGTERM after cancelling what this command submitted.
     """
-    progress = progress or Progress(Console(quiet=True))
+    progress = progress or display.SweepLines(Console(quiet=True))
     states = store.trial_states(trials, store.scan(directory), lambda jobs: jobs_alive(executor, jobs))
     todo = [t for t in trials if states[t.hash].state in (NEW, STOPPED)
             or (retry_failed and states[t.hash].state == FAILED)
@@ -240,15 +242,14 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
               "failed_before": 0 if retry_failed else by_state[FAILED], "to_run": len(todo)}
     if todo:
         check_data(todo)  # a data problem said once, before any trial starts
-    jobs = getattr(executor, "jobs", 1)
-    threads = (threads_per_job(min(jobs, max(len(todo), 1))) if executor.name == "local"
-               else int((sweep.executor.get(executor.name) or {}).get("cpus_per_trial") or 1))
+    jobs = executor.jobs
+    threads = executor.trial_threads(max(len(todo), 1))
     runner = Runner(sweep, directory, trials, executor, progress, threads, lease_timeout, until)
     runner.states = states
     runner.errors = {h: st.summary.get("error") for h, st in states.items()
                      if st.state == FAILED and st.summary}
     store.write_definition(sweep, directory)
-    progress.start(sweep.name, len(todo) + counts["elsewhere"], counts, jobs, threads)
+    progress.start(sweep.name, len(todo) + counts["elsewhere"], counts, executor.name, jobs, threads)
     t0 = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -296,91 +297,3 @@ def _log_tail(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- what a sweep shows while it runs
-
-
-class Progress:
-    """Plain lines: one when a trial starts, one when it ends."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.total = self.done = 0
-        self.counts: dict = {}
-
-    def start(self, name: str, total: int, counts: dict, jobs: int, threads: int) -> None:
-        self.total, self.counts = total, counts
-        before = counts["done_before"]
-        other = f", {counts['elsewhere']} running in another sweep" if counts["elsewhere"] else ""
-        self.console.print(f"sweep {name}: {counts['total']} trials, {before} done before{other}, "
-                           f"{total} to run; {jobs} job{'s' if jobs > 1 else ''} x {threads} thread"
-                           f"{'s' if threads > 1 else ''}")
-
-    def started(self, trial: Trial, resumed: Path | None) -> None:
-        how = f"continuing {resumed}" if resumed else " ".join(trial.overrides)
-        self.console.print(f"start {trial.name}: {how}")
-
-    def finished(self, trial: Trial, status: str, summary: dict | None, error: str | None) -> None:
-        self.done += 1
-        self.console.print(f"[{self.done}/{self.total}] {result_line(trial, status, summary, error)}")
-
-    def update(self, running: int) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-
-class LiveProgress(Progress):
-    """A Rich bar of trials done / total with running, failed and ETA; result lines above it."""
-
-    def __init__(self, console: Console):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as Bar
-
-        super().__init__(console)
-        self.bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("running {task.fields[running]}  failed {task.fields[failed]}"),
-                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                       console=console, transient=True)
-        self.task = None
-
-    def start(self, name, total, counts, jobs, threads) -> None:
-        super().start(name, total, counts, jobs, threads)
-        self.bar.start()
-        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, failed=0)
-
-    def started(self, trial, resumed) -> None:
-        pass
-
-    def finished(self, trial, status, summary, error) -> None:
-        self.done += 1
-        self.bar.console.print(result_line(trial, status, summary, error))
-        self.bar.update(self.task, completed=self.done, failed=self.counts["failed"])
-
-    def update(self, running: int) -> None:
-        self.bar.update(self.task, running=running)
-
-    def stop(self) -> None:
-        self.bar.stop()
-
-
-def progress_for(console: Console) -> Progress:
-    """Live bar on a terminal, plain lines in a pipe or log file."""
-    return LiveProgress(console) if console.is_terminal else Progress(console)
-
-
-def result_line(trial: Trial, status: str, summary: dict | None, error: str | None) -> str:
-    if status == "completed":
-        val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
-        acc = f"val acc {100 * val:.2f}%, " if val is not None else ""
-        return f"completed {trial.name}: {acc}{summary.get('wall_seconds') or 0:.1f}s"
-    if status == "paused":
-        val = ((summary.get("final") or {}).get("val") or {}).get("accuracy")
-        acc = f", val acc {100 * val:.2f}%" if val is not None else ""
-        return f"paused {trial.name} at epoch {summary.get('epochs_completed')}{acc}"
-    return f"{status} {trial.name}: {error}"

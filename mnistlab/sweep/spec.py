@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
@@ -26,6 +25,7 @@ from ..config import (
     parse_override,
     read_yaml,
 )
+from ..errors import did_you_mean
 from .executors import check_options
 from .plan import read_plan
 
@@ -183,8 +183,7 @@ def read_sweep(path: Path, grid: list[str] = (), seeds: str | None = None,
 def _sweep_from_file(path: Path, raw: dict, problems: list[str]) -> Sweep:
     for key in raw:
         if key not in SWEEP_KEYS:
-            close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(SWEEP_KEYS)
+            hint = did_you_mean(key, SWEEP_KEYS, "valid keys: " + ", ".join(SWEEP_KEYS))
             problems.append(f"{path}: {key}: unknown sweep key, {hint}")
     base = Path(str(raw.get("base")))
     if not base.is_absolute():

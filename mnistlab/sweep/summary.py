@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import statistics
@@ -11,6 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .. import files, metrics, rundir
+from ..report.tables import as_csv, as_markdown, rich_table
 from .spec import Sweep, Trial, format_value
 from .store import DONE, FAILED, TrialState
 
@@ -80,9 +80,10 @@ def _over(sweep: Sweep) -> str:
 
 
 def _num(x: float | None, metric: str) -> str:
+    """A value in the unit its column shows: percent for accuracies (metrics.plotted)."""
     if x is None:
         return ""
-    return f"{100 * x:.2f}" if metric.endswith("accuracy") else f"{x:.4g}"
+    return f"{100 * x:.2f}" if metrics.METRICS[metric].kind == "percent" else f"{x:.4g}"
 
 
 def _seconds(x: float | None) -> str:
@@ -100,61 +101,49 @@ def _mean_std(row: dict, metric: str) -> str:
 
 
 def _unit(metric: str) -> str:
-    return f"{metric} (%)" if metric.endswith("accuracy") else metric
+    unit = metrics.UNITS.get(metrics.METRICS[metric].kind)
+    return f"{metric} ({unit})" if unit else metric
+
+
+def _shown(sweep: Sweep, rows: list[dict], metric: str) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """The columns and texts of the sweep's table: the swept keys, the metric, runs, test, time."""
+    keys = list(rows[0]["params"]) if rows else []
+    test = _show_test(rows, metric)
+    columns = [(k, k) for k in keys] + [
+        (f"{metric}_mean", _unit(metric) + (" mean ± std" if sweep.seeds else "")), ("runs", "runs")] + (
+        [("test_accuracy_mean", "test acc (%)")] if test else []) + [("train_seconds_mean", "train s")]
+    texts = [[format_value(r["params"][k]) for k in keys] + [
+        _mean_std(r, metric), f"{len(r['values'])}/{r['trials']}"] + (
+        [_num(r["test_accuracy"], "test_accuracy")] if test else []) + [_seconds(r["train_seconds"])]
+        for r in rows]
+    return columns, texts
 
 
 def write_report(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[Path]:
     """summary.csv, summary.md and one plot per swept key, written into the sweep directory."""
     keys = list(rows[0]["params"]) if rows else []
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(keys + [f"{metric}_mean", f"{metric}_std", "runs", "trials", "failed",
-                            "test_accuracy_mean", "train_seconds_mean", "pruned_at"])
-    for r in rows:
-        writer.writerow([format_value(r["params"][k]) for k in keys] + [
-            "" if r[c] is None else r[c] for c in ("mean", "std")] + [
-            len(r["values"]), r["trials"], r["failed"]] + [
-            "" if r[c] is None else r[c] for c in ("test_accuracy", "train_seconds", "pruned_at")])
-    files.atomic_write_text(directory / "summary.csv", buf.getvalue())
-
-    test = _show_test(rows, metric)
-    head = keys + [_unit(metric) + (" mean ± std" if sweep.seeds else ""), "runs"] + (
-        ["test acc (%)"] if test else []) + ["train s"]
-    lines = [f"# Sweep {sweep.name}", "",
-             f"{len(rows)} configurations, sorted by {metric} "
-             f"({'higher' if metrics.METRICS[metric].higher else 'lower'} is better); "
-             f"{_over(sweep)}; the best in bold.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, r in enumerate(rows):
-        cells = [format_value(r["params"][k]) for k in keys] + [
-            _mean_std(r, metric), f"{len(r['values'])}/{r['trials']}"] + (
-            [_num(r["test_accuracy"], "test_accuracy")] if test else []) + [
-            _seconds(r["train_seconds"])]
-        if i == 0 and r["mean"] is not None:
-            cells = [f"**{c}**" for c in cells]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    files.atomic_write_text(directory / "summary.md", "\n".join(lines) + "\n")
+    extra = ["test_accuracy", "train_seconds"] if metric != "test_accuracy" else ["train_seconds"]
+    columns = [(k, k) for k in keys] + [(c, c) for c in (
+        f"{metric}_mean", f"{metric}_std", "runs", "trials", "failed",
+        *(f"{m}_mean" for m in extra), "pruned_at")]
+    values = [{**{k: format_value(r["params"][k]) for k in keys}, f"{metric}_mean": r["mean"],
+               f"{metric}_std": r["std"], "runs": len(r["values"]), "trials": r["trials"],
+               "failed": r["failed"], **{f"{m}_mean": r[m] for m in extra}, "pruned_at": r["pruned_at"]}
+              for r in rows]
+    files.atomic_write_text(directory / "summary.csv", as_csv(columns, values))
+    shown, texts = _shown(sweep, rows, metric)
+    best = bool(rows) and rows[0]["mean"] is not None
+    head = (f"# Sweep {sweep.name}\n\n{len(rows)} configurations, sorted by {metric} "
+            f"({'higher' if metrics.METRICS[metric].higher else 'lower'} is better); "
+            f"{_over(sweep)}; the best in bold.\n\n")
+    files.atomic_write_text(directory / "summary.md", head + as_markdown(shown, texts, best))
     return [directory / "summary.csv", directory / "summary.md"] + plot(sweep, directory, rows, metric)
 
 
-def report_table(sweep: Sweep, rows: list[dict], metric: str) -> Table:
-    keys = list(rows[0]["params"]) if rows else []
-    test = _show_test(rows, metric)
-    table = Table(title=f"sweep {sweep.name}: {metric}, {_over(sweep)}", title_justify="left")
-    for key in keys:
-        table.add_column(key)
-    table.add_column(_unit(metric), justify="right")
-    table.add_column("runs", justify="right")
-    if test:
-        table.add_column("test acc (%)", justify="right")
-    table.add_column("train s", justify="right")
-    for i, r in enumerate(rows):
-        cells = [format_value(r["params"][k]) for k in keys] + [
-            _mean_std(r, metric), f"{len(r['values'])}/{r['trials']}"] + (
-            [_num(r["test_accuracy"], "test_accuracy")] if test else []) + [
-            _seconds(r["train_seconds"])]
-        table.add_row(*cells, style="bold green" if i == 0 and r["mean"] is not None else None)
-    return table
+def report_table(sweep: Sweep, rows: list[dict], metric: str):
+    shown, texts = _shown(sweep, rows, metric)
+    return rich_table(f"sweep {sweep.name}: {metric}, {_over(sweep)}", shown, texts,
+                      first_best=bool(rows) and rows[0]["mean"] is not None)
 
 
 def _numeric(values: list) -> bool:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
-from ...errors import ExecutorUnavailable
+from ...errors import ExecutorUnavailable, did_you_mean
 from .base import Executor, TrialSpec
 
 # the keys of each engine in a sweep file's executor: block
@@ -65,8 +63,7 @@ def check_options(block, where: str) -> list[str]:
     problems = []
     for engine, options in block.items():
         if engine not in OPTIONS:
-            close = difflib.get_close_matches(str(engine), OPTIONS, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]}?" if close else "choose one of: " + ", ".join(OPTIONS)
+            hint = did_you_mean(engine, OPTIONS, "choose one of: " + ", ".join(OPTIONS), 0.5)
             problems.append(f"{where}.{engine}: unknown executor, {hint}")
             continue
         if options is None:
@@ -77,9 +74,8 @@ def check_options(block, where: str) -> list[str]:
             continue
         for key in options:
             if key not in OPTIONS[engine]:
-                close = difflib.get_close_matches(str(key), OPTIONS[engine], n=1, cutoff=0.6)
-                hint = (f"did you mean {close[0]}?" if close else
-                        "valid keys: " + (", ".join(OPTIONS[engine]) or "none"))
+                hint = did_you_mean(key, OPTIONS[engine],
+                                    "valid keys: " + (", ".join(OPTIONS[engine]) or "none"))
                 problems.append(f"{where}.{engine}.{key}: unknown setting, {hint}")
     return problems
 

@@ -31,8 +31,17 @@ class Executor(Protocol):
     """
 
     name: str
+    jobs: int  # trials run at once (--jobs)
+    # capabilities the runner and the command read, declared by each engine:
+    detachable: bool  # its jobs run on after this command ends (--detach), else why not:
+    attached_because: str  # e.g. "local trials are processes of this command"
+    owns_threads: bool  # True: this machine's cores are shared among the jobs (local); False:
+    # each trial gets cpus_per_trial of the engine's options, on nodes of its own
 
     def __init__(self, options: dict, jobs: int) -> None: ...
+
+    def trial_threads(self, running: int) -> int:
+        """CPU threads of each trial when `running` trials run at once."""
 
     def submit(self, specs: list[TrialSpec]) -> list[str]:
         """One job id per spec, in the same order."""

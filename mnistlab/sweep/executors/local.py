@@ -17,6 +17,8 @@ class LocalExecutor:
     """Starts queued trials as slots free up, on each call of states()."""
 
     name = "local"
+    detachable = False
+    attached_because = "local trials are processes of this command"
 
     def __init__(self, options: dict, jobs: int) -> None:
         self.jobs = max(1, jobs)
@@ -24,6 +26,11 @@ class LocalExecutor:
         self.ids = itertools.count(1)
         self.queue: list[tuple[str, TrialSpec]] = []
         self.procs: dict[str, subprocess.Popen] = {}
+
+    def trial_threads(self, running: int) -> int:
+        """This machine's cores shared among the trials that run at once (at least one each)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // max(1, min(self.jobs, running)))
 
     def submit(self, specs: list[TrialSpec]) -> list[str]:
         ids = [f"{self.prefix}-{next(self.ids)}" for _ in specs]

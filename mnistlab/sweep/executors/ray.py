@@ -10,7 +10,7 @@ import threading
 
 import ray
 
-from ...errors import ConfigError, ExecutorUnavailable
+from ...errors import ConfigError, ExecutorUnavailable, first_line
 from .base import TrialSpec
 from .process import start_trial, stop_trial
 
@@ -43,6 +43,12 @@ class RayExecutor:
     """
 
     name = "ray"
+    detachable = False
+    attached_because = "Ray tasks belong to the driver that submitted them"
+
+    def trial_threads(self, running: int) -> int:
+        """The cpus_per_trial of the sweep file's executor: block (1 when not given)."""
+        return int(self.options.get("cpus_per_trial") or 1)
 
     def __init__(self, options: dict, jobs: int) -> None:
         self.options = check_ray_options(options or {})
@@ -56,7 +62,7 @@ class RayExecutor:
             except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError here
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise ExecutorUnavailable(
-                    f"--executor ray: cannot connect to {where} ({_first_line(str(e))}). Start the "
+                    f"--executor ray: cannot connect to {where} ({first_line(str(e))}). Start the "
                     "cluster (ray start --head), fix the address (executor: ray: address in the sweep "
                     "file, or RAY_ADDRESS), or leave both unset for a local instance.") from None
         if self.owner and not address:  # a local instance: this machine is all it will ever have
@@ -157,8 +163,3 @@ def unplaceable(options: dict) -> str | None:
     asks = " and ".join(f"{n:g} {kind}(s)" for kind, n in need.items())
     has = "; ".join(f"{r.get('CPU', 0):g} CPU(s), {r.get('GPU', 0):g} GPU(s)" for r in nodes)
     return f"each trial asks for {asks}, more than any node of the Ray cluster has ({has or 'no live node'})"
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[0] if lines else ""

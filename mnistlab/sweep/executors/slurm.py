@@ -13,7 +13,7 @@ from pathlib import Path
 
 import submitit
 
-from ...errors import ConfigError, ExecutorUnavailable, SweepError
+from ...errors import ConfigError, ExecutorUnavailable, SweepError, first_line
 from .base import TrialSpec
 from .process import start_trial, stop_trial
 
@@ -65,6 +65,12 @@ class SlurmExecutor:
     """Submits each batch of trials as one job array with the %N limit; polls squeue."""
 
     name = "slurm"
+    detachable = True
+    attached_because = ""
+
+    def trial_threads(self, running: int) -> int:
+        """The cpus_per_trial of the sweep file's executor: block (1 when not given)."""
+        return int(self.options.get("cpus_per_trial") or 1)
 
     def __init__(self, options: dict, jobs: int) -> None:
         self.options = check_slurm_options(options or {})
@@ -79,7 +85,7 @@ class SlurmExecutor:
         if answer.returncode != 0:
             raise ExecutorUnavailable(
                 "--executor slurm: the SLURM controller does not answer "
-                f"({_first_line(answer.stderr) or 'scontrol show config failed'}). Check that "
+                f"({first_line(answer.stderr) or 'scontrol show config failed'}). Check that "
                 "slurmctld runs (scontrol ping), or use --executor local or ray.")
         found = re.search(r"^MaxArraySize\s*=\s*(\d+)", answer.stdout, re.MULTILINE)
         self.max_array = int(found.group(1)) if found else 1001
@@ -104,7 +110,7 @@ class SlurmExecutor:
                                             {"OMP_NUM_THREADS": str(cpus), **spec.env},
                                             str(spec.log)) for spec in part]
             except Exception as e:  # submitit raises what sbatch said, as several exception types
-                raise SweepError(f"--executor slurm: sbatch refused the trials: {_first_line(str(e))}. "
+                raise SweepError(f"--executor slurm: sbatch refused the trials: {first_line(str(e))}. "
                                  "Check the executor: slurm: settings of the sweep file (partition, "
                                  "time, account, qos, sbatch).") from None
             ids += [str(job.job_id) for job in jobs]
@@ -146,7 +152,7 @@ class SlurmExecutor:
             if "Invalid job id" in answer.stderr:  # every one of them ended and was forgotten
                 return {}
             time.sleep(2 * (attempt + 1))
-        raise SweepError(f"--executor slurm: squeue failed ({_first_line(answer.stderr)}); the "
+        raise SweepError(f"--executor slurm: squeue failed ({first_line(answer.stderr)}); the "
                          "submitted trials keep running. Run the same sweep command again to "
                          "attach to them.")
 
@@ -198,8 +204,3 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(argv, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         return subprocess.CompletedProcess(argv, 1, "", str(e))
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[0] if lines else ""
