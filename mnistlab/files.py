@@ -75,11 +75,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def remove_stale_tmp(run_dir: Path) -> list[Path]:
     """Delete the temporary files of atomic writes a killed process left in a run directory.
 
-    Called by the run's one writer before it writes, so every such file is a dead writer's.
+    Called by the run's one writer before it writes, so every such file is a dead writer's, but
+    for owner.json's: the writer's own lease may be writing it right now.
     """
     removed = []
     for directory in (run_dir, run_dir / "checkpoints"):
         for tmp in Path(directory).glob(".*.tmp"):
+            if tmp.name.startswith(".owner.json."):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 with writing(tmp):
                     tmp.unlink()

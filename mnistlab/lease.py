@@ -11,7 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import RunBusy
+from .errors import MnistlabError, RunBusy
 from .files import read_json, write_json, writing
 
 
@@ -63,13 +63,20 @@ def executor_identity() -> dict | None:
     return {"name": name, "job_id": job_id}
 
 
-def owner_alive(owner: dict, now: float | None = None) -> bool:
-    """A lease holder lives: on this host by pid and start time, elsewhere by a fresh heartbeat."""
+def owner_alive(owner: dict, now: float | None = None, written: float | None = None) -> bool:
+    """A lease holder lives: on this host by pid and start time, elsewhere by a fresh heartbeat.
+
+    A heartbeat from the future (a host whose clock runs ahead) is judged by when owner.json was
+    last written (written: its modification time) instead, or it would hold the run forever."""
     same_host = process_alive(owner)
     if same_host is not None:
         return same_host
-    beat = owner.get("heartbeat")
-    return isinstance(beat, (int, float)) and (now or time.time()) - beat < LEASE_SECONDS
+    beat, now = owner.get("heartbeat"), now or time.time()
+    if not isinstance(beat, (int, float)) or beat != beat:
+        return False
+    if beat - now > LEASE_SECONDS and written is not None:
+        beat = written
+    return now - beat < LEASE_SECONDS
 
 
 def live_owner(run_dir: Path) -> dict | None:
@@ -77,10 +84,11 @@ def live_owner(run_dir: Path) -> dict | None:
     run_dir = Path(run_dir)
     try:
         owner = read_json(run_dir / "owner.json")
+        written = (run_dir / "owner.json").stat().st_mtime
     except (OSError, ValueError):
-        owner = None
+        owner = written = None
     if isinstance(owner, dict):
-        return owner if owner_alive(owner) else None
+        return owner if owner_alive(owner, written=written) else None
     try:  # a run made before leases existed records its process in summary.json
         summary = read_json(run_dir / "summary.json")
     except (OSError, ValueError):
@@ -100,11 +108,13 @@ def describe_owner(owner: dict) -> str:
 class Lease:
     """Ownership of a run directory: owner.json written under a lock, refreshed by a heartbeat thread."""
 
-    def __init__(self):
+    def __init__(self, on_lost=None):
         self.run_dir: Path | None = None
         self.record: dict = {}
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
+        self.on_lost = on_lost  # called (from the heartbeat thread) when the lease cannot be held
+        self.lost: str | None = None  # why
 
     def acquire(self, run_dir: Path) -> None:
         """Own run_dir, or raise RunBusy naming the live writer; a dead owner is replaced."""
@@ -125,10 +135,33 @@ class Lease:
         self.thread.start()
 
     def _beat(self) -> None:
+        """Refresh owner.json; a write that fails is tried again at the next beat, but a lease
+        not refreshed for half of LEASE_SECONDS, or taken over, is given up (on_lost): another
+        host would soon take it, and two writers must never train one run."""
+        written = time.time()
+        path = self.run_dir / "owner.json"
         while not self.stop.wait(HEARTBEAT_SECONDS):
-            self.record["heartbeat"] = time.time()
-            with contextlib.suppress(OSError):
-                write_json(self.run_dir / "owner.json", self.record)
+            try:
+                with _dir_lock(self.run_dir):
+                    try:
+                        current = read_json(path)
+                    except (OSError, ValueError):
+                        current = None
+                    token = current.get("token") if isinstance(current, dict) else None
+                    if token is not None and token != self.record["token"]:
+                        return self._lose(f"another process took it over, {describe_owner(current)}")
+                    self.record["heartbeat"] = time.time()
+                    write_json(path, self.record)
+                written = time.time()
+            except (OSError, MnistlabError):
+                if time.time() - written > LEASE_SECONDS / 2:
+                    return self._lose(f"its heartbeat in {path} could not be written for "
+                                      f"{time.time() - written:.0f} s")
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        if self.on_lost is not None:
+            self.on_lost()
 
     def release(self) -> None:
         """Stop the heartbeat and remove owner.json if it is still ours."""

@@ -19,9 +19,10 @@ from .run import Reporter, Session, Silent
 class RunInterrupted(Interrupted):
     """Ctrl-C or SIGTERM: the run stopped after saving its state."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, lost: str | None = None):
         self.run_dir = run_dir
-        super().__init__(f"interrupted; the last checkpoint is saved. Continue with: "
+        why = f"stopped: the run's lease was lost ({lost})" if lost else "interrupted"
+        super().__init__(f"{why}; the last checkpoint is saved. Continue with: "
                          f"mnistlab train --resume {run_dir}")
 
 
@@ -73,7 +74,7 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
         raise RunError(f"{resume}: the run has already completed; there is nothing to resume, "
                        "and it was left as it is. Train a new run with: mnistlab train "
                        f"{Path(resume) / 'config.yaml'}")
-    with stop_on_signals() as stop, Lease() as lease:
+    with stop_on_signals() as stop, Lease(on_lost=lambda: stop.set()) as lease:
         if resume is not None or run_dir is not None:
             lease.acquire(Path(resume or run_dir))  # before anything is read or written
         if run_dir is not None:
@@ -93,9 +94,11 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
         except KeyboardInterrupt:
             if session.run is None:
                 raise
-            session.run.finish("interrupted", "interrupted by a signal (Ctrl-C or SIGTERM); "
-                               f"continue with 'mnistlab train --resume {session.run.dir}'")
-            raise RunInterrupted(session.run.dir) from None
+            why = (f"stopped because the run's lease was lost: {lease.lost}" if lease.lost else
+                   "interrupted by a signal (Ctrl-C or SIGTERM)")
+            session.run.finish("interrupted", f"{why}; continue with 'mnistlab train --resume "
+                               f"{session.run.dir}'")
+            raise RunInterrupted(session.run.dir, lease.lost) from None
         except BaseException as e:
             if session.run is not None:
                 session.run.finish("failed", e.message() if isinstance(e, MnistlabError)

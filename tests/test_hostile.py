@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_config_dict, write_dataset, write_idx
 from typer.testing import CliRunner
 
-from conftest import tiny_config_dict, write_dataset, write_idx
 from mnistlab import checkpoint, files
 from mnistlab.cli import app
 from mnistlab.config import ConfigError, DataConfig, config_from_dict, load_config
 from mnistlab.data import DataError, load_data, read_split
-from mnistlab.errors import DiskError
+from mnistlab.errors import DiskError, RunError
+from mnistlab.rundir import read_metrics
 from mnistlab.training import RunInterrupted, fit
 
 runner = CliRunner()
@@ -430,3 +431,15 @@ def test_relative_paths_are_stored_absolute(tmp_path, monkeypatch):
     assert cfg.linreg.csv == str(tmp_path / "x.csv")
     cfg = load_config(path, ["data.root=here"])
     assert cfg.data.root == str(tmp_path / "here")  # against the working directory
+
+
+def test_a_completed_trial_with_a_damaged_summary_keeps_its_result(run_copy, base):
+    """Its re-run (a sweep's) failed on the summary only after rewriting metrics.jsonl without
+    the final test record; now everything is read before anything is touched."""
+    cfg = config_from_dict(tiny_config_dict(base / "tiny", run_copy.parent))
+    (run_copy / "summary.json").write_bytes(b'{"status": "compl')
+    before = snapshot(run_copy)
+    with pytest.raises(RunError, match="summary.json: is not valid JSON"):
+        fit(cfg, run_dir=run_copy)
+    assert snapshot(run_copy) == before
+    assert any(r["event"] == "final" for r in read_metrics(run_copy / "metrics.jsonl"))
