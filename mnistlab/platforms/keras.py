@@ -18,6 +18,7 @@ import torch
 
 from .. import precision, rundir
 from ..config import Config, optimizer_settings
+from ..models import count_parameters
 from ..run import Progress, Session
 from ..tasks import build_task
 from ..tasks import get as task_class
@@ -297,10 +298,11 @@ def _train(s: Session) -> None:
             model = linear(keras, task.model)
             loss, metrics = "mse", []
         model.compile(optimizer=optimizer(keras, cfg, steps_per_epoch), loss=loss, metrics=metrics)
-        learned = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+        # parameters as PyTorch counts them (BatchNorm's moving statistics are not), of the same net
+        params, learned = count_parameters(task.model), count_parameters(task.model, learned_only=True)
         env = {**rundir.environment("cpu", cfg.train.seed),
                "threads": threads_in_use(backend, cfg.train.threads), "framework": facts()}
-        run = s.open(loop.summary_facts(facts(), model.count_params(), learned, chosen,
+        run = s.open(loop.summary_facts(facts(), params, learned, chosen,
                                         steps_per_epoch, task), Progress(), env)
         save_checkpoint(run, cfg, task, model)  # epoch 0: a stop in the first epoch resumes from here
     else:

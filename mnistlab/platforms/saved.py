@@ -161,7 +161,7 @@ class Predictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.predict(x.detach().cpu().float().numpy())
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        return torch.from_numpy(np.array(out, dtype=np.float32)).to(x.device)  # a writable copy
 
 
 def arrays(task) -> dict:

@@ -19,6 +19,7 @@ import torch
 
 from .. import files, rundir
 from ..config import Config
+from ..models import count_parameters
 from ..run import Progress, Session
 from ..tasks import build_task
 from ..tasks import get as task_class
@@ -165,8 +166,8 @@ def _train(s: Session) -> None:
     graph = graph_of(traced)
     threads = tf.config.threading.get_intra_op_parallelism_threads() or kerasplatform._cpus()
     if s.resume is None:
-        learned = sum(int(np.prod(v.shape)) for v in learner.variables)
-        params = sum(int(np.prod(v.shape)) for v in learner.all)
+        # parameters as PyTorch counts them (BatchNorm's moving statistics are not), of the same net
+        params, learned = count_parameters(task.model), count_parameters(task.model, learned_only=True)
         env = {**rundir.environment("cpu", cfg.train.seed), "threads": threads, "framework": facts()}
         run = s.open({**loop.summary_facts(facts(), params, learned, chosen, steps_per_epoch, task),
                       "graph": graph}, Progress(), env)
