@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -32,13 +33,15 @@ RUN_FIX = "Give a run directory made by 'mnistlab train' (list them with 'mnistl
 
 
 def find_checkpoint(target: Path, which: str | None) -> tuple[Path, Path | None]:
-    """(checkpoint file, its run directory or None) for a run directory or a .pt file."""
+    """(checkpoint file, its run directory or None) for a run directory or a checkpoint file: a
+    torch run's .pt, or a Keras, TensorFlow or JAX run's .json (or the weights file it names)."""
     target = Path(target)
     if target.is_dir():
         which = which or "last"
-        path = target / "checkpoints" / f"{which}.pt"
-        if path.is_file():
-            return path, target
+        for suffix in (".pt", ".json"):
+            path = target / "checkpoints" / f"{which}{suffix}"
+            if path.is_file():
+                return path, target
         if not (target / "summary.json").is_file():
             raise CheckpointError(f"{target}: is not a run directory (it has no summary.json "
                                   f"and no checkpoints/). {RUN_FIX}")
@@ -50,6 +53,8 @@ def find_checkpoint(target: Path, which: str | None) -> tuple[Path, Path | None]
     if which is not None:
         raise CheckpointError(f"{target}: --ckpt chooses a checkpoint inside a run directory; "
                               "you gave a checkpoint file, so drop --ckpt or give the run directory.")
+    if target.suffix not in (".pt", ".json") and re.fullmatch(r"(best|last)-e\d+", target.stem):
+        target = target.parent / f"{target.stem.split('-e')[0]}.json"  # a weights file: its checkpoint
     run_dir = target.parent.parent
     if target.parent.name != "checkpoints" or not (run_dir / "summary.json").is_file():
         run_dir = None
@@ -61,11 +66,20 @@ def load_model(path: Path, trust_run_code: bool = False) -> tuple[nn.Module, dic
 
     trust_run_code: a model.kind=module run imports the copy of the code in its run directory.
     """
+    path = Path(path)
+    if path.suffix == ".json":  # a Keras, TensorFlow or JAX run's
+        from . import platforms
+        from .platforms import saved
+
+        ckpt = saved.load(path)  # checked whole: digest, fields, config, the weights' sha256
+        cfg = config_from_dict(ckpt["config"])
+        _has_classes(path, cfg)
+        model = platforms.get(cfg.platform).predictor(ckpt, cfg)
+        model.eval()
+        return model, ckpt, cfg
     ckpt = checkpoint.load_checkpoint(path)  # checked whole: fields, types, digest, config
     cfg = config_from_dict(ckpt["config"])
-    if not tasks.get(cfg.task).has_classes:
-        raise CheckpointError(f"{path}: is a task={cfg.task} run; eval and predict work on "
-                              "classifiers of the MNIST family. Its loss curve: mnistlab plot RUN_DIR.")
+    _has_classes(path, cfg)
     info = ckpt["data"]
     model_source = None
     if cfg.model.kind == "module":
@@ -84,6 +98,12 @@ def load_model(path: Path, trust_run_code: bool = False) -> tuple[nn.Module, dic
                               "Use another checkpoint, or train the model again.") from None
     model.eval()
     return model, ckpt, cfg
+
+
+def _has_classes(path: Path, cfg: Config) -> None:
+    if not tasks.get(cfg.task).has_classes:
+        raise CheckpointError(f"{path}: is a task={cfg.task} run; eval and predict work on "
+                              "classifiers of the MNIST family. Its loss curve: mnistlab plot RUN_DIR.")
 
 
 def eval_config(cfg: Config, overrides: list[str]) -> Config:
@@ -189,6 +209,8 @@ def saved_or_evaluate(run_dir: Path, which: str, trust_run_code: bool = False) -
     (trust_run_code: for a model.kind=module run, import the run's own copy of the code)."""
     saved = run_dir / "evals" / f"test-{which}.json"
     weights = run_dir / "checkpoints" / f"{which}.pt"
+    if not weights.is_file():  # a Keras, TensorFlow or JAX run's
+        weights = weights.with_suffix(".json")
     if saved.is_file() and weights.is_file() and saved.stat().st_mtime >= weights.stat().st_mtime:
         try:
             return files.read_json(saved)

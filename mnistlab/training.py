@@ -108,7 +108,9 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return (Path(run_dir) / "checkpoints" / "last.pt").is_file()
+    """A last checkpoint: last.pt of a torch run, last.json of a Keras, TensorFlow or JAX run."""
+    folder = Path(run_dir) / "checkpoints"
+    return (folder / "last.pt").is_file() or (folder / "last.json").is_file()
 
 
 def in_run_dir(cfg: Config, run_dir: Path) -> tuple[Path | None, dict | None]:
@@ -146,5 +148,10 @@ def completed(run_dir: Path) -> dict | None:
 
 def resume_config(run_dir: Path) -> Config:
     """The resolved config a run was started with, read back from its last checkpoint."""
-    ckpt = checkpoint.load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt")
+    folder = Path(run_dir) / "checkpoints"
+    if not (folder / "last.pt").is_file() and (folder / "last.json").is_file():
+        from .platforms import saved
+
+        return saved.config_of(saved.load(folder / "last.json"))
+    ckpt = checkpoint.load_checkpoint(folder / "last.pt")
     return config_from_dict(ckpt["config"])

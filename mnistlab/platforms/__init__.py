@@ -22,7 +22,25 @@ def _torch() -> ModuleType:
     return pytorch
 
 
-PLATFORMS = {"torch": _torch}
+def _keras() -> ModuleType:
+    from . import keras
+
+    return keras
+
+
+def _tensorflow() -> ModuleType:
+    from . import tensorflow
+
+    return tensorflow
+
+
+def _jax() -> ModuleType:
+    from . import jax
+
+    return jax
+
+
+PLATFORMS = {"torch": _torch, "keras": _keras, "tensorflow": _tensorflow, "jax": _jax}
 
 
 def get(name: str) -> ModuleType:

@@ -1,0 +1,299 @@
+"""The Keras, TensorFlow and JAX platforms: the same configs train into the same run directories.
+
+Keras on TensorFlow, the TensorFlow loop and JAX train in this process (TensorFlow imported after
+triton, as mnistlab always does); Keras's torch and jax backends, SIGTERM and the import orders
+run in subprocesses. When CI is set, a missing framework fails these tests instead of skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import FASHION_DIR, tiny_config_dict
+from typer.testing import CliRunner
+
+from mnistlab.api import train
+from mnistlab.cli import app
+from mnistlab.errors import CheckpointError
+from mnistlab.evaluation import evaluate_run
+from mnistlab.platforms import frameworks, saved
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.fixture(autouse=True)
+def frameworks_installed():
+    gone = frameworks.missing(["keras", "tensorflow", "jax"])
+    if gone:
+        why = f"{', '.join(gone)} not installed (pip install -e \".[platforms]\")"
+        if os.environ.get("CI"):
+            pytest.fail(f"the platforms are required in CI: {why}")
+        pytest.skip(why)
+
+
+def config(tiny_data, tmp_path, **sections) -> dict:
+    return tiny_config_dict(tiny_data, tmp_path / "runs", **sections)
+
+
+def run_dir(summary: dict) -> Path:
+    return Path(summary["run_dir"])
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def shape(run: Path) -> set:
+    """The record kinds and the names each carries."""
+    return {(r["event"], r["split"], tuple(sorted(k for k in r if k != "eval_seconds")))
+            for r in records(run)}
+
+
+@pytest.fixture
+def torch_run(tiny_data, tmp_path):
+    return run_dir(train(config(tiny_data, tmp_path, train={"precision": "fp32"})))
+
+
+@pytest.mark.parametrize("platform", ["keras", "tensorflow"])
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_keras_and_tensorflow_train_complete_run_directories(platform, kind, tiny_data, tmp_path,
+                                                            torch_run):
+    summary = train(config(tiny_data, tmp_path, platform=platform, model={"kind": kind},
+                           train={"precision": "fp32"}))
+    run = run_dir(summary)
+    assert summary["status"] == "completed", summary["error"]
+    assert summary["platform"]["name"] == platform and summary["platform"]["version"]
+    assert summary["platform"]["backend"] == ("tensorflow" if platform == "keras" else None)
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json",
+                                               "env.json", "checkpoints"}
+    if kind == "conv":  # the same record kinds and names as a torch run of the same config
+        assert shape(run) == shape(torch_run)
+        torch_summary = json.loads((torch_run / "summary.json").read_text())
+        assert summary["params"] == torch_summary["params"]
+    assert summary["final"]["test"]["accuracy"] > 0.9
+    last = saved.load(run / "checkpoints" / "last.json")
+    assert last["progress"]["epoch"] == 2 and last["platform"]["name"] == platform
+    assert last["weights"].endswith(".keras" if platform == "keras" else ".npz")
+    assert saved.load(run / "checkpoints" / "best.json")["weights_path"].is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.endswith(".json")) \
+        == sorted([last["weights"], saved.load(run / "checkpoints" / "best.json")["weights"]])
+    if platform == "tensorflow":
+        assert summary["graph"]["ops"] > 10 and "MatMul" in summary["graph"]["types"]
+
+
+def test_quadratic_reaches_the_same_minimum_on_torch_tensorflow_and_jax(tmp_path):
+    results = {}
+    for platform in ("torch", "tensorflow", "jax"):
+        summary = train(ROOT / "configs" / "quadratic.yaml",
+                        [f"platform={platform}", f"runs_dir={tmp_path / 'runs'}", "train.epochs=20"])
+        assert summary["status"] == "completed"
+        results[platform] = summary["result"]
+        steps = [r for r in records(run_dir(summary)) if r["event"] == "step"]
+        assert len(steps) == 20 and steps[0]["grad_error"] < 1e-6 and steps[0]["x"] == [3.0, -2.0]
+    for platform in ("tensorflow", "jax"):
+        assert results[platform]["x"] == pytest.approx(results["torch"]["x"], rel=1e-5)
+        assert results[platform]["f"] == pytest.approx(results["torch"]["f"], rel=1e-4)
+
+
+@pytest.mark.parametrize("platform", ["tensorflow", "jax"])
+def test_linear_regression_gets_close_to_least_squares(platform, tmp_path):
+    summary = train(ROOT / "configs" / "linreg.yaml",
+                    [f"platform={platform}", f"runs_dir={tmp_path / 'runs'}", "train.epochs=10"])
+    assert summary["status"] == "completed"
+    assert summary["result"]["lstsq_gap"] < 1e-4 and summary["result"]["A_max_error"] < 0.05
+
+
+def test_until_epoch_then_resume_equals_a_straight_keras_run(tiny_data, tmp_path):
+    cfg = config(tiny_data, tmp_path, platform="keras", train={"epochs": 3, "precision": "fp32"})
+    straight = train(cfg)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**cfg, "runs_dir": str(tmp_path / "split")}))
+    paused = runner.invoke(app, ["train", str(path), "--until-epoch", "1", "-q"])
+    assert paused.exit_code == 0, paused.output
+    run = next((tmp_path / "split").iterdir())
+    assert json.loads((run / "summary.json").read_text())["status"] == "paused"
+    resumed = train(None, resume=run)
+    assert resumed["status"] == "completed"
+    assert resumed["final"] == straight["final"]
+    assert [r["loss"] for r in records(run)] == [r["loss"] for r in records(run_dir(straight))]
+
+
+def test_sigterm_marks_a_keras_run_interrupted_and_it_resumes(tiny_data, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path, platform="keras", model={"kind": "dense"},
+                                          train={"epochs": 500, "log_every": 0})))
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", str(path)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the first epoch logged: stop it mid-run
+        logs = list((tmp_path / "runs").glob("*/metrics.jsonl"))
+        if logs and '"event": "epoch"' in logs[0].read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "mnistlab train --resume" in err and "Traceback" not in err
+    run = next((tmp_path / "runs").iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 1 <= summary["epochs_completed"] < 500
+    done = summary["epochs_completed"]
+    assert saved.load(run / "checkpoints" / "last.json")["progress"]["epoch"] == done
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "--until-epoch", str(done + 1), "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "paused" and summary["epochs_completed"] == done + 1
+
+
+def test_eval_reproduces_a_keras_runs_test_accuracy_and_predict_works(tiny_data, tmp_path):
+    summary = train(config(tiny_data, tmp_path, platform="keras"))  # precision auto: bf16 with AMX
+    result = evaluate_run(run_dir(summary))
+    assert result["accuracy"] == summary["final"]["test"]["accuracy"]
+    assert result["loss"] == pytest.approx(summary["final"]["test"]["loss"], rel=1e-6)
+    assert result["most_confused"] is not None and len(result["confusion"]) == 4
+    from PIL import Image
+
+    Image.new("L", (28, 28), 0).save(tmp_path / "blank.png")
+    img = Image.new("L", (28, 28), 0)
+    img.paste(255, (4, 8, 24, 12))
+    img.save(tmp_path / "digit.png")
+    out = runner.invoke(app, ["predict", str(run_dir(summary)), str(tmp_path / "digit.png")])
+    assert out.exit_code == 0, out.output
+
+
+def test_runs_compare_and_plot_read_a_mixed_set(tiny_data, tmp_path, torch_run):
+    keras_run = run_dir(train(config(tiny_data, tmp_path, platform="keras")))
+    listing = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--format", "json"])
+    assert listing.exit_code == 0, listing.output
+    assert {r["status"] for r in json.loads(listing.stdout)} == {"completed"}
+    compared = runner.invoke(app, ["compare", str(torch_run), str(keras_run)])
+    assert compared.exit_code == 0 and "keras" in compared.output, compared.output
+    plotted = runner.invoke(app, ["plot", str(torch_run), str(keras_run), "-o", str(tmp_path / "c.png")])
+    assert plotted.exit_code == 0 and (tmp_path / "c.png").is_file(), plotted.output
+    confusion = runner.invoke(app, ["plot", str(keras_run), "--confusion", "-o", str(tmp_path / "m.png")])
+    assert confusion.exit_code == 0, confusion.output
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["platform=keras", "optim.schedule=onecycle"], ["optim.schedule", "Keras", "cosine"]),
+    (["platform=keras", "optim.name=manual"], ["optim.name", "Keras", "sgd"]),
+    (["platform=tensorflow", "model.kind=module", "model.module=MODULE"], ["model.kind", "platform=torch"]),
+    (["platform=jax"], ["platform", "keras.backend=jax"]),
+    (["platform=jax", "task=linreg", "optim.name=adam"], ["optim.name", "jax"]),
+])
+def test_a_refused_setting_is_one_paragraph_and_exit_2(overrides, words, tiny_data, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path)))
+    (tmp_path / "m.py").write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    overrides = [o.replace("MODULE", f"{tmp_path / 'm.py'}:Net") for o in overrides]
+    result = runner.invoke(app, ["train", str(path), *overrides])
+    assert result.exit_code == 2, result.output
+    assert all(w in result.stderr for w in words), result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_a_damaged_checkpoint_is_one_paragraph(tiny_data, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path, platform="keras")))
+    assert runner.invoke(app, ["train", str(path), "--until-epoch", "1", "-q"]).exit_code == 0
+    run = next((tmp_path / "runs").iterdir())
+    folder = run / "checkpoints"
+    weights = folder / saved.load(folder / "last.json")["weights"]
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="sha256"):
+        evaluate_run(run)
+    result = runner.invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code == 2 and "sha256" in result.stderr and "Traceback" not in result.output
+    weights.write_bytes(data)
+    ckpt = json.loads((folder / "last.json").read_text())
+    ckpt["progress"]["epoch"] = 7  # edited
+    (folder / "last.json").write_text(json.dumps(ckpt))
+    result = runner.invoke(app, ["eval", str(run)])
+    assert result.exit_code == 2 and "digest" in result.stderr and "Traceback" not in result.output
+    (folder / "last.json").write_text("{\"format\": ")  # truncated
+    result = runner.invoke(app, ["eval", str(run)])
+    assert result.exit_code == 2 and "corrupt" in result.stderr
+
+
+def test_a_missing_extra_names_the_install_command(tiny_data, tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path)))
+    monkeypatch.setitem(sys.modules, "keras", None)
+    result = runner.invoke(app, ["train", str(path), "platform=keras"])
+    assert result.exit_code == 2 and 'pip install -e ".[keras]"' in result.stderr, result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+    monkeypatch.setitem(sys.modules, "jax", None)
+    result = runner.invoke(app, ["train", str(path), "platform=jax", "task=quadratic"])
+    assert result.exit_code == 2 and 'pip install -e ".[jax]"' in result.stderr, result.stderr
+
+
+SCRIPT = """
+import sys, yaml
+from mnistlab.api import train
+cfg = yaml.safe_load(open(sys.argv[1]))
+for platform, backend, kind in {runs}:
+    s = train({{**cfg, "platform": platform, "keras": {{"backend": backend}},
+               "model": {{**cfg["model"], "kind": kind}}}})
+    assert s["status"] == "completed", s
+    print("trained", platform, backend, kind, s["final"]["test"]["accuracy"], flush=True)
+"""
+
+
+@pytest.mark.parametrize("runs", [
+    # TensorFlow first, then torch, whose optimizer imports triton: the order that crashed
+    [("tensorflow", "tensorflow", "dense"), ("torch", "tensorflow", "dense")],
+    # Keras's torch backend (it imports torch._dynamo and triton), then a torch run
+    [("keras", "torch", "conv"), ("keras", "torch", "dense"), ("torch", "torch", "dense")],
+    [("keras", "jax", "conv"), ("keras", "jax", "dense")],
+])
+def test_the_import_orders_shipped_do_not_crash(runs, tiny_data, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path, train={"epochs": 1})))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(runs=runs), str(path)], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("trained")]) == len(runs)
+
+
+def test_the_tensorflow_loop_refuses_keras_loaded_on_another_backend(tiny_data, tmp_path):
+    script = ("import keras, sys\nfrom mnistlab.cli import main\nsys.argv = ['mnistlab', 'train', "
+              f"{str(tmp_path / 'c.yaml')!r}, 'platform=tensorflow']\nmain()")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(tiny_data, tmp_path)))
+    proc = subprocess.run([sys.executable, "-c", script], env={**ENV, "KERAS_BACKEND": "jax"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "backend" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_sweep_takes_platform_as_a_grid_axis(tiny_data, tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(config(tiny_data, tmp_path, train={"epochs": 1})))
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({"name": "platforms", "base": str(base),
+                                    "grid": {"platform": ["torch", "tensorflow"]},
+                                    "overrides": [f"runs_dir={tmp_path / 'sweeps'}"]}))
+    result = runner.invoke(app, ["sweep", str(spec), "--jobs", "1"], env=ENV)
+    assert result.exit_code == 0, result.output
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "sweeps").glob("platforms/*/summary.json")]
+    assert sorted(s["platform"]["name"] for s in summaries) == ["tensorflow", "torch"]
+    assert {s["status"] for s in summaries} == {"completed"}
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_keras_dense_on_fashion_mnist_is_sane(tmp_path):
+    summary = train(ROOT / "configs" / "dense.yaml",
+                    ["platform=keras", "data.name=fashion-mnist", "train.epochs=1",
+                     "optim.schedule=cosine", f"runs_dir={tmp_path / 'runs'}"])
+    assert summary["status"] == "completed"
+    assert summary["final"]["test"]["accuracy"] > 0.8
