@@ -145,7 +145,7 @@ def confusion_figure(result: dict):
     ax.set_yticks(range(k), names)
     ax.set(xlabel="predicted class", ylabel="true class",
            title=f"Confusion matrix: {Path(result['run_dir'] or result['checkpoint']).name}\n"
-                 f"{result['split']} split, {result['ckpt']}.pt, accuracy {metrics.percent(result['accuracy'])}")
+                 f"{result['split']} split, {Path(result['checkpoint']).name}, accuracy {metrics.percent(result['accuracy'])}")
     fig.colorbar(image, ax=ax, label="% of the true class", shrink=0.8)
     return fig
 

@@ -240,7 +240,7 @@ def eval_tables(result: dict, out: Console) -> None:
     where = result["run_dir"] or result["checkpoint"]
     split = result["split"]  # test, val or train: the metric of that split's accuracy and loss
     out.print(Text.assemble(
-        (str(where), "bold"), f" {result['ckpt']}.pt (epoch {result['epoch']}) on the {split} split "
+        (str(where), "bold"), f" {Path(result['checkpoint']).name} (epoch {result['epoch']}) on the {split} split "
         f"of {result['dataset']}: {result['n']} images, loss "
         f"{metrics.text(f'{split}_loss', result['loss'])}, accuracy ",
         (metrics.text(f"{split}_accuracy", result["accuracy"]), "bold")))
