@@ -91,6 +91,9 @@ def train(
         help="Write the run into DIR: a new run, the continuation of an interrupted one, or "
              "nothing for a completed one (what sweep trials use)."),
     trust_run_code: bool = TRUST,
+    config_hash: Optional[str] = typer.Option(
+        None, "--config-hash", hidden=True,
+        help="Refuse to train unless the config has this hash (what a sweep trial was validated as)."),
 ) -> None:
     """Train the model a YAML config describes; write the run into runs/."""
     from . import api, display
@@ -116,6 +119,14 @@ def train(
                    "(or --resume RUN_DIR)")
     else:
         cfg = api.load(config, overrides)
+    if config_hash is not None:
+        from .config import config_hash as hash_of
+
+        if hash_of(cfg) != config_hash:
+            raise fail(f"{config}: the trial's config now has hash {hash_of(cfg)}, not the "
+                       f"{config_hash} its sweep validated: the file, or the model code it names, "
+                       "changed after the sweep submitted it, so the trial was not trained. Run the "
+                       "sweep command again to validate the current files.")
     if print_config:
         typer.echo(to_yaml(cfg), nl=False)
         return

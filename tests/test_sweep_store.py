@@ -12,13 +12,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mnistlab.config import HASH_VERSION
 from mnistlab import files, lease
 from mnistlab.cli import app
-from mnistlab.config import ConfigError
+from mnistlab.config import HASH_VERSION, ConfigError, config_hash, load_config
 from mnistlab.errors import ExecutorUnavailable, RunBusy, SweepError
-from mnistlab.sweep import build_trials, read_sweep
-from mnistlab.sweep import executors
+from mnistlab.sweep import build_trials, executors, read_sweep
 from mnistlab.sweep.runner import run_sweep
 from mnistlab.sweep.store import read_index, scan, trial_states
 
@@ -132,8 +130,10 @@ def test_finished_jobs_without_a_result_are_failed_not_retried_forever(tmp_path,
     executor = FakeExecutor("finished")  # every job "ends" at once and writes nothing
     counts = run_sweep(sweep, directory, trials, executor)
     assert len(executor.submitted) == 2 and counts["failed"] == 2
-    assert all(spec.argv[-2:] == ["--run-dir", str(t.run_dir.resolve())]
-               for spec, t in zip(executor.submitted, trials))
+    for spec, t in zip(executor.submitted, trials):  # each trial trains its pinned config
+        assert spec.argv[spec.argv.index("--run-dir") + 1] == str(t.run_dir.resolve())
+        assert spec.argv[spec.argv.index("--config-hash") + 1] == t.hash
+        assert config_hash(load_config(t.run_dir / "trial.yaml")) == t.hash
     assert all((t.run_dir / "job.json").is_file() for t in trials)
 
 
@@ -251,3 +251,24 @@ def test_quadratic_table_has_no_empty_or_repeated_columns(tmp_path):
     rows = summarize(sweep, trials, states, "test_accuracy")
     headers = [c.header for c in report_table(sweep, rows, "test_accuracy").columns]
     assert headers == ["optim.lr", "test_accuracy (%)", "runs", "train s"]  # not twice
+
+
+def test_a_trial_trains_the_config_its_sweep_validated_even_if_the_base_changes(tmp_path,
+                                                                               tiny_config):
+    """The base file edited while trials wait in a queue: they train what was validated, in
+    folders named after its hash (they trained the edited config before, and failed forever
+    once the edit was reverted)."""
+    path = big_sweep(tmp_path, tiny_config, 2)
+    sweep = read_sweep(path)
+    directory, trials = build_trials(sweep)
+    base = yaml.safe_load(tiny_config.read_text())
+    tiny_config.write_text(yaml.safe_dump({**base, "optim": {**base["optim"], "name": "sgd"}}))
+    counts = run_sweep(sweep, directory, trials, executors.create_executor("local", {}, 1))
+    assert counts["failed"] == 0
+    for t in trials:
+        summary = json.loads((t.run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["config_hash"] == t.hash
+    pinned = t.run_dir / "trial.yaml"
+    result = CliRunner().invoke(app, ["train", str(pinned), "--run-dir", str(t.run_dir),
+                                      "--config-hash", "0" * 12])
+    assert result.exit_code == 2 and "not the 000000000000 its sweep validated" in result.output

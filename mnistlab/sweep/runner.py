@@ -11,11 +11,12 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import display, files, lease
-from ..config import to_dict
+from ..config import to_dict, to_yaml
 from ..errors import ExecutorUnavailable, Interrupted, SweepError
+from ..run import yaml_comment
 from . import store
 from .executors import Executor, TrialSpec, executor_class
-from .spec import Sweep, Trial, train_command
+from .spec import PINNED, Sweep, Trial, train_command
 from .store import DONE, FAILED, NEW, PAUSED, QUEUED, RUNNING, STOPPED, TrialState
 
 POLL_SECONDS = 0.1
@@ -116,6 +117,10 @@ class Runner:
             for t in claim:
                 with files.writing(t.run_dir):
                     t.run_dir.mkdir(parents=True, exist_ok=True)
+                # what the trial trains is this validated config, whatever happens to the base
+                # file while it waits in a queue
+                files.atomic_write_text(t.run_dir / PINNED, yaml_comment([
+                    f"the config of trial {t.name} as sweep {self.sweep.name} validated it"]) + to_yaml(t.cfg))
                 specs.append(TrialSpec(t.hash, t.name, train_command(self.sweep, t, self.until, executed=True), t.run_dir,
                                        t.run_dir / "trial.log", self.threads))
             ids = self.executor.submit(specs) if specs else []

@@ -412,20 +412,23 @@ def _with_values(raw: dict, values: dict) -> dict | None:
     return out
 
 
+PINNED = "trial.yaml"  # the trial's config as the sweep validated it, written when it is submitted
+
+
 def train_command(sweep: Sweep, trial: Trial, until: int | None = None,
                   executed: bool = False) -> list[str]:
-    """The train command of this trial: as a user types it (paths relative to here), or, executed,
-    as an executor runs it (this Python, absolute paths: any cwd, any host). With until (a rung of
-    a pruned sweep) the trial stops after that epoch, paused."""
+    """The train command of this trial: as a user types it (the base file and the overrides, paths
+    relative to here), or, executed, as an executor runs it: this Python on the trial's pinned
+    config (run_dir/trial.yaml, absolute paths: any cwd, any host), refusing any other config
+    (--config-hash). With until (a rung of a pruned sweep) the trial stops after that epoch."""
     rung = ["--until-epoch", str(until)] if until is not None and until < trial.cfg.train.epochs else []
     if executed:
-        head = [sys.executable, "-m", "mnistlab", "train", "--quiet", str(Path(sweep.base).resolve())]
-        runs_dir, run_dir = trial.run_dir.parent.resolve(), str(trial.run_dir.resolve())
-    else:
-        head = ["mnistlab", "train", _shown_path(sweep.base)]
-        runs_dir, run_dir = trial.cfg.runs_dir, _shown_path(trial.run_dir)
-    return (head + sweep.overrides + trial.overrides
-            + [f"runs_dir={runs_dir}", f"name={trial.name}", "--run-dir", run_dir] + rung)
+        run_dir = trial.run_dir.resolve()
+        return [sys.executable, "-m", "mnistlab", "train", "--quiet", str(run_dir / PINNED),
+                "--run-dir", str(run_dir), "--config-hash", trial.hash, *rung]
+    return (["mnistlab", "train", _shown_path(sweep.base)] + sweep.overrides + trial.overrides
+            + [f"runs_dir={trial.cfg.runs_dir}", f"name={trial.name}",
+               "--run-dir", _shown_path(trial.run_dir)] + rung)
 
 
 def _shown_path(path: Path) -> str:
