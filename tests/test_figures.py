@@ -224,3 +224,31 @@ def test_label_smoothing_is_said_on_the_curves(tmp_path):
     assert not notes(curves([plain]))
     mixed = " ".join(t.get_text() for t in notes(curves([smooth, plain])))
     assert "in 1 of 2 runs (model.kind=conv" in mixed and "model.kind=dense" not in mixed
+
+
+def test_plot_of_sweep_folders_draws_them_side_by_side(tmp_path, tiny_config):
+    from typer.testing import CliRunner
+
+    from mnistlab.cli import app
+
+    runner = CliRunner()
+    for name, kind in (("dense-lr", "dense"), ("conv-lr", "conv")):
+        done = runner.invoke(app, ["sweep", str(tiny_config), "--grid", "optim.lr=0.05,0.005",
+                                   "--name", name, f"model.kind={kind}", "train.epochs=1"])
+        assert done.exit_code == 0, done.output
+    sweeps = [tmp_path / "runs" / "dense-lr", tmp_path / "runs" / "conv-lr"]
+    out = tmp_path / "sweeps.png"
+    result = runner.invoke(app, ["plot", *map(str, sweeps), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from mnistlab.sweep.summary import compare_figure
+
+    fig = compare_figure(sweeps)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "optim.lr" and labels(ax) == ["0.005", "0.05"]
+    assert set(series_lines(ax)) == {"dense-lr", "conv-lr"}
+    assert all(len(line.get_xdata()) == 2 for line in series_lines(ax).values())
+
+    alone = runner.invoke(app, ["plot", str(sweeps[0]), "-o", str(tmp_path / "curves.png")])
+    assert alone.exit_code == 0, alone.output  # a sweep folder stands for its trials
+    fig = report.curves_figure([report.load_run(d) for d in report.runs_of([str(sweeps[0])])[0]])
+    assert [t.get_text() for t in legends(fig)[0].get_texts()] == ["optim.lr=0.005", "optim.lr=0.05"]

@@ -120,6 +120,9 @@ def runs_of(args: list[str], runs_dir: str | Path = "runs") -> tuple[list[Path],
     dirs, skipped = [], []
     for arg in args:
         path = Path(arg)
+        if is_sweep(path):  # a sweep's folder stands for its trials
+            dirs += [p for p in sorted(path.iterdir()) if p.is_dir() and _is_run(p)]
+            continue
         if len(args) > 1 and path.exists() and not (path.is_dir() and _is_run(path)):
             skipped.append(f"skipped {arg}: not a run directory")
         else:
@@ -135,6 +138,13 @@ def reads(row: dict, key: str) -> bool:
     if "unread" not in row:
         row["unread"] = unread_keys(row["config"])
     return not covers(row["unread"], key)
+
+
+def is_sweep(path: Path) -> bool:
+    """A folder made by mnistlab sweep: its sweep.yaml or sweep.json, and not itself a run."""
+    path = Path(path)
+    return path.is_dir() and not _is_run(path) and (
+        (path / "sweep.yaml").is_file() or (path / "sweep.json").is_file())
 
 
 def varying_keys(rows: list[dict], kind: bool = False) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .. import files, metrics, rundir
+from ..errors import SweepError
 from ..report.tables import as_csv, as_markdown, rich_table
 from .spec import Sweep, Trial, format_value
 from .store import DONE, FAILED, TrialState
@@ -183,6 +184,61 @@ def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[P
         save_figure(fig, path)
         paths.append(path)
     return paths
+
+
+def sweep_rows(directory: Path, metric: str | None = None) -> tuple[Sweep, list[dict], str]:
+    """A sweep folder's definition and its summary rows by the metric (the task's by default)."""
+    from .. import tasks
+    from .spec import build_trials, read_sweep
+    from .store import scan, trial_states
+
+    sweep = read_sweep(Path(directory))
+    _, trials = build_trials(sweep)
+    metric = metric or tasks.get(trials[0].cfg.task).metric
+    states = trial_states(trials, scan(Path(directory)), lambda jobs: set())
+    return sweep, summarize(sweep, trials, states, metric), metric
+
+
+def best_per_value(rows: list[dict], key: str, metric: str) -> list[dict]:
+    """For each value of key, the best configuration there (a failed or pruned one where none completed)."""
+    higher = metrics.METRICS[metric].higher
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(json.dumps(r["params"][key], sort_keys=True), []).append(r)
+    out = []
+    for group in groups.values():
+        done = [r for r in group if r["mean"] is not None]
+        if done:
+            out.append((max if higher else min)(done, key=lambda r: r["mean"]))
+        else:
+            out += [r for r in group if r["failed"] or r["pruned_at"] is not None][:1]
+    return out
+
+
+def compare_figure(directories: list[Path], metric: str | None = None):
+    """Two or more sweeps side by side: the metric against the first swept key they share, one
+    series per sweep (its best configuration at each value when it sweeps other keys too)."""
+    from ..report.figures import sweep_figure
+
+    first, rows, metric = sweep_rows(directories[0], metric)
+    loaded = [(first, rows)] + [sweep_rows(d, metric)[:2] for d in directories[1:]]
+    params = [set(k for k in sweep.keys if k != "train.seed" or not sweep.seeds) for sweep, _ in loaded]
+    shared = [k for k in first.keys if all(k in p for p in params)]
+    if not shared:
+        what = "; ".join(f"{d} sweeps {', '.join(sorted(p)) or 'only seeds'}"
+                         for d, p in zip(directories, params))
+        raise SweepError(f"the sweeps share no swept key, so there is no common axis to draw them "
+                         f"on: {what}. Plot each one alone (mnistlab sweep DIR --report), or sweep "
+                         "a common key in both.")
+    key = shared[0]
+    series = []
+    for sweep, rows in loaded:
+        others = [k for k in (rows[0]["params"] if rows else []) if k != key]
+        label = sweep.name + (f" (best over {', '.join(others)})" if others else "")
+        series.append((label, best_per_value(rows, key, metric)))
+    epochs = max((r["epochs"] for _, rows in loaded for r in rows), default=None)
+    return sweep_figure(" vs ".join(s.name for s, _ in loaded), key, metric, series, format_value,
+                        "sweep", epochs)
 
 
 def trial_table(sweep: Sweep, directory: Path, trials: list[Trial],
