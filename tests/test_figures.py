@@ -252,3 +252,16 @@ def test_plot_of_sweep_folders_draws_them_side_by_side(tmp_path, tiny_config):
     assert alone.exit_code == 0, alone.output  # a sweep folder stands for its trials
     fig = report.curves_figure([report.load_run(d) for d in report.runs_of([str(sweeps[0])])[0]])
     assert [t.get_text() for t in legends(fig)[0].get_texts()] == ["optim.lr=0.005", "optim.lr=0.05"]
+
+
+def test_compare_names_the_model_kind_and_not_what_a_dense_net_never_reads(tmp_path, capsys):
+    from rich.console import Console
+
+    conv = make_run(tmp_path / "cnn", net("conv", 0.2, channels=[16, 64]), [(0.5, 0.4)])
+    dense = make_run(tmp_path / "dense", net("dense", 0.003, hidden=[512]), [(0.5, 0.4)])
+    out = Console(width=80, record=True)
+    report.compare([report.load_run(conv), report.load_run(dense)], "table", False, out)
+    text = out.export_text()
+    assert "model.kind" in text and "optim.lr" in text
+    assert "model.channels" not in text and "model.hidden" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80

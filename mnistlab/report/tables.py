@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import metrics, tasks
-from .read import _read_mapping, all_keys, value_of, varying_keys
+from .read import _read_mapping, all_keys, reads, value_of, varying_keys
 
 FORMATS = ("table", "csv", "markdown", "json")
 
@@ -192,7 +192,7 @@ COMPARE_METRICS = ("epochs", "params", "train_loss", "train_accuracy", "val_loss
 def compare(rows: list[dict], fmt: str, all_keys_: bool, out: Console) -> None:
     """Config differences and metrics of a few runs, side by side (one column per run)."""
     names = [r["run"] for r in rows]
-    keys = all_keys(rows) if all_keys_ else varying_keys(rows)
+    keys = all_keys(rows) if all_keys_ else varying_keys(rows, kind=True)
     if len({r["run"] for r in rows}) < len(rows):
         names = [str(r["dir"]) for r in rows]
     config_rows = [{"key": k, **{n: r["config"].get(k) for n, r in zip(names, rows)}} for k in keys]
@@ -216,7 +216,8 @@ def compare(rows: list[dict], fmt: str, all_keys_: bool, out: Console) -> None:
                          indent=2, default=str))
         return
     if config_rows:
-        texts = [[c["key"]] + [cell(c[n]) for n in names] for c in config_rows]
+        texts = [[c["key"]] + [cell(c[n]) if reads(r, c["key"]) else "(unread)"
+                               for n, r in zip(names, rows)] for c in config_rows]
         render("config differences" if not all_keys_ else "config", columns, config_rows, texts,
                fmt, out)
     else:
