@@ -194,7 +194,7 @@ def runs_(
     if not rows and fmt == "table":
         err.print(Text(f"no runs{' match' if filters or status else ''} in {runs_dir}."))
         return
-    report.runs_table(rows, fmt, all_columns, report.console())
+    report.runs_table(rows, fmt, all_columns, report.console(), tuple(report.swept_keys(runs_dir)))
 
 
 @app.command()

@@ -265,3 +265,23 @@ def test_compare_names_the_model_kind_and_not_what_a_dense_net_never_reads(tmp_p
     assert "model.kind" in text and "optim.lr" in text
     assert "model.channels" not in text and "model.hidden" not in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_runs_of_a_sweep_folder_keep_its_swept_key_at_80_columns(tmp_path):
+    from rich.console import Console
+
+    folder = tmp_path / "sweep-wd"
+    folder.mkdir()
+    (folder / "sweep.yaml").write_text("name: sweep-wd\nbase: /x.yaml\ngrid:\n  optim.weight_decay: [0.0, 0.1]\n")
+    for i in range(4):  # many settings differ; the swept one must not be the one left out
+        cfg = net("dense", 0.001 * (i + 1), hidden=[64 * (i + 1)])
+        cfg["optim"]["weight_decay"] = 0.1 * (i % 2)
+        cfg["train"].update(batch_size=32 * (i + 1), val_split=0.1 + 0.01 * i, seed=i, epochs=i + 1)
+        make_run(folder / f"wd-{i}-{'x' * 12}", cfg, [(0.5, 0.4)])
+    out = Console(width=80, record=True)
+    rows = report.find_runs(folder)
+    report.runs_table(rows, "table", False, out, tuple(report.swept_keys(folder)))
+    text = out.export_text()
+    header = next(line for line in text.splitlines() if line.strip().startswith("run "))
+    assert "optim.weight_decay" in header and "optim.lr" in header, text
+    assert "model.hidden" in text.split("Left out")[1]  # the unswept ones go first
