@@ -205,7 +205,7 @@ def runs_(
     if not rows and fmt == "table":
         err.print(Text(f"no runs{' match' if filters or status else ''} in {runs_dir}."))
         return
-    report.runs_table(rows, fmt, all_columns, report.console())
+    report.runs_table(rows, fmt, all_columns, report.console(), tuple(report.swept_keys(runs_dir)))
 
 
 @app.command()
@@ -239,14 +239,33 @@ def plot(
     ckpt: str = typer.Option("last", "--ckpt", metavar="best|last",
                              help="Checkpoint for --confusion."),
     trust_run_code: bool = TRUST,
+    metric: Optional[str] = typer.Option(
+        None, "--metric", metavar="METRIC", show_default=False,
+        help="For two or more sweep folders: the metric drawn (the task's by default)."),
 ) -> None:
-    """Draw learning curves of runs overlaid, or a run's confusion matrix."""
+    """Draw learning curves of runs overlaid, a run's confusion matrix, or sweeps side by side.
+
+    A sweep folder stands for its trials; two or more sweep folders are drawn side by side
+    against the swept key they share."""
     import matplotlib
 
     matplotlib.use("Agg")
     from . import report, tasks
     from .evaluation import saved_or_evaluate
 
+    if len(run_dirs) > 1 and all(report.is_sweep(Path(a)) for a in run_dirs) and not confusion:
+        from .sweep import ranked_metrics
+        from .sweep.summary import compare_figure
+
+        if metric is not None and metric not in ranked_metrics():
+            raise fail(f"--metric {metric}: unknown metric; choose one of: {', '.join(ranked_metrics())}")
+        output = output or Path("sweeps.png")
+        report.save_figure(compare_figure([Path(a) for a in run_dirs], metric), output)
+        typer.echo(f"wrote {output}")
+        return
+    if metric is not None:
+        raise fail("--metric goes with two or more sweep folders, drawn side by side; learning "
+                   "curves show every metric per epoch.")
     dirs, skipped = report.runs_of(run_dirs)
     for note in skipped:
         err.print(note, markup=False)

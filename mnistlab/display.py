@@ -148,6 +148,9 @@ class SweepLines:
                            f"{total} to run; {executor} executor, {jobs} job{'s' if jobs > 1 else ''}"
                            f" x {threads} thread{'s' if threads > 1 else ''}")
 
+    def queued(self, trial: Trial) -> None:
+        """Submitted: it waits for a free job slot (or the scheduler) before it starts."""
+
     def started(self, trial: Trial, resumed: Path | None) -> None:
         how = f"continuing {resumed}" if resumed else " ".join(trial.overrides)
         self.console.print(f"start {trial.name}: {how}")
@@ -157,7 +160,7 @@ class SweepLines:
         self.failed += status == "failed"
         self.console.print(f"[{self.done}/{self.total}] {result_line(trial, status, summary, error)}")
 
-    def update(self, running: int) -> None:
+    def update(self, running: int, queued: int = 0) -> None:
         pass
 
     def stop(self) -> None:
@@ -172,7 +175,8 @@ class SweepLive(SweepLines):
 
         super().__init__(console)
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("running {task.fields[running]}  failed {task.fields[failed]}"),
+                       TextColumn("running {task.fields[running]}  queued {task.fields[queued]}  "
+                                  "failed {task.fields[failed]}"),
                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                        console=console, transient=True)
         self.task = None
@@ -180,7 +184,7 @@ class SweepLive(SweepLines):
     def start(self, name, total, counts, executor, jobs, threads) -> None:
         super().start(name, total, counts, executor, jobs, threads)
         self.bar.start()
-        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, failed=0)
+        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, queued=0, failed=0)
 
     def started(self, trial, resumed) -> None:
         pass
@@ -191,8 +195,8 @@ class SweepLive(SweepLines):
         self.bar.console.print(result_line(trial, status, summary, error))
         self.bar.update(self.task, completed=self.done, failed=self.failed)
 
-    def update(self, running: int) -> None:
-        self.bar.update(self.task, running=running)
+    def update(self, running: int, queued: int = 0) -> None:
+        self.bar.update(self.task, running=running, queued=queued)
 
     def stop(self) -> None:
         self.bar.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import checkpoint, files, platforms, rundir, usermodel
 from .config import Config, config_from_dict, config_hash
-from .errors import ConfigError, Interrupted, MnistlabError, RunError
+from .errors import ConfigError, Diverged, Interrupted, MnistlabError, RunError
 from .lease import Lease
 from .run import Reporter, Session, Silent
 
@@ -101,6 +101,8 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
             raise RunInterrupted(session.run.dir, lease.lost) from None
         except BaseException as e:
             if session.run is not None:
+                if isinstance(e, Diverged):  # what a sweep's plot marks apart from other failures
+                    session.run.summary["failure"] = "diverged"
                 session.run.finish("failed", e.message() if isinstance(e, MnistlabError)
                                    else f"{type(e).__name__}: {e}")
             raise

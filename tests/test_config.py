@@ -126,13 +126,15 @@ def test_a_stride_other_than_one_or_two_is_refused(tmp_path):
     assert "model.stride" in str(err.value) and "[2, 1]" in str(err.value)
 
 
-def test_a_scalar_where_a_list_belongs_gets_an_example_of_that_setting(tmp_path):
+def test_a_scalar_where_a_list_belongs_is_one_element_and_checked_as_such(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {kind: conv, stride: 2, hidden: 5}\n")
     with pytest.raises(ConfigError) as err:
         load_config(path)
-    assert "model.stride: expected a list, e.g. [2, 1], got 2" in str(err.value)
-    assert "model.hidden: expected a list, e.g. [256], got 5" in str(err.value)
+    assert "model.stride: give the stride of each of the two conv layers" in str(err.value)
+    assert "[2, 1]; got [2]" in str(err.value) and "model.hidden" not in str(err.value)
+    path.write_text("model: {kind: dense, hidden: 5}\n")
+    assert load_config(path).model.hidden == [5]
 
 
 @pytest.mark.parametrize("overrides, fix", [
@@ -146,3 +148,23 @@ def test_a_whitened_first_conv_with_filters_it_cannot_make_is_refused(overrides,
                                  *overrides])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "a whitened first conv" in result.stderr and fix in result.stderr
+
+
+def test_a_scalar_where_a_list_is_expected_is_a_one_element_list(tmp_path):
+    from mnistlab.config import config_from_dict
+
+    cfg = config_from_dict({"task": "quadratic", "quadratic": {"x0": 5}, "model": {"hidden": 64}})
+    assert cfg.quadratic.x0 == [5.0] and cfg.model.hidden == [64]
+    with pytest.raises(ConfigError, match="expected a list"):
+        config_from_dict({"model": {"hidden": {"a": 1}}})
+
+
+def test_a_scalar_grid_value_is_one_point_and_list_elements_are_values(tmp_path):
+    from mnistlab.sweep import build_trials, read_sweep
+
+    base = tmp_path / "base.yaml"
+    base.write_text("task: quadratic\nquadratic: {x0: [1.0]}\n")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"base: {base}\ngrid:\n  quadratic.x0: 5\n  optim.lr: [0.1, 0.2]\n")
+    _, trials = build_trials(read_sweep(spec))
+    assert sorted((t.cfg.quadratic.x0, t.cfg.optim.lr) for t in trials) == [([5.0], 0.1), ([5.0], 0.2)]

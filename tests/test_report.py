@@ -159,8 +159,8 @@ def test_curves_figure_has_a_train_and_val_curve_per_run(runs_dir):
     assert len(loss.get_lines()) == len(acc.get_lines()) == 4
     assert len(loss.get_lines()[0].get_xdata()) == 3  # one point per epoch
     assert acc.get_ylabel() == "accuracy (%)" and loss.get_xlabel() == "epoch"
-    labels = [t.get_text() for t in loss.get_legend().get_texts()]
-    assert labels == ["optim.lr=0.01", "optim.lr=0.001"]
+    (legend,) = fig.legends  # beside the panels, not on them
+    assert [t.get_text() for t in legend.get_texts()] == ["optim.lr=0.01", "optim.lr=0.001"]
 
 
 def test_plot_writes_png_and_svg(runs_dir, tmp_path):

@@ -265,7 +265,7 @@ def test_ctrl_c_and_killed_trial_are_continued(tmp_path, tiny_config):
     sweep.send_signal(signal.SIGINT)  # Ctrl-C: the trial is cancelled and saves itself
     out, stderr = sweep.communicate(timeout=300)
     assert sweep.returncode == 130, out + stderr
-    assert "cancelled the 1 trial this sweep had submitted" in stderr
+    assert "stopped the 1 trial of this sweep that had started" in stderr and "it saved its state" in stderr
     assert next(iter(index(directory).values()))["status"] == "stopped"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 

@@ -1,7 +1,7 @@
 """Typed experiment config: the schema, loading with overrides, and the identity (hash) of a config."""
 
 from ..errors import ConfigError
-from .identity import ADDED_LATER, HASH_VERSION, NOT_LEARNED, UNREAD, config_hash
+from .identity import ADDED_LATER, HASH_VERSION, NOT_LEARNED, UNREAD, config_hash, covers, unread_keys
 from .load import (
                      apply_overrides,
                      config_from_file_dict,
@@ -32,5 +32,5 @@ from .schema import (
 __all__ = ["ADDED_LATER", "ALL_KEYS", "HASH_VERSION", "NOT_LEARNED", "OPTIMIZER_SETTINGS", "UNREAD", "Config",
            "ConfigError", "DataConfig", "LinregConfig", "LogConfig", "ModelConfig", "OptimConfig",
            "QuadraticConfig", "KerasConfig", "TrainConfig", "apply_overrides", "config_from_dict", "config_from_file_dict",
-           "config_hash", "flatten", "load_config", "optimizer_settings", "parse_override", "read_yaml",
-           "safe_yaml", "to_dict", "to_yaml"]
+           "config_hash", "covers", "flatten", "load_config", "optimizer_settings", "parse_override", "read_yaml",
+           "safe_yaml", "to_dict", "to_yaml", "unread_keys"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from ..tasks import DEFAULT as TASKS_DEFAULT
 from ..tasks import TASKS
 from .schema import (
     OPTIMIZER_SETTINGS,
@@ -49,11 +50,24 @@ def config_hash(cfg: Config) -> str:
     """Short stable hash of the settings that can change what is learned, as the run reads them."""
     flat = flatten(to_dict(cfg))
     flat.update({f"optim.{k}": v for k, v in optimizer_settings(cfg.optim).items()})
-    drop = list(NOT_LEARNED) + [f"optim.{k}" for k in UNSET if k not in OPTIMIZER_SETTINGS[cfg.optim.name]]
-    for choice, by_value in UNREAD.items():
-        drop += by_value.get(flat[choice], ())
+    drop = list(NOT_LEARNED) + unread_keys(flat)
     drop += [key for key, default in ADDED_LATER.items() if flat.get(key) == default]
-    kept = {k: v for k, v in flat.items()
-            if not any(k == d or k.startswith(d + ".") for d in drop)}
+    kept = {k: v for k, v in flat.items() if not covers(drop, k)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
+
+
+def unread_keys(flat: dict) -> list[str]:
+    """The keys and sections a flat config never reads: its task's, its model kind's, its
+    optimizer's and schedule's (a run's config.yaml read back, or a resolved config)."""
+    name = flat.get("optim.name")
+    drop = [f"optim.{k}" for k in UNSET if name in OPTIMIZER_SETTINGS and k not in OPTIMIZER_SETTINGS[name]]
+    for choice, by_value in UNREAD.items():
+        value = flat.get(choice, TASKS_DEFAULT if choice == "task" else None)
+        drop += by_value.get(value, ()) if isinstance(value, str) else ()
+    return drop
+
+
+def covers(prefixes, key: str) -> bool:
+    """Whether key is one of the dotted keys or sections named."""
+    return any(key == d or key.startswith(d + ".") for d in prefixes)

@@ -180,6 +180,8 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
                 for k, v in value.items()}
     if origin is list:
         (inner,) = args
+        if value is not None and not isinstance(value, (list, dict, bool)):
+            value = [value]  # a scalar where a list is expected: quadratic.x0=5 is [5]
         if not isinstance(value, list):
             example = next((ex for key, ex in LIST_EXAMPLES.items() if path.endswith(key)), "[1, 2]")
             problems.append(f"{path}: expected a list, e.g. {example}, got {_describe(value)}")

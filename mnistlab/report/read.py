@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from .. import metrics, rundir, tasks
-from ..config import flatten
+from ..config import covers, flatten, unread_keys
 from ..errors import RunError, did_you_mean
 
 # keys every run has but that are not hyperparameters
@@ -120,6 +120,9 @@ def runs_of(args: list[str], runs_dir: str | Path = "runs") -> tuple[list[Path],
     dirs, skipped = [], []
     for arg in args:
         path = Path(arg)
+        if is_sweep(path):  # a sweep's folder stands for its trials
+            dirs += [p for p in sorted(path.iterdir()) if p.is_dir() and _is_run(p)]
+            continue
         if len(args) > 1 and path.exists() and not (path.is_dir() and _is_run(path)):
             skipped.append(f"skipped {arg}: not a run directory")
         else:
@@ -130,15 +133,42 @@ def runs_of(args: list[str], runs_dir: str | Path = "runs") -> tuple[list[Path],
     return dirs, skipped
 
 
-def varying_keys(rows: list[dict]) -> list[str]:
-    """Config keys whose values are not the same in all rows, in config order (damaged runs without
-    a config are left out of the comparison)."""
+def reads(row: dict, key: str) -> bool:
+    """Whether the run reads the setting: not one its task, model kind or optimizer ignores."""
+    if "unread" not in row:
+        row["unread"] = unread_keys(row["config"])
+    return not covers(row["unread"], key)
+
+
+def is_sweep(path: Path) -> bool:
+    """A folder made by mnistlab sweep: its sweep.yaml or sweep.json, and not itself a run."""
+    path = Path(path)
+    return path.is_dir() and not _is_run(path) and (
+        (path / "sweep.yaml").is_file() or (path / "sweep.json").is_file())
+
+
+def varying_keys(rows: list[dict], kind: bool = False) -> list[str]:
+    """Config keys whose values differ among the runs that read them, in config order (damaged
+    runs without a config are left out of the comparison); kind: model.kind too, first."""
     rows = [r for r in rows if r["config"]]
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r["config"]))
-    return [k for k in keys if k not in NOT_PARAMS
-            and len({json.dumps(r["config"].get(k), sort_keys=True) for r in rows}) > 1]
+    out = [k for k in keys if k not in NOT_PARAMS and len(
+        {json.dumps(r["config"].get(k), sort_keys=True) for r in rows if reads(r, k)}) > 1]
+    if kind and len({r["config"].get("model.kind") for r in rows if reads(r, "model.kind")}) > 1:
+        out.insert(0, "model.kind")
+    return out
+
+
+def swept_keys(directory: Path) -> list[str]:
+    """The keys a sweep folder's sweep.yaml sweeps (none for a folder that is not a sweep's)."""
+    definition, problem = _read_mapping(Path(directory) / "sweep.yaml", yaml.safe_load)
+    if problem:
+        return []
+    keys = [k for k in (definition.get("grid") or {}) if isinstance(k, str)]
+    keys += [k for k in (definition.get("random") or {}) if isinstance(k, str) and "." in k]
+    return keys + ["train.seed"] * bool(definition.get("seeds"))
 
 
 def all_keys(rows: list[dict]) -> list[str]:

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import metrics, tasks
-from .read import _read_mapping, all_keys, value_of, varying_keys
+from .read import _read_mapping, all_keys, reads, value_of, varying_keys
 
 FORMATS = ("table", "csv", "markdown", "json")
 
@@ -114,7 +114,7 @@ def _column_widths(columns: list[tuple[str, str, float]], texts: dict[str, list[
     return {k: max([cell_len(h)] + [cell_len(t) for t in texts[k]]) for k, h, _ in columns}
 
 
-def runs_columns(rows: list[dict], all_columns: bool) -> list[tuple[str, str, float]]:
+def runs_columns(rows: list[dict], all_columns: bool, first: tuple[str, ...] = ()) -> list[tuple[str, str, float]]:
     """(key, header, priority) of the runs table in display order; lower priority numbers are kept first.
 
     Name and status come first, then each task's headline metric, then the settings that differ
@@ -127,7 +127,7 @@ def runs_columns(rows: list[dict], all_columns: bool) -> list[tuple[str, str, fl
         params = [k for k in params if k != "task"]
     return ([("run", "run", 0), ("status", "status", 1)]
             + [("model", "model", 3)] * model_varies
-            + [(k, k, 4 + i / 1000) for i, k in enumerate(params)]
+            + [(k, k, (3.5 if k in first else 4) + i / 1000) for i, k in enumerate(params)]
             + [(m, metrics.METRICS[m].label, 2 if m in headline else 5) for m in dict.fromkeys(shown)]
             + [("epochs", "epochs", 6), ("wall_seconds", "wall time", 7), ("started", "started", 8)])
 
@@ -147,9 +147,11 @@ def _some(names: list[str], n: int = 6) -> str:
     return ", ".join(names) if len(names) <= n else f"{', '.join(names[:n])} and {len(names) - n} more"
 
 
-def runs_table(rows: list[dict], fmt: str, all_columns: bool, out: Console) -> None:
-    """The runs table: name, status, each task's metrics and the settings that differ, fitted to the width."""
-    columns = runs_columns(rows, all_columns)
+def runs_table(rows: list[dict], fmt: str, all_columns: bool, out: Console,
+               first: tuple[str, ...] = ()) -> None:
+    """The runs table: name, status, each task's metrics and the settings that differ, fitted to
+    the width; first: settings kept before the others (a sweep folder's swept keys)."""
+    columns = runs_columns(rows, all_columns, first + ("optim.name", "optim.lr"))
     task_metrics = {m for r in rows for m in tasks.get(r["task"]).columns}
     # a metric of another task stays empty: no loss column filled for classifiers
     flat = [{**{k: None if k in task_metrics and k not in tasks.get(r["task"]).columns else value_of(r, k)
@@ -192,7 +194,7 @@ COMPARE_METRICS = ("epochs", "params", "train_loss", "train_accuracy", "val_loss
 def compare(rows: list[dict], fmt: str, all_keys_: bool, out: Console) -> None:
     """Config differences and metrics of a few runs, side by side (one column per run)."""
     names = [r["run"] for r in rows]
-    keys = all_keys(rows) if all_keys_ else varying_keys(rows)
+    keys = all_keys(rows) if all_keys_ else varying_keys(rows, kind=True)
     if len({r["run"] for r in rows}) < len(rows):
         names = [str(r["dir"]) for r in rows]
     config_rows = [{"key": k, **{n: r["config"].get(k) for n, r in zip(names, rows)}} for k in keys]
@@ -216,7 +218,8 @@ def compare(rows: list[dict], fmt: str, all_keys_: bool, out: Console) -> None:
                          indent=2, default=str))
         return
     if config_rows:
-        texts = [[c["key"]] + [cell(c[n]) for n in names] for c in config_rows]
+        texts = [[c["key"]] + [cell(c[n]) if reads(r, c["key"]) else "(unread)"
+                               for n, r in zip(names, rows)] for c in config_rows]
         render("config differences" if not all_keys_ else "config", columns, config_rows, texts,
                fmt, out)
     else:

@@ -29,10 +29,14 @@ MAX_ATTEMPTS = 3  # submissions of one trial by one sweep command (a trial kille
 class SweepInterrupted(Interrupted):
     """Ctrl-C or SIGTERM stopped the sweep after cancelling the trials it had submitted."""
 
-    def __init__(self, cancelled: int, executor: str):
-        what = (f"cancelled the {cancelled} trial{'s' if cancelled != 1 else ''} this sweep had "
-                f"submitted ({executor} executor); they saved their state as interrupted"
+    def __init__(self, cancelled: int, executor: str, not_started: int = 0):
+        they = "they saved their state" if cancelled != 1 else "it saved its state"
+        what = (f"stopped the {cancelled} trial{'s' if cancelled != 1 else ''} of this sweep that "
+                f"had started ({executor} executor); {they} as interrupted"
                 if cancelled else "no trial of this sweep was running")
+        if not_started:
+            what += (f"; {not_started} queued trial{'s' if not_started != 1 else ''} had not "
+                     "started and were withdrawn")
         super().__init__(f"sweep interrupted: {what}. Run the same command again to continue "
                          "where it stopped.")
 
@@ -43,6 +47,8 @@ class Job:
     job_id: str
     attempt: int
     running_since: float | None = None
+    resumed: Path | None = None  # the run directory it continues, None for a new trial
+    started: bool = False  # the executor has said it runs (before that it is queued)
 
 
 def check_data(trials: list[Trial]) -> None:
@@ -129,9 +135,10 @@ class Runner:
                     "executor": self.executor.name, "job_id": job_id,
                     "driver": lease.process_identity(), "submitted": time.time()})
                 self.attempts[t.hash] = self.attempts.get(t.hash, 0) + 1
-                self.jobs[job_id] = Job(t, job_id, self.attempts[t.hash])
+                self.jobs[job_id] = Job(t, job_id, self.attempts[t.hash],
+                                        resumed=t.run_dir if now[t.hash].state != NEW else None)
                 self.states[t.hash] = TrialState(QUEUED, t.run_dir, None, {"job_id": job_id})
-                self.progress.started(t, t.run_dir if now[t.hash].state != NEW else None)
+                self.progress.queued(t)
 
     def poll(self) -> None:
         """Collect finished jobs, check that running ones show their lease, look at watched trials."""
@@ -139,6 +146,9 @@ class Runner:
         ended = []
         for job_id, job in list(self.jobs.items()):
             state = states.get(job_id, "unknown")
+            if state in ("running", "finished") and not job.started:  # said when it really starts
+                job.started = True
+                self.progress.started(job.trial, job.resumed)
             if state == "running":
                 self.check_shared(job)
             elif state in ("finished", "unknown"):
@@ -152,7 +162,8 @@ class Runner:
                 if now[h].state not in (RUNNING, QUEUED):
                     del self.watched[h]
                     self.ended(t, mine=False, st=now[h])
-        self.progress.update(len(self.jobs))
+        running = sum(job.started for job in self.jobs.values())
+        self.progress.update(running, len(self.jobs) - running)
         if time.monotonic() - self.index_written > INDEX_SECONDS:
             self.write_index()
 
@@ -208,18 +219,23 @@ class Runner:
         self.counts["failed"] += 1
         self.progress.finished(trial, "failed", st.summary, error)
 
-    def cancel(self) -> int:
-        """Cancel every job this command submitted; they save themselves as interrupted."""
+    def cancel(self) -> tuple[int, int]:
+        """Cancel every job this command submitted: those that started save themselves as
+        interrupted, the queued ones are withdrawn. Returns (interrupted, not started)."""
         ids = list(self.jobs)
         if ids:
             self.executor.cancel(ids)
+        interrupted = 0
         for job in self.jobs.values():
-            self.states[job.trial.hash] = self.look([job.trial])[job.trial.hash]
-            self.counts["interrupted"] += 1
-            self.progress.finished(job.trial, "interrupted", None,
-                                   "cancelled; the next run of the sweep continues it")
+            st = self.states[job.trial.hash] = self.look([job.trial])[job.trial.hash]
+            # one the executor started after the last look has written its summary by now
+            if job.started or (job.resumed is None and st.summary is not None):
+                interrupted += 1
+                self.progress.finished(job.trial, "interrupted", None,
+                                       "cancelled; the next run of the sweep continues it")
+        self.counts["interrupted"] += interrupted
         self.jobs.clear()
-        return len(ids)
+        return interrupted, len(ids) - interrupted
 
     def write_index(self) -> None:
         self.index_written = time.monotonic()
@@ -271,9 +287,9 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
                 runner.cancel()
                 runner.watched.clear()
     except KeyboardInterrupt:
-        cancelled = runner.cancel()
+        cancelled, not_started = runner.cancel()
         runner.write_index()
-        raise SweepInterrupted(cancelled, executor.name) from None
+        raise SweepInterrupted(cancelled, executor.name, not_started) from None
     except BaseException:
         runner.cancel()
         raise

@@ -198,6 +198,8 @@ def _sweep_from_file(path: Path, raw: dict, problems: list[str]) -> Sweep:
                         "e.g. grid: {optim.lr: [0.1, 0.01]}")
         grid = {}
     for key, values in grid.items():
+        if values is not None and not isinstance(values, (list, dict)):
+            values = [values]  # one value: a one-point axis, as a scalar is a one-element list
         if not isinstance(values, list) or not values:
             problems.append(f"{path}: grid.{key}: give a non-empty list of values, e.g. [0.1, 0.01] "
                             "(a fixed value belongs in overrides:)")

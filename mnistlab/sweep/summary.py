@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .. import files, metrics, rundir
+from ..errors import SweepError
 from ..report.tables import as_csv, as_markdown, rich_table
 from .spec import Sweep, Trial, format_value
 from .store import DONE, FAILED, TrialState
@@ -24,11 +24,12 @@ def summarize(sweep: Sweep, trials: list[Trial], states: dict[str, TrialState],
         params = {k: t.params[k] for k in keys}
         row = rows.setdefault(json.dumps(params, sort_keys=True), {
             "params": params, "values": [], "test": [], "seconds": [], "trials": 0, "failed": 0,
-            "pruned_at": None, "pruned_values": [], "pruned_metric": None})
+            "diverged": 0, "epochs": t.cfg.train.epochs, "pruned_at": None, "pruned_values": [], "pruned_metric": None})
         row["trials"] += 1
         st = states[t.hash]
         if st.state != DONE:
             row["failed"] += st.state == FAILED
+            row["diverged"] += st.state == FAILED and diverged(st.summary)
             _add_pruned(row, st.summary)
             continue
         value = metrics.value(st.summary, metric)
@@ -56,6 +57,12 @@ def summarize(sweep: Sweep, trials: list[Trial], states: dict[str, TrialState],
 
     out.sort(key=rank)
     return out
+
+
+def diverged(summary: dict | None) -> bool:
+    """A failed trial whose loss blew up (runs before 'failure' was recorded say so in their error)."""
+    summary = summary or {}
+    return summary.get("failure") == "diverged" or "diverged" in str(summary.get("error") or "")
 
 
 def _add_pruned(row: dict, summary: dict | None) -> None:
@@ -146,68 +153,92 @@ def report_table(sweep: Sweep, rows: list[dict], metric: str):
                       first_best=bool(rows) and rows[0]["mean"] is not None)
 
 
-def _numeric(values: list) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+def series_of(rows: list[dict], key: str) -> tuple[list[tuple[str, list[dict]]], list[str]]:
+    """The rows in one series per value of the other swept keys (in value order), and those keys."""
+    from ..report.figures import value_order
+
+    keys = list(rows[0]["params"]) if rows else []
+    others = [k for k in keys if k != key]
+    groups: dict[str, list[dict]] = {}
+    order: dict[str, tuple] = {}
+    for r in rows:
+        label = ", ".join(f"{k.split('.')[-1]}={format_value(r['params'][k])}" for k in others)
+        groups.setdefault(label, []).append(r)
+        order[label] = tuple(value_order(r["params"][k]) for k in others)
+    return [(label, groups[label]) for label in sorted(groups, key=order.__getitem__)], others
 
 
 def plot(sweep: Sweep, directory: Path, rows: list[dict], metric: str) -> list[Path]:
-    """The metric against each swept key: one line per value of the other keys, std as error bars."""
-    import matplotlib
+    """The metric against each swept key: one series per value of the other keys, std as error bars;
+    failed and pruned configurations marked at the axis edge."""
+    from ..report.figures import save_figure, sweep_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..report import metric_axis
-
-    pruned = [r for r in rows if r["mean"] is None and r["pruned_mean"] is not None]
-    rows = [r for r in rows if r["mean"] is not None]
+    rows = [r for r in rows if r["mean"] is not None or r["failed"] or r["pruned_at"] is not None]
     keys = list(rows[0]["params"]) if rows else []
-    scale = 100 if metric.endswith("accuracy") else 1
+    epochs = max((r["epochs"] for r in rows), default=None)
     paths = []
     for key in keys:
-        xs = []
-        for r in rows + pruned:
-            if r["params"][key] not in xs:
-                xs.append(r["params"][key])
-        numeric = _numeric(xs)
-        if numeric:
-            xs.sort()
-        others = [k for k in keys if k != key]
-        lines: dict[str, list[dict]] = {}
-        for r in rows:
-            label = ", ".join(f"{k.split('.')[-1]}={format_value(r['params'][k])}" for k in others)
-            lines.setdefault(label, []).append(r)
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for label, members in lines.items():
-            members.sort(key=lambda r: xs.index(r["params"][key]))
-            x = [r["params"][key] if numeric else xs.index(r["params"][key]) for r in members]
-            ax.errorbar(x, [scale * r["mean"] for r in members],
-                        yerr=[scale * (r["std"] or 0.0) for r in members],
-                        marker="o", capsize=3, label=label or None)
-        if pruned:  # where the pruned configurations stood at their rung, not at the end
-            ax.scatter([r["params"][key] if numeric else xs.index(r["params"][key]) for r in pruned],
-                       [scale * r["pruned_mean"] for r in pruned], marker="x", color="grey",
-                       label="pruned (value at its rung)", zorder=3)
-        if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
-            ax.set_xscale("log")
-        if not numeric:
-            ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
-        ax.set_xlabel(key)
-        # a log axis when the values span 1000x or more (the quadratic's f spans ten orders)
-        metric_axis(ax, metric, [scale * r["mean"] for r in rows] +
-                    [scale * r["pruned_mean"] for r in pruned])
-        ax.set_title(f"{sweep.name}: {metric} vs {key}")
-        ax.grid(True, alpha=0.3)
-        if len(lines) > 1 or pruned:
-            ax.legend(title=", ".join(others), fontsize="small")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        plt.close(fig)
+        series, others = series_of(rows, key)
+        fig = sweep_figure(sweep.name, key, metric, series, format_value, ", ".join(others), epochs)
         path = directory / f"plot-{rundir.slug(key)}-{metric}.png"  # one per metric: none overwritten
-        files.atomic_write_bytes(path, buf.getvalue())
+        save_figure(fig, path)
         paths.append(path)
     return paths
+
+
+def sweep_rows(directory: Path, metric: str | None = None) -> tuple[Sweep, list[dict], str]:
+    """A sweep folder's definition and its summary rows by the metric (the task's by default)."""
+    from .. import tasks
+    from .spec import build_trials, read_sweep
+    from .store import scan, trial_states
+
+    sweep = read_sweep(Path(directory))
+    _, trials = build_trials(sweep)
+    metric = metric or tasks.get(trials[0].cfg.task).metric
+    states = trial_states(trials, scan(Path(directory)), lambda jobs: set())
+    return sweep, summarize(sweep, trials, states, metric), metric
+
+
+def best_per_value(rows: list[dict], key: str, metric: str) -> list[dict]:
+    """For each value of key, the best configuration there (a failed or pruned one where none completed)."""
+    higher = metrics.METRICS[metric].higher
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(json.dumps(r["params"][key], sort_keys=True), []).append(r)
+    out = []
+    for group in groups.values():
+        done = [r for r in group if r["mean"] is not None]
+        if done:
+            out.append((max if higher else min)(done, key=lambda r: r["mean"]))
+        else:
+            out += [r for r in group if r["failed"] or r["pruned_at"] is not None][:1]
+    return out
+
+
+def compare_figure(directories: list[Path], metric: str | None = None):
+    """Two or more sweeps side by side: the metric against the first swept key they share, one
+    series per sweep (its best configuration at each value when it sweeps other keys too)."""
+    from ..report.figures import sweep_figure
+
+    first, rows, metric = sweep_rows(directories[0], metric)
+    loaded = [(first, rows)] + [sweep_rows(d, metric)[:2] for d in directories[1:]]
+    params = [set(k for k in sweep.keys if k != "train.seed" or not sweep.seeds) for sweep, _ in loaded]
+    shared = [k for k in first.keys if all(k in p for p in params)]
+    if not shared:
+        what = "; ".join(f"{d} sweeps {', '.join(sorted(p)) or 'only seeds'}"
+                         for d, p in zip(directories, params))
+        raise SweepError(f"the sweeps share no swept key, so there is no common axis to draw them "
+                         f"on: {what}. Plot each one alone (mnistlab sweep DIR --report), or sweep "
+                         "a common key in both.")
+    key = shared[0]
+    series = []
+    for sweep, rows in loaded:
+        others = [k for k in (rows[0]["params"] if rows else []) if k != key]
+        label = sweep.name + (f" (best over {', '.join(others)})" if others else "")
+        series.append((label, best_per_value(rows, key, metric)))
+    epochs = max((r["epochs"] for _, rows in loaded for r in rows), default=None)
+    return sweep_figure(" vs ".join(s.name for s, _ in loaded), key, metric, series, format_value,
+                        "sweep", epochs)
 
 
 def trial_table(sweep: Sweep, directory: Path, trials: list[Trial],

@@ -100,6 +100,11 @@ class Task:
         return []
 
     @staticmethod
+    def curve_notes(rows: list[dict], labels: list[str]) -> list[str]:
+        """Sentences under the learning curves of these runs that explain what they show."""
+        return []
+
+    @staticmethod
     def draw_result(ax, rows: list[dict], labels: list[str]) -> bool:
         """Beside the learning curves, what the runs' results show (False: nothing to draw)."""
         return False

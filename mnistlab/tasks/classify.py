@@ -61,4 +61,19 @@ class Classify(Task):
     def describe(self):
         return super().describe() + f" from {self.source}"
 
+    @staticmethod
+    def curve_notes(rows, labels):
+        """Label smoothing: the training loss is against smoothed targets, the validation loss not."""
+        smoothed = [(r["config"].get("train.label_smoothing"), label) for r, label in zip(rows, labels)
+                    if r["config"].get("task", Classify.name) == Classify.name
+                    and r["config"].get("train.label_smoothing")]
+        if not smoothed:
+            return []
+        which = "" if len(smoothed) == len(rows) else f" in {len(smoothed)} of {len(rows)} runs" + (
+            f" ({'; '.join(label for _, label in smoothed)})" if len(smoothed) <= 2 else "")
+        values = sorted({v for v, _ in smoothed})
+        return [f"Label smoothing {', '.join(f'{v:g}' for v in values)} is on{which}: the training "
+                "loss is measured against the smoothed targets, so it sits above the validation "
+                "loss (plain cross-entropy) even where the training accuracy is higher."]
+
 
