@@ -122,7 +122,7 @@ def test_invalid_points_are_reported_together_before_anything_runs(tmp_path, tin
 
 def test_broken_sweep_file_reports_every_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("base: nowhere.yaml\ngrid: {optim.lr: 0.1}\nseed: [0]\n")
+    bad.write_text("base: nowhere.yaml\ngrid: {optim.lr: []}\nseed: [0]\n")
     result = runner.invoke(app, ["sweep", str(bad)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     for part in ("nowhere.yaml is not a file", "grid.optim.lr: give a non-empty list",

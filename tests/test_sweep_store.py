@@ -234,8 +234,10 @@ def test_quadratic_table_has_no_empty_or_repeated_columns(tmp_path):
     from mnistlab.sweep.summary import report_table, summarize, write_report
 
     sweep = Sweep(name="q", base=tmp_path / "q.yaml", grid={"optim.lr": [0.1, 0.5]})
-    trials = [Trial(f"lr-{lr}", {"optim.lr": lr}, [], None, f"h{lr}", tmp_path / f"t{lr}")
-              for lr in (0.1, 0.5)]
+    from mnistlab.config import Config
+
+    trials = [Trial(f"lr-{lr}", {"optim.lr": lr}, [], Config(task="quadratic"), f"h{lr}",
+                    tmp_path / f"t{lr}") for lr in (0.1, 0.5)]
     states = {t.hash: TrialState("completed", t.run_dir, {"result": {"f": t.params["optim.lr"]},
                                                          "train_seconds": 0.1}) for t in trials}
     rows = summarize(sweep, trials, states, "f")
