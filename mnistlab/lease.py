@@ -34,14 +34,17 @@ def process_alive(owner: dict) -> bool | None:
     """Is the recorded process still running? None when it ran on another host."""
     if owner.get("host") != socket.gethostname() or not owner.get("pid"):
         return None
+    pid = owner["pid"]
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31:
+        return False  # a damaged record: kill(-1, 0) would ask about every process
     try:
-        os.kill(owner["pid"], 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
         pass
     started = owner.get("pid_started")
-    return started is None or _start_time(owner["pid"]) in (started, None)
+    return started is None or _start_time(pid) in (started, None)
 
 
 HEARTBEAT_SECONDS = 5.0  # how often a run's owner refreshes owner.json
