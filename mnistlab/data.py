@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import DataError, DiskError
-from .files import digest_ok, save_verified
+from .files import cache_root, digest_ok, save_verified
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -49,7 +49,7 @@ def torchvision_class(name: str):
 
 def default_root() -> Path:
     """Where downloads and the parsed-tensor cache go: $XDG_CACHE_HOME/mnistlab or ~/.cache/mnistlab."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mnistlab"
+    return cache_root()
 
 
 @dataclass

@@ -38,6 +38,11 @@ DISK_REASONS = {
 }
 
 
+def cache_root() -> Path:
+    """$XDG_CACHE_HOME/mnistlab or ~/.cache/mnistlab: downloads, caches and crash reports."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mnistlab"
+
+
 def disk_error(path: Path, e: OSError) -> DiskError:
     """The one translation of a failed write into a one-paragraph DiskError."""
     reason, fix = DISK_REASONS.get(e.errno, (e.strerror or type(e).__name__,
