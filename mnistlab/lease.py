@@ -72,7 +72,9 @@ def owner_alive(owner: dict, now: float | None = None) -> bool:
     if same_host is not None:
         return same_host
     beat = owner.get("heartbeat")
-    return isinstance(beat, (int, float)) and (now or time.time()) - beat < LEASE_SECONDS
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not -2 ** 53 < beat < 2 ** 53:
+        return False  # no time: a damaged record (a huge int would not even become a float)
+    return (now or time.time()) - beat < LEASE_SECONDS
 
 
 def live_owner(run_dir: Path) -> dict | None:

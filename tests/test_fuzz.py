@@ -182,6 +182,7 @@ SWEEPS = st.fixed_dictionaries({"base": st.just("base.yaml") | SCALARS}, optiona
 @example({"base": "base.yaml", "grid": {"optim.lr": [0.1]},
           "executor": {"slurm": {"sbatch": ["--array=0-3"]}}}, [])
 @example({"base": "base.yaml", "grid": {"optim.lr": [0.1]}}, ["optim.lr=0.1", "optim.lr=0.2"])
+@example({"base": "base.yaml", "executor": {"slurm": {"sbatch": True}}}, [])
 def test_sweep_file(raw, grid):
     path = WORK / f"sweep-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True))
@@ -190,7 +191,7 @@ def test_sweep_file(raw, grid):
     if isinstance(executor, dict) and "slurm" in executor:
         options = executor["slurm"]
         if isinstance(options, dict) and (options.get("mem_gb") in (math.inf, 1e-9) or
-                                          "--array=0-3" in (options.get("sbatch") or [])):
+                                          options.get("sbatch") == ["--array=0-3"]):
             assert isinstance(got, MnistlabError), "the slurm options were not checked"
     if grid == ["optim.lr=0.1", "optim.lr=0.2"]:
         assert isinstance(got, MnistlabError) and "--grid optim.lr: given twice" in got.message()
@@ -454,12 +455,14 @@ def test_sweep_json(raw):
 @example(json.dumps({"pid": -1, "host": HOST}).encode())  # kill(-1, 0): every process "alive"
 @example(json.dumps({"pid": "1", "host": HOST}).encode())
 @example(json.dumps({"pid": 2 ** 80, "host": HOST}).encode())
+@example(json.dumps({"heartbeat": 10 ** 400}).encode())  # OverflowError in now - heartbeat
+@example(b'{"heartbeat": Infinity}')  # alive forever
 def test_owner_json(raw):
     run = fresh("owner")
     (run / "owner.json").write_bytes(raw)
     owner = clean(lease.live_owner, run)
     assert owner is None or isinstance(owner, dict)
-    if raw.startswith(b'{"pid": -1'):
+    if raw.startswith(b'{"pid": -1') or raw.startswith(b'{"heartbeat"'):
         assert owner is None
 
 
@@ -496,6 +499,7 @@ def ckpt_bytes() -> bytes:
 
 
 @given(st.integers(0, 10 ** 7), st.integers(1, 255), st.sampled_from(["flip", "cut", "both"]))
+@example(27, 1, "flip")  # a zip entry's name made invalid UTF-8: UnicodeDecodeError from zipfile
 def test_checkpoint_bytes(ckpt_bytes, where, xor, how):
     raw = bytearray(ckpt_bytes)
     if how != "cut":
