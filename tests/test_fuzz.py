@@ -183,6 +183,8 @@ SWEEPS = st.fixed_dictionaries({"base": st.just("base.yaml") | SCALARS}, optiona
           "executor": {"slurm": {"sbatch": ["--array=0-3"]}}}, [])
 @example({"base": "base.yaml", "grid": {"optim.lr": [0.1]}}, ["optim.lr=0.1", "optim.lr=0.2"])
 @example({"base": "base.yaml", "executor": {"slurm": {"sbatch": True}}}, [])
+@example({"base": "base.yaml", "random": {"n": 1, "optim.lr": {"uniform": [0, 10 ** 400]}}}, [])
+@example({"base": "1" * 300}, [])  # a path no file can have: OSError from is_file
 def test_sweep_file(raw, grid):
     path = WORK / f"sweep-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True))
@@ -300,6 +302,8 @@ def test_data_cache_damaged(cached, where, xor, cut):
 
 
 @given(st.sampled_from(["train", "test", "class_names", "stamp"]), PLAIN)
+@example("train", [1])  # a cache with a valid digest but no tensors was returned as data
+@example("class_names", None)
 def test_data_cache_crafted(cached, field, value):
     directory, cache, good = cached
     entry = torch.load(io.BytesIO(good), weights_only=True)
@@ -325,6 +329,7 @@ ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "latin-1", "utf-16", "cp1252"
 @example(["x", "y"], [["1", "2"], ["3"]], "utf-8", b"")  # a short row: float(None)
 @example(["x", "y"], [["1", "2"]], "utf-16", b"")  # not UTF-8: UnicodeDecodeError
 @example(["x", "y"], [], "utf-8", b"")  # a header only
+@example(["x", "y", '"\n\n"'], [], "utf-8", b"")  # a column name that breaks the paragraph
 def test_linreg_csv(header, rows, encoding, junk):
     text = "\n".join(",".join(r) for r in [header, *rows])
     path = fresh("csv") / "d.csv"
