@@ -374,6 +374,7 @@ INFO = {"dataset": "mnist", "image_shape": [1, 28, 28], "mean": 0.13, "std": 0.3
        st.sampled_from(["L", "LA", "RGB", "RGBA", "P", "1", "I;16"]), st.integers(1, 40),
        st.integers(1, 40), st.integers(0, 2 ** 16), st.integers(0, 10 ** 6), st.integers(0, 255),
        st.booleans(), st.sampled_from(["mnist", "fashion-mnist"]))
+@example("PNG", "L", 1, 1, 0, 36, 14, False, "mnist")  # SyntaxError('broken PNG file') from PIL
 def test_image(fmt, mode, w, h, seed, where, xor, cut, dataset):
     raw = bytearray(image_bytes(fmt, mode, w, h, seed))
     if xor:
