@@ -12,7 +12,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from .config import to_yaml
-from .errors import MnistlabError
+from .errors import BUG_EXIT_CODE, MnistlabError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -30,8 +30,107 @@ def _plain_flags(command, ctx) -> None:
             param.metavar = ""
 
 
+def _click_exceptions() -> tuple[type, ...]:
+    """Click's own exceptions (usage errors, exits), from the click that this Typer uses (its own
+    copy in recent versions)."""
+    import sys
+
+    base = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    module = sys.modules[base.__module__]
+    return (base, typer.Exit, typer.Abort, *(getattr(module, name) for name in ("Exit", "Abort")
+                                             if hasattr(module, name)))
+
+
+def is_bug(e: BaseException) -> bool:
+    """An exception the error handler reports as a bug in mnistlab: neither a MnistlabError, nor
+    Ctrl-C, nor Click's own (usage errors, exits)."""
+    return isinstance(e, Exception) and not isinstance(e, (MnistlabError, *_click_exceptions()))
+
+
+def _crash_context(e: BaseException) -> dict:
+    """What the failing command was given and touched, read from the traceback's frames: the
+    command, its main argument, the innermost file path and run directory in mnistlab's code."""
+    out: dict = {"command": None, "argument": None, "file": getattr(e, "filename", None),
+                 "run_dir": None}
+    package = Path(__file__).resolve().parent
+    tb = e.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in frames:
+        code = frame.f_code
+        if code.co_argcount and any(c.callback is not None and c.callback.__code__ is code
+                                    for c in app.registered_commands):
+            out["command"] = (code.co_name.rstrip("_")).replace("_", "-")
+            out["argument"] = frame.f_locals.get(code.co_varnames[0])
+    for frame in reversed(frames):
+        if not Path(frame.f_code.co_filename).resolve().is_relative_to(package):
+            continue
+        local = frame.f_locals
+        if out["file"] is None and isinstance(local.get("path"), (str, Path)):
+            out["file"] = local["path"]
+        run_dir = local.get("run_dir")
+        if out["run_dir"] is None and isinstance(run_dir, (str, Path)) and \
+                (Path(run_dir) / "summary.json").is_file():
+            out["run_dir"] = Path(run_dir)
+    arg = out["argument"]
+    if out["run_dir"] is None and isinstance(arg, (str, Path)) and (Path(arg) / "summary.json").is_file():
+        out["run_dir"] = Path(arg)
+    return out
+
+
+def report_bug(e: BaseException, debug: bool) -> typer.Exit:
+    """The one paragraph of an exception that is a bug: what was being done, the file involved,
+    where the traceback was saved (the run directory, else ~/.cache/mnistlab/crashes); --debug or
+    MNISTLAB_DEBUG=1 prints the traceback instead."""
+    import platform
+    import sys
+    import traceback
+    from datetime import datetime
+
+    from . import __version__
+    from .files import atomic_write_text, cache_root
+
+    trace = "".join(traceback.format_exception(e))
+    if debug:
+        err.print(Text(trace.rstrip()))
+        return fail(f"the traceback above is a bug in mnistlab {__version__}; please open an issue "
+                    "with it.", BUG_EXIT_CODE)
+    where = _crash_context(e)
+    doing = f"mnistlab {where['command']}" if where["command"] else "mnistlab"
+    arg = where["argument"]
+    if isinstance(arg, (list, tuple)):
+        arg = " ".join(map(str, arg))
+    if arg not in (None, "", []):
+        doing += f" {arg}"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    report = (f"mnistlab {__version__} crashed at {datetime.now().isoformat(timespec='seconds')}\n"
+              f"command: {doing}\nargv: {sys.argv}\nfile: {where['file']}\n"
+              f"python {platform.python_version()} on {platform.platform()}\n\n{trace}")
+    saved = None
+    for folder in ([where["run_dir"]] if where["run_dir"] else []) + [cache_root() / "crashes"]:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / f"crash-{stamp}.txt", report)
+            saved = folder / f"crash-{stamp}.txt"
+            break
+        except (OSError, MnistlabError):
+            continue
+    what = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}" if str(e).strip() \
+        else type(e).__name__
+    involved = f" (file involved: {where['file']})" if where["file"] else ""
+    kept = (f"the full traceback is saved in {saved}; please open an issue with this file"
+            if saved else "the traceback could not be saved; run again with --debug and open an "
+            "issue with what it prints")
+    return fail(f"while running '{doing}'{involved}, mnistlab met an unexpected {what}. This is a "
+                f"bug in mnistlab, not a problem with your input: {kept}. Run again with --debug "
+                "(or MNISTLAB_DEBUG=1) to see the traceback here.", BUG_EXIT_CODE)
+
+
 class Commands(TyperGroup):
-    """The one error handler: a MnistlabError becomes its message and its exit code."""
+    """The one error handler: a MnistlabError becomes its message and its exit code; any other
+    exception is a bug, reported as one paragraph with exit code 70 (report_bug)."""
 
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
@@ -54,9 +153,18 @@ class Commands(TyperGroup):
             from .files import DISK_REASONS, disk_error
 
             if e.errno not in DISK_REASONS:
-                raise
+                raise report_bug(e, _debug(ctx)) from None
             error = disk_error(Path(e.filename or "a file"), e)
             raise fail(error.message(), error.exit_code) from None
+        except Exception as e:
+            if not is_bug(e):
+                raise
+            raise report_bug(e, _debug(ctx)) from None
+
+
+def _debug(ctx) -> bool:
+    """--debug, or MNISTLAB_DEBUG set to anything but empty or 0."""
+    return bool(ctx.meta.get("mnistlab.debug")) or os.environ.get("MNISTLAB_DEBUG", "") not in ("", "0")
 
 
 app = typer.Typer(
@@ -421,10 +529,15 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="Show the version and exit."),
+    debug: bool = typer.Option(False, "--debug",
+                               help="On an unexpected error (a bug), show the traceback instead of "
+                                    "saving it; also MNISTLAB_DEBUG=1."),
 ) -> None:
     """Train, sweep and evaluate dense and convolutional networks on the MNIST family."""
+    ctx.meta["mnistlab.debug"] = debug
 
 
 def main() -> None:

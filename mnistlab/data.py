@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import DataError, DiskError
-from .files import digest_ok, save_verified
+from .files import cache_root, digest_ok, save_verified
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -49,7 +49,7 @@ def torchvision_class(name: str):
 
 def default_root() -> Path:
     """Where downloads and the parsed-tensor cache go: $XDG_CACHE_HOME/mnistlab or ~/.cache/mnistlab."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mnistlab"
+    return cache_root()
 
 
 @dataclass
@@ -144,6 +144,9 @@ def parse_idx(path: Path, raw: bytes, ndim: int) -> torch.Tensor:
     size = 1
     for d in dims:
         size *= d
+    if size == 0:
+        raise DataError(f"{path}: its header announces no values ({' x '.join(map(str, dims))}: "
+                        f"a dimension is 0), so it holds no image or label. {fix}")
     if len(raw) != header + size:
         what = "truncated" if len(raw) < header + size else "longer than its header says"
         raise DataError(f"{path}: is {what}: its header announces {size} values "
@@ -299,7 +302,8 @@ def read_all(name: str, directory: Path) -> dict:
         f"{name}-{hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]}.pt")
     try:
         entry = torch.load(cache, weights_only=True)
-        if entry.get("stamp") == stamp and "digest" in entry and digest_ok(entry):
+        if entry.get("stamp") == stamp and "digest" in entry and digest_ok(entry) and \
+                _cache_ok(entry):
             return entry
     except Exception:  # a missing, stale or damaged cache is simply rebuilt
         pass
@@ -317,6 +321,21 @@ def read_all(name: str, directory: Path) -> dict:
     except (OSError, DiskError):  # a read-only or full disk only costs the speed-up
         pass
     return entry
+
+
+def _cache_ok(entry: dict) -> bool:
+    """Does a cache entry hold what read_split returns for both splits, and the class names?"""
+    for split in ("train", "test"):
+        pair = entry.get(split)
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+                and all(isinstance(t, torch.Tensor) for t in pair)):
+            return False
+        images, labels = pair
+        if images.dtype != torch.uint8 or images.dim() != 3 or labels.dtype != torch.int64 \
+                or labels.shape != images.shape[:1] or not len(images):
+            return False
+    names = entry.get("class_names")
+    return isinstance(names, list) and bool(names) and all(isinstance(c, str) for c in names)
 
 
 # ---------------------------------------------------------------- splits in memory

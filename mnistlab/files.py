@@ -38,6 +38,11 @@ DISK_REASONS = {
 }
 
 
+def cache_root() -> Path:
+    """$XDG_CACHE_HOME/mnistlab or ~/.cache/mnistlab: downloads, caches and crash reports."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mnistlab"
+
+
 def disk_error(path: Path, e: OSError) -> DiskError:
     """The one translation of a failed write into a one-paragraph DiskError."""
     reason, fix = DISK_REASONS.get(e.errno, (e.strerror or type(e).__name__,
@@ -90,6 +95,22 @@ def remove_stale_tmp(run_dir: Path) -> list[Path]:
     return removed
 
 
+def is_file(path: Path) -> bool:
+    """Path.is_file, but False for a path no file can have (too long, a NUL byte, a loop)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def is_dir(path: Path) -> bool:
+    """Path.is_dir, but False for a path no directory can have."""
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -98,8 +119,17 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+def parse_json(text: str | bytes) -> Any:
+    """json.loads, except that JSON nested too deeply for Python is a ValueError like other bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file; OSError when it cannot be read, ValueError when it is not UTF-8 JSON."""
+    return parse_json(Path(path).read_bytes().decode("utf-8"))
 
 
 def content_digest(obj: Any) -> str:

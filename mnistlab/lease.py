@@ -34,14 +34,17 @@ def process_alive(owner: dict) -> bool | None:
     """Is the recorded process still running? None when it ran on another host."""
     if owner.get("host") != socket.gethostname() or not owner.get("pid"):
         return None
+    pid = owner["pid"]
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31:
+        return False  # a damaged record: kill(-1, 0) would ask about every process
     try:
-        os.kill(owner["pid"], 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
         pass
     started = owner.get("pid_started")
-    return started is None or _start_time(owner["pid"]) in (started, None)
+    return started is None or _start_time(pid) in (started, None)
 
 
 HEARTBEAT_SECONDS = 5.0  # how often a run's owner refreshes owner.json
@@ -72,8 +75,8 @@ def owner_alive(owner: dict, now: float | None = None, written: float | None = N
     if same_host is not None:
         return same_host
     beat, now = owner.get("heartbeat"), now or time.time()
-    if not isinstance(beat, (int, float)) or beat != beat:
-        return False
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not -2 ** 53 < beat < 2 ** 53:
+        return False  # no time: a damaged record (a huge int would not even become a float)
     if beat - now > LEASE_SECONDS and written is not None:
         beat = written
     return now - beat < LEASE_SECONDS

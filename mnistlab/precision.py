@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -62,11 +63,25 @@ def _key(model: nn.Module, x: torch.Tensor, device: torch.device) -> str:
 
 
 def _read_cache() -> dict:
+    from .files import read_json
+
     try:
-        cache = json.loads(_cache_path().read_text())
+        cache = read_json(_cache_path())
     except (OSError, ValueError):
         return {}
     return cache if isinstance(cache, dict) else {}
+
+
+def cached(key: str) -> dict | None:
+    """The step times measured earlier for key, or None when the cache has no usable entry."""
+    entry = _read_cache().get(key)
+    if not isinstance(entry, dict):
+        return None
+    times = {name: entry.get(name) for name in ("fp32", "bf16")}
+    if all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < math.inf
+           for t in times.values()):
+        return {name: float(t) for name, t in times.items()}
+    return None
 
 
 def _write_cache(key: str, entry: dict) -> None:
@@ -122,8 +137,8 @@ def choose(precision: str, device: torch.device, model: nn.Module | None = None,
         return Choice(False, f"auto: {cpu_model()} has no native bf16 (no AMX, no AVX512-BF16), "
                              "so bf16 would be emulated and slower")
     key = _key(model, x, device)
-    entry = _read_cache().get(key)
-    if not (isinstance(entry, dict) and {"fp32", "bf16"} <= entry.keys()):
+    entry = cached(key)
+    if entry is None:
         entry = measure_both(model, x, y, loss_fn)
         _write_cache(key, entry)
         how = "measured"

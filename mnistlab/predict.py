@@ -13,7 +13,7 @@ from .evaluation import find_checkpoint, load_model
 
 def read_gray(path: Path) -> torch.Tensor:
     """The image as float grayscale [H, W] in 0..255; transparency is laid on white."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
@@ -26,7 +26,7 @@ def read_gray(path: Path) -> torch.Tensor:
                 im = Image.new("RGBA", rgba.size, "white")
                 im.alpha_composite(rgba)
             gray = im.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:  # PIL reports damaged files through many classes (even SyntaxError)
         raise ImageError(f"{path}: is not an image that can be read ({type(e).__name__}); "
                          "give a PNG or JPEG of a single digit or garment.") from None
     return torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(

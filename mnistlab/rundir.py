@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import ConfigError, DiskError, RunError
-from .files import writing
+from .files import parse_json, writing
 from .lease import process_alive
 
 
@@ -26,7 +26,7 @@ def read_summary(run_dir: Path) -> dict:
     fix = ("It was damaged outside mnistlab (a full disk, an editor, a copy cut short); restore it "
            "from a backup or train the run again.")
     try:
-        summary = json.loads(path.read_bytes().decode("utf-8"))
+        summary = parse_json(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise RunError(f"{path}: no such file, so {run_dir} is not a run directory made by "
                        "'mnistlab train' (list runs with 'mnistlab runs').") from None
@@ -37,6 +37,8 @@ def read_summary(run_dir: Path) -> dict:
     except json.JSONDecodeError as e:
         raise RunError(f"{path}: is not valid JSON ({e.msg} at line {e.lineno}, column "
                        f"{e.colno}); it is probably truncated. {fix}") from None
+    except ValueError as e:
+        raise RunError(f"{path}: is not usable JSON ({e}). {fix}") from None
     if not isinstance(summary, dict):
         raise RunError(f"{path}: holds a JSON {type(summary).__name__}, not an object. {fix}")
     return summary
@@ -107,13 +109,21 @@ def tensorboard_class():
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """Every complete record of a metrics.jsonl (a line cut short by a kill is skipped)."""
+    """Every complete record of a metrics.jsonl (a line cut short by a kill, or damaged, is skipped)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror or type(e).__name__}); check that "
+                       "the run directory is complete and readable.") from None
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = parse_json(line)
+        except ValueError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 
@@ -168,5 +178,5 @@ def trial_key(run_dir: Path, summary: dict) -> str | None:
     try:
         raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
         return config_hash(config_from_dict(raw))
-    except (OSError, ValueError, ConfigError, yaml.YAMLError):
+    except (OSError, ValueError, RecursionError, ConfigError, yaml.YAMLError):
         return None

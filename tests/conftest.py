@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import time
 from pathlib import Path
@@ -10,6 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, settings
+
+# property tests (tests/test_fuzz.py): few examples in CI, many in a nightly run, chosen with
+# HYPOTHESIS_PROFILE=nightly python -m pytest -q tests/test_fuzz.py
+_FUZZ = dict(deadline=5000, print_blob=True,  # ms per example: a reader that hangs fails
+             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                    HealthCheck.data_too_large, HealthCheck.filter_too_much])
+settings.register_profile("ci", max_examples=60, **_FUZZ)
+settings.register_profile("nightly", max_examples=2000, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

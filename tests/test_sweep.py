@@ -184,13 +184,12 @@ def test_sweep_runs_in_parallel_resumes_and_extends(tmp_path, tiny_config):
     assert "nothing to run: 4 of 4" in again.output
     assert [p for p in sorted(directory.rglob("*")) if p.is_dir()] == [p for p in files if p.is_dir()]
 
-    dry = runner.invoke(app, args[:-3] + ["--grid", "optim.lr=0.05,0.01,0.02", "train.epochs=1",
-                                          "--dry-run"])
+    wider = ["sweep", str(tiny_config), "--grid", "optim.lr=0.05,0.01,0.02", "--seeds", "0,1"]
+    dry = runner.invoke(app, wider + ["train.epochs=1", "--dry-run"])
     assert dry.exit_code == 0 and dry.output.count(" completed ") == 4 and dry.output.count(" new ") == 2
     assert "mnistlab train" in dry.output and "optim.lr=0.02 train.seed=1" in dry.output
 
-    more = runner.invoke(app, args[:-3] + ["--grid", "optim.lr=0.05,0.01,0.02", "--jobs", "2",
-                                           "train.epochs=1"])
+    more = runner.invoke(app, wider + ["--jobs", "2", "train.epochs=1"])
     assert more.exit_code == 0, more.output
     assert "6 trials, 4 done before" in more.output and "2 to run" in more.output
     assert len(sweep_dirs(directory)) == 6

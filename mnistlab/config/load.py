@@ -18,6 +18,25 @@ _KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
 
 # a config holds a few hundred values; aliases that expand beyond this are a "billion laughs" file
 MAX_YAML_VALUES = 100_000
+# brackets nested deeper than this are no config; PyYAML's scanner takes seconds over a few hundred
+MAX_YAML_DEPTH = 100
+
+
+def _bracket_depth(text: str) -> int:
+    """How deep [ and { nest outside quotes: a bound checked before YAML reads the text."""
+    depth = deepest = 0
+    quote = None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
 
 
 def _expanded_size(node: yaml.Node, memo: dict, active: set) -> int:
@@ -40,9 +59,48 @@ def _expanded_size(node: yaml.Node, memo: dict, active: set) -> int:
     return size
 
 
+class Loader(yaml.SafeLoader):
+    """yaml.SafeLoader for configs: a key given twice in a mapping is an error naming both lines;
+    a date stays the text it is written as, and tags of values JSON cannot hold (!!binary,
+    !!timestamp, !!set) are refused, so that what is read is plain data, as overrides and the
+    config hash expect."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with <<: *alias may be given again: that is their use
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # a list or mapping as a key: SafeLoader names the problem
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice in one mapping (first on line "
+                        f"{first.start_mark.line + 1}); keep one of them", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def refuse_tag(self, node):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} makes a value "
+            "a config cannot hold; write plain numbers, text, lists and mappings", node.start_mark)
+
+
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _tag in ("timestamp", "binary", "set"):
+    Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", Loader.refuse_tag)
+
+
 def safe_yaml(text: str, where: str) -> Any:
-    """yaml.safe_load, but a document whose aliases expand past MAX_YAML_VALUES is refused unread."""
-    loader = yaml.SafeLoader(text)
+    """Read YAML with Loader, but a document whose aliases expand past MAX_YAML_VALUES is refused unread."""
+    if _bracket_depth(text) > MAX_YAML_DEPTH:
+        raise ConfigError([f"{where}: refused: lists or mappings nested more than {MAX_YAML_DEPTH} "
+                           "deep, too deeply to be a config"])
+    loader = Loader(text)
     try:
         try:
             node = loader.get_single_node()
@@ -118,8 +176,11 @@ def read_yaml(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file; give the path of a YAML config, "
                            "e.g. configs/cnn.yaml"]) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ConfigError([f"{path}: cannot be read as a YAML config ({e.__class__.__name__})"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot be read as a YAML config ({e.__class__.__name__}: "
+                           f"{getattr(e, 'strerror', None) or e.reason})"]) from None
+    except ValueError:  # a NUL byte in the path
+        raise ConfigError([f"{path!r}: is not a file name; give the path of a YAML config"]) from None
     try:
         raw = safe_yaml(text, str(path))
     except yaml.YAMLError as e:
@@ -144,7 +205,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     return config_from_file_dict(raw, keys, path)
 
 
-def config_from_file_dict(raw: dict, keys: set[str], path: str | Path) -> Config:
+def config_from_file_dict(raw: dict, keys: set[str] | dict[str, str], path: str | Path) -> Config:
     """The end of load_config: the mapping read from path, overrides applied (their keys), validated."""
     if raw.get("name") is None:
         raw["name"] = Path(path).stem

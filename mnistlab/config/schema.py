@@ -202,7 +202,7 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
     if tp is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            number = float(value) if not isinstance(value, int) or abs(value) < 2 ** 1023 else math.inf
         elif isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
             try:
                 number = float(value)
@@ -239,7 +239,7 @@ def _hints(cls: type) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[str]) -> Any:
+def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: dict[str, str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -259,7 +259,7 @@ def _build(cls: type, raw: Any, path: str, problems: list[str], cli_keys: set[st
             hint = f"did you mean {elsewhere[0]}?"
         else:
             hint = "valid keys here: " + ", ".join(fields)
-        where = " (from the command line)" if full in cli_keys else ""
+        where = f" (from {cli_keys[full]})" if full in cli_keys else ""
         problems.append(f"{full}: unknown key{where}, {hint}")
     values = {}
     for name, f in fields.items():
@@ -380,13 +380,17 @@ def _check_machine(cfg: Config, problems: list[str]) -> None:
                             "use train.device=cpu (or auto, which picks the GPU when there is one)")
 
 
-def config_from_dict(raw: Any, cli_keys: set[str] = frozenset(), machine: bool = False) -> Config:
+def config_from_dict(raw: Any, cli_keys: set[str] | dict[str, str] = frozenset(),
+                     machine: bool = False) -> Config:
     """Validate a plain mapping into a Config, raising ConfigError with every problem.
 
+    cli_keys: the keys set on the command line (or, as a mapping, each key and where it was set:
+    a sweep's swept keys come from its file or the command line);
     machine: also check that this machine can train it (a CUDA GPU for train.device=cuda).
     """
     problems: list[str] = []
-    cfg = _build(Config, raw, "", problems, set(cli_keys))
+    origins = cli_keys if isinstance(cli_keys, dict) else dict.fromkeys(cli_keys, "the command line")
+    cfg = _build(Config, raw, "", problems, origins)
     _check_consistency(cfg, problems)
     _check_unused(cfg, problems, set(cli_keys))
     if machine:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .. import rundir
+from .. import files, rundir
 from ..config import (
     Config,
     ConfigError,
@@ -44,6 +44,8 @@ class Sweep:
     random: dict | None = None  # {"n": int, "seed": int, "space": {key: list | {kind: [lo, hi]}}}
     executor: dict = field(default_factory=dict)  # the executor: block, {engine: {setting: value}}
     prune: dict | None = None  # the prune: block as written (min_epochs, eta, metric); see prune.py
+    typed: set[str] = field(default_factory=set)  # keys given on the command line (--grid, --seeds,
+    # key=value), as errors name where a key came from
 
     @property
     def keys(self) -> list[str]:
@@ -140,7 +142,7 @@ def read_sweep(path: Path, grid: list[str] = (), seeds: str | None = None,
     """A sweep file, a sweep directory (its sweep.yaml), or a plain config with --grid/--seeds;
     the command line adds to the file."""
     path = Path(path)
-    if path.is_dir():
+    if files.is_dir(path):
         if not (path / "sweep.yaml").is_file():
             raise ConfigError([f"{path}: is a directory without a sweep.yaml, so not a sweep made by "
                                "mnistlab sweep; give a sweep file, a config with --grid, or a "
@@ -159,15 +161,23 @@ def read_sweep(path: Path, grid: list[str] = (), seeds: str | None = None,
     for text in grid:
         try:
             key, values = parse_grid_option(text)
-            sweep.grid[key] = values
         except ConfigError as e:
             problems += e.problems
+            continue
+        if key in sweep.typed:
+            problems.append(f"--grid {key}: given twice; give all its values in one --grid, e.g. "
+                            f"--grid {key}=V1,V2")
+        sweep.grid[key] = values  # the command line wins over the file's grid:
+        sweep.typed.add(key)
     if seeds is not None:
         try:
             sweep.seeds = parse_seeds(seeds)
+            sweep.typed.add("train.seed")
         except ConfigError as e:
             problems += e.problems
     sweep.overrides += list(overrides)
+    for text in overrides:
+        sweep.typed.add(text.partition("=")[0].strip())
     if not is_sweep_file(raw) and not name:  # different --grid keys never share a directory
         sweep.name = "-".join([sweep.name] + [k.split(".")[-1] for k in sweep.keys])
     sweep.name = rundir.slug(name or sweep.name)
@@ -188,7 +198,7 @@ def _sweep_from_file(path: Path, raw: dict, problems: list[str]) -> Sweep:
     base = Path(str(raw.get("base")))
     if not base.is_absolute():
         base = path.parent / base  # relative to the sweep file, like an include
-    if not base.is_file():
+    if not files.is_file(base):
         problems.append(f"{path}: base: {raw.get('base')} is not a file (looked for {base}); "
                         "give the config the trials start from, relative to the sweep file")
     sweep = Sweep(name=str(raw.get("name") or path.stem), base=base)
@@ -267,7 +277,7 @@ def _random_block(path: Path, block: Any, problems: list[str]) -> dict:
             ok = kind in ("uniform", "loguniform", "int") and lo <= hi
             ok = ok and (kind != "loguniform" or lo > 0)
             ok = ok and (kind != "int" or (lo.is_integer() and hi.is_integer()))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             ok = False
         if ok:
             out["space"][str(key)] = {kind: [lo, hi]}
@@ -364,6 +374,9 @@ def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Tria
     directory = sweep_dir(sweep)
     # the base file and the sweep's overrides are read once; each point's values are set on a copy
     base, keys = apply_overrides(read_yaml(sweep.base), sweep.overrides)
+    # "(from the command line)" in an error only for the keys typed there, not those of the file
+    origins = {key: "the command line" if key in sweep.typed else "the sweep file"
+               for key in keys | set(sweep.keys)}
     trials, seen, problems = [], set(), {}
     for point in points:
         name = _trial_name(point, sweep.name)
@@ -372,7 +385,7 @@ def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Tria
             raw = _with_values(base, {**point, "runs_dir": str(directory), "name": name})
             if raw is None:  # a key that names a value as a section: load_config says so
                 load_config(sweep.base, sweep.overrides + own)
-            cfg = config_from_file_dict(raw, keys | set(point), sweep.base)
+            cfg = config_from_file_dict(raw, origins, sweep.base)
         except ConfigError as e:
             for p in e.problems:
                 problems.setdefault(p, []).append(name)

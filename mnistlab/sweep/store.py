@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shlex
 from dataclasses import dataclass
@@ -135,8 +134,8 @@ def locked_index(directory: Path):
 def read_index(directory: Path) -> dict:
     """The cached index; a missing or damaged one is an empty index (the runs rebuild it)."""
     try:
-        index = json.loads((directory / "sweep.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+        index = files.read_json(directory / "sweep.json")
+    except (OSError, ValueError):
         index = None
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT \
             or not isinstance(index.get("trials"), dict):

@@ -25,7 +25,7 @@ __all__ = ["DEFAULT", "TASKS", "Data", "Task", "build_task", "get"]
 
 def get(name: str | None) -> type[Task]:
     """The task class of a name; runs that recorded no task are classifiers."""
-    return TASKS.get(name or DEFAULT, TASKS[DEFAULT])
+    return TASKS.get(name if isinstance(name, str) and name else DEFAULT, TASKS[DEFAULT])
 
 
 def build_task(cfg: Config, model_source: Path | None = None) -> Task:

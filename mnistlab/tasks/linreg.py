@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import DataError
+from ..errors import DataError, did_you_mean
 from .base import Data, Task
 
 if TYPE_CHECKING:
@@ -116,29 +116,64 @@ def linreg_data(cfg: Config) -> tuple[Data, dict, str]:
 
 
 def read_csv(path: Path, x_columns: list[str], y_columns: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float columns of a CSV file with a header row."""
+    """Float columns of a UTF-8 CSV file with a header row; every row as long as the header."""
+    import math
+
     import torch
 
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+            table = list(csv.reader(f))
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror}); set linreg.csv to the path "
                         "of a CSV file with a header row.") from None
-    header = list(rows[0]) if rows else []
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                        f"{e.start}); save it as CSV in UTF-8 (in a spreadsheet: 'CSV UTF-8').") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: is not a readable CSV file ({e}); save it as plain CSV "
+                        "with a header row.") from None
+    table = [row for row in table if row]  # blank lines
+    header, rows = (table[0], table[1:]) if table else ([], [])
     missing = [c for c in x_columns + y_columns if c not in header]
-    if not rows or missing or not x_columns or not y_columns:
-        what = (f"has no column {', '.join(map(repr, missing))}" if missing else
+    twice = sorted({c for c in x_columns + y_columns if header.count(c) > 1})
+    if not rows or missing or twice or not x_columns or not y_columns:
+        hint = did_you_mean(missing[0], header) if missing else ""
+        what = (f"has no column {', '.join(map(repr, missing))}{f' ({hint})' if hint else ''}"
+                if missing else
+                f"names the column {', '.join(map(repr, twice))} twice in its header" if twice else
                 "needs linreg.x_columns and linreg.y_columns" if rows else "has no data rows")
-        raise DataError(f"{path}: {what}; its columns are {', '.join(header) or 'none'}. Name the "
+        names = ", ".join(c if c.isprintable() else repr(c) for c in header)
+        raise DataError(f"{path}: {what}; its columns are {names or 'none'}. Name the "
                         "input and output columns, e.g. linreg.x_columns=[x1,x2] linreg.y_columns=[y].")
-    try:
-        x = torch.tensor([[float(r[c]) for c in x_columns] for r in rows])
-        y = torch.tensor([[float(r[c]) for c in y_columns] for r in rows])
-    except ValueError as e:
-        raise DataError(f"{path}: a value is not a number ({e}); every X and Y column must "
-                        "hold numbers.") from None
+    where = {c: header.index(c) for c in x_columns + y_columns}
+    values = []
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: row {line} has {len(row)} values but the header names "
+                            f"{len(header)} columns; every row needs one value per column.")
+        try:
+            numbers = {c: float(row[i]) for c, i in where.items()}
+        except ValueError:
+            bad = next(c for c, i in where.items() if not _is_number(row[i]))
+            raise DataError(f"{path}: row {line}, column {bad!r}: {row[where[bad]]!r} is not a "
+                            "number; every X and Y column must hold numbers.") from None
+        bad = next((c for c, v in numbers.items() if not math.isfinite(v)), None)
+        if bad is not None:
+            raise DataError(f"{path}: row {line}, column {bad!r}: {row[where[bad]]!r} is not a "
+                            "finite number; remove the row or give its value.")
+        values.append(numbers)
+    x = torch.tensor([[v[c] for c in x_columns] for v in values])
+    y = torch.tensor([[v[c] for c in y_columns] for v in values])
     return x, y
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def fits_1d(rows: list[dict]) -> dict[int, tuple]:

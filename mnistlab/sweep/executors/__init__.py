@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from ...errors import ExecutorUnavailable, did_you_mean
 from .base import Executor, TrialSpec
-
-# the keys of each engine in a sweep file's executor: block
-OPTIONS = {
-    "local": (),
-    "slurm": ("partition", "time", "cpus_per_trial", "mem_gb", "gpus_per_trial", "account", "qos",
-              "sbatch"),
-    "ray": ("address", "cpus_per_trial", "gpus_per_trial"),
-}
+from .options import OPTIONS, VALUES
 EXTRAS = {"slurm": "submitit", "ray": "ray"}
 
 
@@ -54,7 +47,8 @@ def create_executor(name: str, options: dict, jobs: int) -> Executor:
 
 
 def check_options(block, where: str) -> list[str]:
-    """Problems of a sweep file's executor: block, each naming its key (did you mean ...)."""
+    """Problems of a sweep file's executor: block, each naming its key (did you mean ...), and
+    of its values (checked here, not only when the engine starts, so --dry-run checks them)."""
     if block is None:
         return []
     if not isinstance(block, dict):
@@ -77,6 +71,8 @@ def check_options(block, where: str) -> list[str]:
                 hint = did_you_mean(key, OPTIONS[engine],
                                     "valid keys: " + (", ".join(OPTIONS[engine]) or "none"))
                 problems.append(f"{where}.{engine}.{key}: unknown setting, {hint}")
+        if engine in VALUES:
+            problems += VALUES[engine](options, f"{where}.{engine}")
     return problems
 
 

@@ -12,6 +12,7 @@ import ray
 
 from ...errors import ConfigError, ExecutorUnavailable, first_line
 from .base import TrialSpec
+from .options import ray_problems
 from .process import start_trial, stop_trial
 
 
@@ -135,18 +136,7 @@ class RayExecutor:
 
 def check_ray_options(options: dict) -> dict:
     """The executor: ray: settings, each value checked (the keys are checked by the sweep file)."""
-    problems = []
-    address = options.get("address")
-    if address is not None and not isinstance(address, str):
-        problems.append(f"executor.ray.address: give the cluster's address, e.g. 10.0.0.5:6379 or "
-                        f"auto, not {address!r}")
-    cpus = options.get("cpus_per_trial")
-    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
-        problems.append(f"executor.ray.cpus_per_trial: give a whole number of at least 1, not {cpus!r}")
-    gpus = options.get("gpus_per_trial")
-    if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0):
-        problems.append(f"executor.ray.gpus_per_trial: give a number of GPUs (fractions allowed), "
-                        f"not {gpus!r}")
+    problems = ray_problems(options)
     if problems:
         raise ConfigError(problems)
     return options

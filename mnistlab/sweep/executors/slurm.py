@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import submitit
 
 from ...errors import ConfigError, ExecutorUnavailable, SweepError, first_line
 from .base import TrialSpec
+from .options import slurm_problems
 from .process import start_trial, stop_trial
 
 # squeue's job states by what they mean for a trial; a job squeue no longer lists has ended
@@ -127,7 +129,7 @@ class SlurmExecutor:
                   "array_parallelism": self.jobs, "additional_parameters": extra,
                   "partition": o.get("partition"), "time": o.get("time"), "account": o.get("account"),
                   "qos": o.get("qos"), "gpus_per_node": o.get("gpus_per_trial"),
-                  "mem": f"{int(o['mem_gb'] * 1024)}M" if o.get("mem_gb") else None}
+                  "mem": f"{math.ceil(o['mem_gb'] * 1024)}M" if o.get("mem_gb") else None}
         return {k: v for k, v in params.items() if v is not None}
 
     def states(self, job_ids: list[str]) -> dict[str, str]:
@@ -173,27 +175,7 @@ class SlurmExecutor:
 
 def check_slurm_options(options: dict) -> dict:
     """The executor: slurm: settings, each value checked (the keys are checked by the sweep file)."""
-    problems = []
-    for key in ("time", "cpus_per_trial", "gpus_per_trial"):
-        value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            problems.append(f"executor.slurm.{key}: give a whole number of at least 1, not {value!r}")
-    mem = options.get("mem_gb")
-    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0):
-        problems.append(f"executor.slurm.mem_gb: give the memory per trial in GB, e.g. 4, not {mem!r}")
-    for key in ("partition", "account", "qos"):
-        value = options.get(key)
-        if value is not None and not isinstance(value, str):
-            problems.append(f"executor.slurm.{key}: give a name, not {value!r}")
-    flags = options.get("sbatch")
-    if flags is not None:
-        if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
-            problems.append("executor.slurm.sbatch: give a list of sbatch flags, e.g. "
-                            "[--constraint=avx512, --exclusive]")
-        else:
-            problems += [f"executor.slurm.sbatch: {flag!r} is not a long sbatch flag; write it as "
-                         "--name=value (e.g. --constraint=avx512)"
-                         for flag in flags if not re.fullmatch(r"--[a-z][a-z0-9-]*(=.+)?", flag)]
+    problems = slurm_problems(options)
     if problems:
         raise ConfigError(problems)
     return options
