@@ -197,9 +197,10 @@ def resume_run(cfg: Config, run_dir: Path, reporter: Reporter, progress: Progres
     files.remove_stale_tmp(run_dir)
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():  # steps redone after a kill -9 are logged once, by the resumed run
-        lines = metrics.read_text(encoding="utf-8").splitlines()
+        lines = metrics.read_bytes().splitlines()
         kept = [r for r in rundir.read_metrics(metrics)
-                if r.get("event") != "final" and r.get("step", 0) <= progress.global_step]
+                if r.get("event") != "final" and isinstance(r.get("step", 0), (int, float))
+                and r.get("step", 0) <= progress.global_step]
         if len(kept) != len(lines):
             files.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
     summary.setdefault("resumes", []).append({

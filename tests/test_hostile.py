@@ -443,3 +443,14 @@ def test_a_completed_trial_with_a_damaged_summary_keeps_its_result(run_copy, bas
         fit(cfg, run_dir=run_copy)
     assert snapshot(run_copy) == before
     assert any(r["event"] == "final" for r in read_metrics(run_copy / "metrics.jsonl"))
+
+
+def test_resume_drops_damaged_lines_of_the_metrics_log(interrupted_run):
+    """Binary bytes or a record whose step is not a number in metrics.jsonl made resume raise
+    UnicodeDecodeError or TypeError; the damaged lines are dropped and the run goes on."""
+    with open(interrupted_run / "metrics.jsonl", "ab") as f:
+        f.write(b'\xff\xfe\x00garbage\n{"event": "step", "step": "7"}\n')
+    result = cli("train", "--resume", interrupted_run, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((interrupted_run / "summary.json").read_text())["status"] == "completed"
+    assert b"garbage" not in (interrupted_run / "metrics.jsonl").read_bytes()

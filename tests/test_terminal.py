@@ -71,4 +71,5 @@ def test_a_sweep_interrupted_with_ctrl_c_in_a_terminal_exits_130_without_a_trace
     started = re.search(r"stopped the (\d) trials? of this sweep that had started", message)
     waiting = re.search(r"(\d) queued trials? had not started", message)
     assert started and waiting, message
-    assert 1 <= int(started.group(1)) <= 2 and int(started.group(1)) + int(waiting.group(1)) == 5
+    done = len(re.findall(r"\bcompleted lr-", out))  # one or, on a loaded machine, more
+    assert 1 <= int(started.group(1)) <= 2 and int(started.group(1)) + int(waiting.group(1)) == 6 - done
