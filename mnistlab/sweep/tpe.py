@@ -140,14 +140,14 @@ def propose(tpe: dict, higher: bool, history: list[tuple], k: int, exclude: list
                 study.add_trial(optuna.trial.create_trial(
                     state=optuna.trial.TrialState.FAIL, params=params, distributions=dists))
         out = []
-        for _ in range(100 * k):  # a point already tried is told failed and asked past
+        for _ in range(100 * k):
             if len(out) == k:
                 break
             trial = study.ask(dists)
             point = from_params(space, trial.params)
             text = json.dumps(point, sort_keys=True)
-            if text in seen:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if text in seen:  # tried already: told as a bad result, so TPE looks elsewhere
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 continue
             seen.add(text)
             out.append(point)  # left running: the next ask lies about it
