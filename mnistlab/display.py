@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+
+from . import metrics
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -131,13 +133,47 @@ def reporter(quiet: bool):
     return Live() if sys.stdout.isatty() else Plain()
 
 
-class SweepLines:
-    """A sweep in plain lines: one when a trial starts, one when it ends."""
+def best_text(metric: str, value: float) -> str:
+    """val acc 97.12%: a metric's label and value as the tables show it."""
+    return f"{metrics.METRICS[metric].label} {metrics.text(metric, value)}"
 
-    def __init__(self, console: Console):
+
+class Best:
+    """The best completed configuration so far by the sweep's metric; shared by the displays of
+    the rungs and brackets of one sweep command."""
+
+    def __init__(self, metric: str | None = None):
+        self.metric = metric
+        self.value: float | None = None
+        self.trial: Trial | None = None
+
+    def offer(self, trial: Trial, summary: dict | None) -> bool:
+        """Whether this completed trial is the best so far (and now remembered as such)."""
+        if self.metric is None or not summary:
+            return False
+        value = metrics.value(summary, self.metric)
+        if value is None:
+            return False
+        better = self.value is None or (
+            value > self.value if metrics.METRICS[self.metric].higher else value < self.value)
+        if better:
+            self.value, self.trial = value, trial
+        return better
+
+    def text(self) -> str:
+        if self.trial is None:
+            return "-"
+        return f"{' '.join(self.trial.overrides) or self.trial.name}: {best_text(self.metric, self.value)}"
+
+
+class SweepLines:
+    """A sweep in plain lines: one when a trial starts, one when it ends, one when the best changes."""
+
+    def __init__(self, console: Console, best: Best | None = None):
         self.console = console
         self.total = self.done = self.failed = 0
         self.counts: dict = {}
+        self.best = best or Best()
 
     def start(self, name: str, total: int, counts: dict, executor: str, jobs: int,
               threads: int) -> None:
@@ -159,6 +195,8 @@ class SweepLines:
         self.done += 1
         self.failed += status == "failed"
         self.console.print(f"[{self.done}/{self.total}] {result_line(trial, status, summary, error)}")
+        if status == "completed" and self.best.offer(trial, summary):
+            self.console.print(f"best so far: {self.best.text()}")
 
     def update(self, running: int, queued: int = 0) -> None:
         pass
@@ -170,21 +208,25 @@ class SweepLines:
 class SweepLive(SweepLines):
     """A sweep as a Rich bar of trials done / total with running, failed and ETA; result lines above it."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, best: Best | None = None):
         from rich.progress import TimeRemainingColumn
 
-        super().__init__(console)
+        super().__init__(console, best)
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("running {task.fields[running]}  queued {task.fields[queued]}  "
                                   "failed {task.fields[failed]}"),
                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                       console=console, transient=True)
+                       TextColumn("{task.fields[best]}"), console=console, transient=True)
         self.task = None
 
     def start(self, name, total, counts, executor, jobs, threads) -> None:
         super().start(name, total, counts, executor, jobs, threads)
         self.bar.start()
-        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, queued=0, failed=0)
+        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, queued=0, failed=0,
+                                      best=self._best())
+
+    def _best(self) -> str:
+        return f"best {self.best.text()}" if self.best.trial is not None else ""
 
     def started(self, trial, resumed) -> None:
         pass
@@ -193,7 +235,9 @@ class SweepLive(SweepLines):
         self.done += 1
         self.failed += status == "failed"
         self.bar.console.print(result_line(trial, status, summary, error))
-        self.bar.update(self.task, completed=self.done, failed=self.failed)
+        if status == "completed" and self.best.offer(trial, summary):
+            self.bar.console.print(f"best so far: {self.best.text()}")
+        self.bar.update(self.task, completed=self.done, failed=self.failed, best=self._best())
 
     def update(self, running: int, queued: int = 0) -> None:
         self.bar.update(self.task, running=running, queued=queued)
@@ -202,9 +246,10 @@ class SweepLive(SweepLines):
         self.bar.stop()
 
 
-def sweep_progress(console: Console) -> SweepLines:
-    """A sweep's live bar on a terminal, plain lines in a pipe or log file."""
-    return SweepLive(console) if console.is_terminal else SweepLines(console)
+def sweep_progress(console: Console, best: Best | None = None) -> SweepLines:
+    """A sweep's live bar on a terminal, plain lines in a pipe or log file; best: what the sweep has
+    found so far (shared by every display of one sweep command)."""
+    return SweepLive(console, best) if console.is_terminal else SweepLines(console, best)
 
 
 def result_line(trial: Trial, status: str, summary: dict | None, error: str | None) -> str:

@@ -3,8 +3,12 @@ step, log), the optimizers and schedules, and the first stage computed once."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -44,7 +48,56 @@ class HandWrittenGD(torch.optim.Optimizer):
                     p -= group["lr"] * p.grad
 
 
+class EagerDynamo(types.ModuleType):
+    """torch._dynamo, loaded only when something compiles: torch.optim without a 1.6 s import.
+
+    An optimizer imports torch._dynamo the first time add_param_group, zero_grad, state_dict or
+    step runs, only to keep those methods out of torch.compile (disable) and to break its graph
+    around step (graph_break); run eagerly, both do nothing, and so do these two. The import
+    (sympy, torch.distributed, torch.fx) was half of `mnistlab train configs/quadratic.yaml`.
+    Anything else asked of it (torch.compile, torch.export) runs the real module's code in this
+    very module object, as a lazy import does, and the methods handed out are forgotten.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("torch._dynamo")
+        spec = importlib.util.find_spec("torch._dynamo")
+        self.__spec__, self.__loader__, self.__file__ = spec, spec.loader, spec.origin
+        self.__path__ = spec.submodule_search_locations  # its submodules import as usual
+        self.__dict__["_eager"] = []  # the functions disable() returned as they are
+
+    def graph_break(self, msg: str = "") -> None:
+        pass
+
+    def disable(self, fn=None, recursive: bool = True, *, reason=None, wrapping: bool = True):
+        if fn is None:
+            return lambda f: self.disable(f, recursive, reason=reason, wrapping=wrapping)
+        self._eager.append(fn)  # torch caches what this returns on fn: forgotten when loaded
+        return fn
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or any(os.path.exists(os.path.join(d, n)) for d in self.__path__
+                                        for n in (name + ".py", name)):
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return importlib.import_module(f"torch._dynamo.{name}")  # a submodule, as import would
+        eager = self.__dict__.pop("_eager", None)
+        if eager is None:  # loaded already (or loading): a name it does not have
+            raise AttributeError(f"module 'torch._dynamo' has no attribute {name!r}")
+        for fn in eager:
+            fn.__dict__.pop("__dynamo_disable", None)
+        self.__spec__.loader.exec_module(self)  # the real torch._dynamo, in this module object
+        return getattr(self, name)
+
+
+def eager_optimizers() -> None:
+    """torch.optim without importing torch._dynamo, unless something imported it already."""
+    if "torch._dynamo" not in sys.modules:
+        sys.modules["torch._dynamo"] = torch._dynamo = EagerDynamo()
+
+
 def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    eager_optimizers()
     if cfg.name == "manual":
         return HandWrittenGD(params, cfg.lr)
     classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,

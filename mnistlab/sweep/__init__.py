@@ -8,6 +8,7 @@ import shlex
 from rich.console import Console
 
 from .. import display, metrics
+from ..config import load_config
 from ..errors import SweepError, TrialsMissed
 from .executors import create_executor, executor_class
 from .plan import rungs
@@ -26,8 +27,9 @@ from .spec import (
     split_values,
     train_command,
 )
-from .store import locked_index, read_index, scan, trial_states
+from .store import DONE, locked_index, read_index, scan, trial_states
 from .summary import report_table, summarize, trial_table, write_report
+from .tpe import describe, proposals, run_search
 
 __all__ = ["MAX_TRIALS", "Sweep", "SweepInterrupted", "Trial", "build_trials", "expand",
            "format_value", "locked_index", "parse_grid_option", "read_index", "read_sweep",
@@ -46,38 +48,64 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
     from .. import tasks
 
     directory, trials = build_trials(sweep, max_trials)
-    default = tasks.get(trials[0].cfg.task).metric  # the task's own: val_accuracy, f, val_loss
+    base = trials[0].cfg if trials else load_config(sweep.base, sweep.overrides)
+    if sweep.tpe:  # the trials proposed so far; the search proposes the rest
+        trials = [p.trial for p in proposals(sweep, directory)]
+    default = tasks.get(base.task).metric  # the task's own: val_accuracy, f, val_loss
     plan = resolve_plan(sweep, prune, min_epochs, eta, metric, default)
     metric = metric or default
+    best = display.Best(metric)
     engine_class = executor_class(executor)
     if detach and not engine_class.detachable:
         raise SweepError(f"--detach: {engine_class.attached_because} and stop with it; detach "
                          "with --executor slurm, or run the sweep in tmux/nohup.")
     engine = None if report_only or dry_run else create_executor(
         executor, sweep.executor.get(executor) or {}, jobs)
+    if engine is not None:  # the live display starts from the best of what is done
+        before = trial_states(trials, scan(directory), lambda jobs: set())
+        for t in trials:
+            if before[t.hash].state == DONE:
+                best.offer(t, before[t.hash].summary)
     try:
         if dry_run or report_only:
             states = trial_states(trials, scan(directory), lambda jobs: set())
             counts = None
+        elif sweep.tpe:
+            if detach:
+                raise SweepError("--detach with tpe: each trial is proposed from the results of "
+                                 "those before, so the sweep command has to wait for them; run it "
+                                 "without --detach")
+            counts = run_search(sweep, directory, engine, metric, plan, retry_failed, fail_fast,
+                                lambda: display.sweep_progress(out, best),
+                                lambda text: out.print(text, markup=False), base.train.epochs)
+            trials = [p.trial for p in proposals(sweep, directory)]
+            states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
         elif plan is not None:
             if detach:
                 raise SweepError("--detach with --prune: a rung is decided when its trials end, "
                                  "so the sweep command has to wait for them; run it without --detach")
             counts = run_pruned(sweep, directory, trials, plan, engine, fail_fast,
-                                lambda: display.sweep_progress(out), lambda text: out.print(text, markup=False))
+                                lambda: display.sweep_progress(out, best),
+                                lambda text: out.print(text, markup=False))
             states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
         else:
             counts = run_sweep(sweep, directory, trials, engine, retry_failed, fail_fast, detach,
-                               display.sweep_progress(out))
+                               display.sweep_progress(out, best))
             states = trial_states(trials, scan(directory), lambda jobs: jobs_alive(engine, jobs))
     finally:
         if engine is not None:
             engine.close()
     if dry_run:
-        if plan is not None:
+        if sweep.tpe:
+            for line in describe(sweep, metric, jobs, plan, base.train.epochs,
+                                 proposals(sweep, directory), states):
+                out.print(line, markup=False)
+        elif plan is not None:
             epochs = trials[0].cfg.train.epochs
             out.print(f"prune: rungs at epochs {', '.join(map(str, rungs(plan.min_epochs, plan.eta, epochs)))}"
                       f"; the best 1/{plan.eta} by {plan.metric} go on at each", markup=False)
+        if sweep.tpe and not trials:
+            return
         out.print(trial_table(sweep, directory, trials, states))
         out.print("Each trial is the command:")
         for t in trials:

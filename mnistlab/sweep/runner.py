@@ -7,6 +7,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 
@@ -245,8 +246,12 @@ class Runner:
 def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
               retry_failed: bool = False, fail_fast: bool = False, detach: bool = False,
               progress: display.SweepLines | None = None, lease_timeout: float = LEASE_TIMEOUT,
-              until: int | None = None) -> dict:
+              until: int | None = None, more: Callable[[int], list[Trial]] | None = None,
+              planned: int = 0) -> dict:
     """Run every trial not done yet through the executor (with until: up to that epoch); return counts.
+
+    more(free) (adaptive search) gives up to free new trials whenever a slot is free and a trial
+    has ended since it was last asked, [] when it has none; planned says how many it may give.
 
     The run directories decide each trial's state; sweep.json is rewritten from them. Raises
     SweepInterrupted on Ctrl-C/SIGTERM after cancelling what this command submitted.
@@ -258,7 +263,7 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
             or (states[t.hash].state == PAUSED and (until is None or (
                 states[t.hash].summary or {}).get("epochs_completed", 0) < until))]
     by_state = {s: sum(st.state == s for st in states.values()) for s in (DONE, RUNNING, QUEUED, FAILED)}
-    counts = {"total": len(trials), "done_before": by_state[DONE],
+    counts = {"total": len(trials) + planned, "done_before": by_state[DONE],
               "elsewhere": by_state[RUNNING] + by_state[QUEUED],
               "failed_before": 0 if retry_failed else by_state[FAILED], "to_run": len(todo)}
     if todo:
@@ -270,7 +275,8 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     runner.errors = {h: st.summary.get("error") for h, st in states.items()
                      if st.state == FAILED and st.summary}
     store.write_definition(sweep, directory)
-    progress.start(sweep.name, len(todo) + counts["elsewhere"], counts, executor.name, jobs, threads)
+    progress.start(sweep.name, len(todo) + counts["elsewhere"] + planned, counts, executor.name, jobs,
+                   threads)
     t0 = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -280,12 +286,25 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
             counts["detached"] = len(runner.jobs)
             runner.jobs.clear()
             runner.watched.clear()
-        while runner.jobs or runner.watched:
+        asked = None  # trials ended when more() was last asked
+        while True:
+            ended = sum(runner.counts[k] for k in ("completed", "failed", "paused"))
+            free = jobs - len(runner.jobs) - len(runner.watched)
+            if more is not None and not detach and free > 0 and ended != asked:
+                asked = ended
+                new = more(free)
+                if new:
+                    runner.trials = runner.trials + new
+                    runner.states.update({t.hash: TrialState(NEW, t.run_dir) for t in new})
+                    runner.submit(new)
+            if not (runner.jobs or runner.watched):
+                break
             time.sleep(POLL_SECONDS)
             runner.poll()
             if fail_fast and runner.counts["failed"]:
                 runner.cancel()
                 runner.watched.clear()
+                more = None
     except KeyboardInterrupt:
         cancelled, not_started = runner.cancel()
         runner.write_index()
@@ -300,8 +319,8 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     c = runner.counts
     ran = c["completed"] + c["failed"] + c["interrupted"] + c["paused"]
     counts.update(c, ran=ran, seconds=time.perf_counter() - t0, jobs=min(jobs, max(ran, 1)),
-                  not_run=sum(runner.states[t.hash].state in (NEW, STOPPED) for t in trials))
-    counts["failed_total"] = sum(runner.states[t.hash].state == FAILED for t in trials)
+                  not_run=sum(runner.states[t.hash].state in (NEW, STOPPED) for t in runner.trials))
+    counts["failed_total"] = sum(runner.states[t.hash].state == FAILED for t in runner.trials)
     return counts
 
 

@@ -29,7 +29,8 @@ from ..errors import did_you_mean
 from .executors import check_options
 from .plan import read_plan
 
-SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "overrides", "executor", "prune")
+SWEEP_KEYS = ("name", "base", "grid", "seeds", "random", "tpe", "overrides", "executor", "prune")
+RANGES = ("uniform", "loguniform", "int")  # the ranges of random: and tpe:, each {kind: [lo, hi]}
 MAX_TRIALS = 10_000  # a larger sweep is refused unless --max-trials raises the limit
 
 @dataclass
@@ -46,11 +47,15 @@ class Sweep:
     prune: dict | None = None  # the prune: block as written (min_epochs, eta, metric); see prune.py
     typed: set[str] = field(default_factory=set)  # keys given on the command line (--grid, --seeds,
     # key=value), as errors name where a key came from
+    # adaptive search, {"n": int, "seed": int, "startup": int, "space": {key: list | {kind: [lo, hi]}}};
+    # its points are proposed while the sweep runs (tpe.py), none up front
+    tpe: dict | None = None
 
     @property
     def keys(self) -> list[str]:
         """The swept keys, train.seed last when seeds are replicates."""
-        keys = list(self.grid) + list((self.random or {}).get("space", {}))
+        keys = (list(self.grid) + list((self.random or {}).get("space", {}))
+                + list((self.tpe or {}).get("space", {})))
         return keys + (["train.seed"] if self.seeds else [])
 
 
@@ -239,6 +244,13 @@ def _sweep_from_file(path: Path, raw: dict, problems: list[str]) -> Sweep:
         for key in sweep.random["space"]:
             if key in sweep.grid:
                 problems.append(f"{path}: {key} is in both grid: and random:; keep one")
+    if raw.get("tpe") is not None:
+        sweep.tpe = _tpe_block(path, raw["tpe"], problems)
+        for what in ("grid", "random", "seeds"):
+            if raw.get(what):
+                problems.append(f"{path}: {what}: and tpe: do not combine: tpe: proposes every point "
+                                f"of its space itself; move the keys of {what}: into tpe: (a list of "
+                                "values or a range), or fixed values into overrides:")
     if raw.get("prune") is not None:
         try:  # checked now, with the other problems; used by the command
             read_plan(raw["prune"], f"{path}: prune")
@@ -264,29 +276,83 @@ def _random_block(path: Path, block: Any, problems: list[str]) -> dict:
         problems.append(f"{where}.seed: give an integer")
     else:
         out["seed"] = seed
+    out["space"] = _space(where, {k: v for k, v in block.items() if k not in ("n", "seed")}, problems)
+    return out
+
+
+def _space(where: str, block: dict, problems: list[str]) -> dict:
+    """The keys to sample (random:, tpe:): each a list of values or one range {kind: [lo, hi]}."""
+    space = {}
     for key, spec in block.items():
-        if key in ("n", "seed"):
-            continue
         if isinstance(spec, list) and spec:
-            out["space"][str(key)] = spec
+            space[str(key)] = spec
             continue
         one = isinstance(spec, dict) and len(spec) == 1
         kind, bounds = next(iter(spec.items())) if one else (None, None)
         try:
             lo, hi = (float(b) for b in bounds)
-            ok = kind in ("uniform", "loguniform", "int") and lo <= hi
+            ok = kind in RANGES and lo <= hi
             ok = ok and (kind != "loguniform" or lo > 0)
             ok = ok and (kind != "int" or (lo.is_integer() and hi.is_integer()))
         except (TypeError, ValueError, OverflowError):
             ok = False
         if ok:
-            out["space"][str(key)] = {kind: [lo, hi]}
+            space[str(key)] = {kind: [lo, hi]}
+        elif one and kind not in RANGES and isinstance(kind, str):
+            hint = did_you_mean(kind, RANGES, "choose uniform, loguniform or int")
+            problems.append(f"{where}.{key}: {kind}: unknown range, {hint}; e.g. "
+                            "{loguniform: [1e-4, 1e-1]}")
         else:
             problems.append(f"{where}.{key}: give a list of values or one range: "
                             "{uniform: [lo, hi]}, {loguniform: [lo, hi]} (lo > 0) or {int: [lo, hi]}")
-    if not out["space"]:
+    if not space:
         problems.append(f"{where}: name at least one key to sample, "
                         "e.g. optim.lr: {loguniform: [1e-4, 1e-1]}")
+    return space
+
+
+TPE_KEYS = ("n", "seed", "startup")
+
+
+def _tpe_block(path: Path, block: Any, problems: list[str]) -> dict:
+    """tpe: the budget n, the sampler's seed, its random start-up trials, and the space (as random:)."""
+    where = f"{path}: tpe"
+    out = {"n": 0, "seed": 0, "startup": None, "space": {}}
+    if not isinstance(block, dict):
+        problems.append(f"{where}: give n: (the trial budget), seed: and the keys to search, e.g. "
+                        "tpe: {n: 24, seed: 0, optim.lr: {loguniform: [1e-4, 1e-1]}, "
+                        "optim.name: [sgd, adamw]}")
+        return out
+    for key in ("n", "seed", "startup"):
+        value = block.get(key, 0 if key == "seed" else None)
+        if value is None and key == "startup":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "n" else 0):
+            what = {"n": "the trial budget, a positive integer, e.g. n: 24",
+                    "seed": "an integer, the sampler's seed",
+                    "startup": "how many trials are drawn at random before TPE models the results, "
+                               "an integer of 0 or more"}[key]
+            problems.append(f"{where}.{key}: {value!r}: give {what}")
+        else:
+            out[key] = value
+    if out["startup"] is None:  # Optuna's default is 10; small budgets need TPE to start sooner
+        out["startup"] = min(10, max(1, out["n"] // 3))
+    space = {}
+    for key, spec in block.items():
+        if key in TPE_KEYS:
+            continue
+        if "." not in str(key):  # a sweep key is dotted: a bare word is most likely a typo
+            hint = did_you_mean(key, TPE_KEYS, "")
+            if hint:
+                problems.append(f"{where}.{key}: unknown setting, {hint} (the settings are "
+                                f"{', '.join(TPE_KEYS)}; the searched keys are dotted, e.g. optim.lr)")
+                continue
+        space[key] = spec
+    out["space"] = _space(where, space, problems)
+    for key, spec in out["space"].items():
+        texts = [format_value(v) for v in spec] if isinstance(spec, list) else []
+        if len(set(texts)) < len(texts):
+            problems.append(f"{where}.{key}: a value is listed twice; list each choice once")
     return out
 
 
@@ -330,18 +396,22 @@ def sample_random(space: dict, n: int, seed: int) -> list[dict]:
 
 
 def count_points(sweep: Sweep) -> int:
-    """How many points expand() makes, without making them."""
+    """How many points expand() makes, without making them (a tpe: sweep: its budget)."""
+    if sweep.tpe:
+        return sweep.tpe["n"]
     n = math.prod(len(v) for v in sweep.grid.values())
     return n * (sweep.random["n"] if sweep.random else 1) * (len(sweep.seeds) or 1)
 
 
 def expand(sweep: Sweep, limit: int = MAX_TRIALS) -> list[dict]:
-    """Every point: the grid's cartesian product, times the random points, times the seeds."""
+    """Every point: the grid's cartesian product, times the random points, times the seeds; none for tpe."""
     n = count_points(sweep)
     if n > limit:
         raise ConfigError([f"the sweep has {n:,} trials, more than the limit of {limit:,}; "
                            "sweep fewer values, or raise the limit with --max-trials "
                            f"{n} if you mean it"])
+    if sweep.tpe:  # proposed one by one as results come in (tpe.py), none known up front
+        return []
     points = [dict(zip(sweep.grid, values)) for values in itertools.product(*sweep.grid.values())]
     if sweep.random:
         sampled = sample_random(sweep.random["space"], sweep.random["n"], sweep.random["seed"])
@@ -372,6 +442,13 @@ def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Tria
     """Every trial's config, by the train command's own load_config; all problems raised together."""
     points = expand(sweep, limit)
     directory = sweep_dir(sweep)
+    return directory, make_trials(sweep, points, directory)
+
+
+def make_trials(sweep: Sweep, points: list[dict], directory: Path,
+                skip_invalid: bool = False) -> list[Trial]:
+    """The trials of these points (one per distinct config hash); problems raised together, or with
+    skip_invalid, the points that have them left out."""
     # the base file and the sweep's overrides are read once; each point's values are set on a copy
     base, keys = apply_overrides(read_yaml(sweep.base), sweep.overrides)
     # "(from the command line)" in an error only for the keys typed there, not those of the file
@@ -396,11 +473,11 @@ def build_trials(sweep: Sweep, limit: int = MAX_TRIALS) -> tuple[Path, list[Tria
         seen.add(h)
         trials.append(Trial(name, {k: _value(cfg, k) for k in point}, own, cfg, h,
                             directory / f"{name}-{h[:8]}"))
-    if problems:
+    if problems and not skip_invalid:
         raise ConfigError([p if len(names) == len(points) else
                            f"{p} (trial{'s' if len(names) > 1 else ''} {', '.join(names[:5])}"
                            f"{', ...' if len(names) > 5 else ''})" for p, names in problems.items()])
-    return directory, trials
+    return trials
 
 
 def _value(cfg: Config, key: str):

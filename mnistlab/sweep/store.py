@@ -173,6 +173,8 @@ def write_definition(sweep: Sweep, directory: Path) -> None:
     if sweep.random:
         raw["random"] = {"n": sweep.random["n"], "seed": sweep.random["seed"],
                          **sweep.random["space"]}
+    if sweep.tpe:
+        raw["tpe"] = {k: sweep.tpe[k] for k in ("n", "seed", "startup")} | sweep.tpe["space"]
     if sweep.seeds:
         raw["seeds"] = sweep.seeds
     if sweep.overrides:
