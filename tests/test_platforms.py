@@ -266,6 +266,19 @@ def test_the_import_orders_shipped_do_not_crash(runs, tiny_data, tmp_path):
     assert len([line for line in proc.stdout.splitlines() if line.startswith("trained")]) == len(runs)
 
 
+def test_triton_comes_before_tensorflow_even_after_a_torch_run(tiny_data, tmp_path):
+    """A torch run gives its optimizers a light stand-in for torch._dynamo that imports nothing;
+    TensorFlow must still come after triton, or a later import of triton (torch.compile, say)
+    kills the process."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path, train={"epochs": 1})))
+    runs = [("torch", "tensorflow", "dense"), ("tensorflow", "tensorflow", "dense")]
+    script = SCRIPT.format(runs=runs) + "import triton\nprint('triton after both', flush=True)\n"
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "triton after both" in proc.stdout, proc.stderr[-3000:]
+
+
 def test_the_tensorflow_loop_refuses_keras_loaded_on_another_backend(tiny_data, tmp_path):
     script = ("import keras, sys\nfrom mnistlab.cli import main\nsys.argv = ['mnistlab', 'train', "
               f"{str(tmp_path / 'c.yaml')!r}, 'platform=tensorflow']\nmain()")

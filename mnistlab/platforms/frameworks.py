@@ -60,9 +60,11 @@ def _not_installed(name: str, extra: str) -> ConfigError:
 
 
 def triton_first() -> None:
-    """Import torch._dynamo (and triton) now, before TensorFlow can be imported."""
+    """Import triton now, before TensorFlow can be imported: itself, not through torch._dynamo,
+    which a torch run in the same process may have replaced by its light stand-in
+    (platforms/pytorch.py's EagerDynamo) that imports nothing."""
     with contextlib.suppress(ImportError):
-        import torch._dynamo  # noqa: F401
+        import triton  # noqa: F401
 
 
 def tensorflow(threads: int, extra: str = "tensorflow"):
