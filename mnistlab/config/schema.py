@@ -50,10 +50,23 @@ class ModelConfig:
     source_digest: str | None = None  # sha256 of the module's source, filled in when the config is loaded
 
 
+# The optimizers, one entry each: what it reads besides lr, with its own default for a setting
+# left null (PyTorch's). Each platform maps a name to its own class (platforms/pytorch.py,
+# platforms/keras.py); optim.name's choices are this table's names.
+OPTIMIZER_SETTINGS = {
+    "sgd": {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    "adam": {"weight_decay": 0.0},
+    "adamw": {"weight_decay": 0.0},
+    "adadelta": {"weight_decay": 0.0},
+    "rmsprop": {"momentum": 0.0, "weight_decay": 0.0},
+    "manual": {},  # x <- x - lr * x.grad written out by hand (the course's gradient descent)
+}
+OptimizerName = Literal[tuple(OPTIMIZER_SETTINGS)]
+
+
 @dataclass
 class OptimConfig:
-    # manual: x <- x - lr * x.grad written out by hand (the course's gradient descent)
-    name: Literal["sgd", "adam", "adamw", "adadelta", "rmsprop", "manual"] = "adamw"
+    name: OptimizerName = "adamw"  # one of OPTIMIZER_SETTINGS
     lr: float = field(default=3e-3, metadata=bounds(0, None))
     # null: the optimizer's own default (PyTorch's); only sgd and rmsprop have a momentum
     momentum: float | None = field(default=None, metadata=bounds(0, 1, hi_open=True))
@@ -326,17 +339,6 @@ def _check_consistency(cfg: Config, problems: list[str]) -> None:
         problems.append("model.module: model.kind is module, so name your class, e.g. "
                         "model.module=models/lenet.py:Net (a file relative to the config file)")
     problems += TASKS[cfg.task].check(cfg)
-
-
-# what each optimizer reads besides lr, with its own default for a setting left null (PyTorch's)
-OPTIMIZER_SETTINGS = {
-    "sgd": {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-    "rmsprop": {"momentum": 0.0, "weight_decay": 0.0},
-    "adam": {"weight_decay": 0.0},
-    "adamw": {"weight_decay": 0.0},
-    "adadelta": {"weight_decay": 0.0},
-    "manual": {},
-}
 
 
 # the values that mean "not set" for settings an optimizer may not read, as typed
