@@ -1,5 +1,6 @@
 """Runs and checkpoints written before the restructure (commit a20ae63) still load and resume."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,20 +12,25 @@ from mnistlab.evaluation import evaluate_run
 from mnistlab.training import fit
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ckpt-v1" / "tiny"
-DATA = Path("/tmp/mnistlab-fixture-data")  # where the fixture's config found its synthetic data
 
 
 def test_an_older_checkpoint_loads_evaluates_and_resumes_to_the_run_todays_code_trains(tmp_path):
-    write_dataset(DATA)  # the same seeded images and labels the fixture was trained on
+    data = write_dataset(tmp_path / "data")  # the seeded images and labels the fixture trained on
     run = tmp_path / "run"
     shutil.copytree(FIXTURE, run)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert epoch_of(ckpt) == 2 and ckpt["config"]["train"]["epochs"] == 3
-    scored = evaluate_run(run, "last", "val", save=False)
+    # its config names the data where it was made; data.root is not part of what is learned
+    config = {**ckpt["config"], "data": {**ckpt["config"]["data"], "root": str(data)}}
+    scored = evaluate_run(run, "last", "val", [f"data.root={data}"], save=False)
     val = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
     assert f'"loss": {scored["loss"]}' in val[-1]  # eval reproduces the recorded val loss
 
-    resumed = fit(config_from_dict(ckpt["config"]), resume=run)
-    straight = fit(config_from_dict(tiny_config_dict(DATA, tmp_path / "runs", train={"epochs": 3})))
+    resumed = fit(config_from_dict(config), resume=run)
+    # the precision the fixture chose (auto measures both on a bf16 CPU, so under load it may
+    # choose otherwise; a resumed run keeps its own)
+    chosen = json.loads((run / "summary.json").read_text())["precision"]
+    straight = fit(config_from_dict(tiny_config_dict(data, tmp_path / "runs",
+                                                     train={"epochs": 3, "precision": chosen})))
     assert resumed["status"] == straight["status"] == "completed"
     assert resumed["final"] == straight["final"] and resumed["best"] == straight["best"]

@@ -103,7 +103,10 @@ def trial(data_dir: Path, sweep_dir: Path, name: str, epochs: int) -> TrialSpec:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = sweep_dir.parent / f"{sweep_dir.name}-{name}.yaml"
     config.write_text(yaml.safe_dump(tiny_config_dict(
-        data_dir, sweep_dir, name=name, train={"epochs": epochs, "log_every": 1})))
+        data_dir, sweep_dir, name=name, train={"epochs": epochs, "log_every": 1,
+                                               # auto times fp32 against bf16 on a bf16 CPU: under
+                                               # load two processes may choose differently
+                                               "precision": "fp32"})))
     argv = [sys.executable, "-m", "mnistlab", "train", "--quiet", "--run-dir", str(run_dir),
             str(config)]
     return TrialSpec(key=name, name=name, argv=argv, run_dir=run_dir, log=run_dir / "trial.log",
