@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,8 @@ def epoch_line(train: dict, val: dict | None, epochs: int, rate_unit: str = "img
     return text + f"  {elapsed:.{0 if elapsed >= 100 else 1}f}s {train['images_per_s']:.0f} {rate_unit}"
 
 
-def summary_line(s: dict) -> str:
+def summary_line(s: dict, width: int | None = None) -> str:
+    """The run's end in parts joined by '; ', broken into lines of width between parts when given."""
     test = (s.get("final") or {}).get("test")
     best = s.get("best") or {}
     parts = [f"{s['status']}: {s['run_dir']}"]
@@ -58,7 +60,33 @@ def summary_line(s: dict) -> str:
     parts.append(f"{epochs}, {s['train_seconds']:.1f}s training, {s['params']:,} parameters")
     if s["status"] in ("paused", "pruned"):
         parts.append(f"continue with: mnistlab train --resume {s['run_dir']}")
-    return "; ".join(parts)
+    return "; ".join(parts) if width is None else wrap_parts(parts, ";", width)
+
+
+def wrap_parts(parts: list[str], sep: str, width: int) -> str:
+    """Parts joined by sep and a space, a line broken between two parts (never inside one) before
+    it grows past width; continuation lines are indented by two spaces."""
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + len(sep) + 1 + len(part) <= width:
+            lines[-1] += f"{sep} {part}"
+        else:
+            lines[-1] += sep
+            # a part longer than a line is broken between words (a path has none to break at)
+            lines += textwrap.wrap(part, width, initial_indent="  ", subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False) or ["  "]
+    return "\n".join(lines)
+
+
+def step_line(task: str | None, train: dict, width: int) -> str:
+    """The task's line under an epoch's line: what the epoch's last step record shows ('': none)."""
+    record = train.get("last_step")
+    if not record:
+        return ""
+    from . import tasks  # light: a task's class, not its data or model
+
+    text = tasks.get(task).show_step(record, width - 2)
+    return "  " + text if text else ""
 
 
 class Plain:
@@ -69,15 +97,17 @@ class Plain:
         self.console = console or Console(highlight=False, soft_wrap=True, markup=False)  # paths may hold [x]
         self.epochs = 0
         self.rate_unit = "img/s"
+        self.task_name: str | None = None
 
     shows_steps = False
 
     def start(self, info: dict) -> None:
         self.epochs, self.rate_unit = info["epochs"], info["rate_unit"]
+        self.task_name = info.get("task")
         if not self.quiet:
-            self.console.print(
-                f"run {info['run_dir']}: {info['params']:,} parameters, {info['device']}, "
-                f"{info['threads']} threads, {info['describe']}")
+            self.console.print(wrap_parts(
+                [f"run {info['run_dir']}: {info['params']:,} parameters", info["device"],
+                 f"{info['threads']} threads", info["describe"]], ",", self.console.width))
 
     def step(self, *args) -> None:
         pass
@@ -85,9 +115,12 @@ class Plain:
     def epoch(self, train: dict, val: dict | None) -> None:
         if not self.quiet:
             self.console.print(epoch_line(train, val, self.epochs, self.rate_unit))
+            extra = step_line(self.task_name, train, min(self.console.width, 80))
+            if extra:
+                self.console.print(extra)
 
     def finish(self, summary: dict) -> None:
-        self.console.print(summary_line(summary))
+        self.console.print(summary_line(summary, self.console.width))
 
 
 class Live(Plain):
@@ -117,6 +150,9 @@ class Live(Plain):
 
     def epoch(self, train: dict, val: dict | None) -> None:
         self.progress.console.print(epoch_line(train, val, self.epochs, self.rate_unit))
+        extra = step_line(self.task_name, train, min(self.console.width, 80))
+        if extra:
+            self.progress.console.print(extra)
         self.progress.reset(self.task)
 
     def finish(self, summary: dict) -> None:

@@ -70,6 +70,7 @@ class Run:
         writer = rundir.tensorboard_class()(str(run_dir / "tensorboard")) if cfg.log.tensorboard else None
         self.log = rundir.MetricsLog(run_dir / "metrics.jsonl", writer)
         self.t_start = time.perf_counter()
+        self.last_step: dict | None = None  # what the epoch's line shows of its last step
 
     def save_summary(self) -> None:
         files.write_json(self.dir / "summary.json", self.summary)
@@ -77,6 +78,7 @@ class Run:
     def step(self, record: dict) -> None:
         """A step record: the mean loss (and task metrics) since the last one, lr, speed."""
         self.log.write({"event": "step", "split": "train", **record})
+        self.last_step = record
 
     def epoch_end(self, train: dict, val: dict | None, epoch_seconds: float) -> bool:
         """Log an epoch's train and val records and move progress on; True when it is the best.
@@ -111,7 +113,10 @@ class Run:
                             epochs_completed=p.epoch, steps_completed=p.global_step,
                             train_seconds=round(p.seconds, 3), best=p.best)
         self.save_summary()
-        self.reporter.epoch(train_rec, val_rec)
+        shown = train_rec
+        if self.last_step is not None and self.last_step.get("epoch") == train_rec["epoch"]:
+            shown = {**train_rec, "last_step": self.last_step}  # for the screen, not the log
+        self.reporter.epoch(shown, val_rec)
 
     def test(self, test: dict) -> None:
         """The test split's scores at the end of training."""
