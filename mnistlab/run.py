@@ -27,6 +27,40 @@ class Reporter(Protocol):
     def finish(self, summary: dict) -> None: ...
 
 
+class TrainResult(dict):
+    """A run's summary (the dict summary.json holds) with the trained model and its history.
+
+    model: the trained model of this process (torch: the nn.Module; keras: the keras.Model;
+    tensorflow: the Keras model of a network, None for quadratic and linreg; jax: the dict of
+    parameter arrays), None when nothing was trained here (an untouched run directory).
+    history: per-epoch metrics from metrics.jsonl, as Keras's History.history.
+    """
+
+    def __init__(self, summary: dict, model=None):
+        super().__init__(summary)
+        self.model = model
+
+    @property
+    def history(self) -> dict[str, list]:
+        """{"loss": [...], "val_loss": [...], "accuracy": [...], "val_accuracy": [...]}, one value
+        per epoch (accuracies of classifiers only), read from the run's metrics.jsonl."""
+        return history(Path(self["run_dir"]))
+
+
+def history(run_dir: Path) -> dict[str, list]:
+    """A run's per-epoch train and val metrics by Keras's names: loss, accuracy, val_loss, ..."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out: dict[str, list] = {}
+    for rec in rundir.read_metrics(path) if path.is_file() else []:
+        if rec.get("event") != "epoch" or rec.get("split") not in ("train", "val"):
+            continue
+        prefix = "val_" if rec["split"] == "val" else ""
+        for key in ("loss", "accuracy"):
+            if rec.get(key) is not None:
+                out.setdefault(prefix + key, []).append(rec[key])
+    return out
+
+
 class Silent:
     """A reporter that shows nothing."""
 
@@ -271,6 +305,7 @@ class Session:
         self.stop, self.run_dir, self.owner, self.until = stop, run_dir, owner, until
         self.trust_run_code = trust_run_code
         self.run: Run | None = None
+        self.model = None  # the platform's trained model, handed to TrainResult
 
     def open(self, facts: dict, progress: Progress, env: dict, extra=None) -> Run:
         """A new run: its directory, config.yaml, env.json and running summary."""

@@ -181,6 +181,7 @@ def _train(s: Session) -> None:
                       "threads": torch.get_num_threads(), "describe": task.describe(),
                       "rate_unit": task.rate_unit, "epochs": cfg.train.epochs, "task": cfg.task,
                       "steps_per_epoch": steps_per_epoch, "start_epoch": state.epoch})
+    s.model = model
     channels_last = is_conv(model)
     body, train_x = model, None  # the first epoch may find a fitted first stage to run once
     losses: list[tuple[int, int, torch.Tensor]] = []  # (epoch, step, loss) not yet checked
