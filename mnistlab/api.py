@@ -20,17 +20,26 @@ def override_list(overrides) -> list[str]:
 def load(config, overrides: list[str] | dict = (), resume: str | Path | None = None):
     """The resolved config of a YAML file or a mapping with overrides (key=value strings or a
     dict), or the one a run at resume was started with."""
-    from .config import apply_overrides, config_from_dict, load_config
+    from .config import apply_overrides, beneath, config_from_dict, load_config, user_defaults
     from .training import resume_config
 
     overrides = override_list(overrides)
 
     if resume is not None:
         return resume_config(resume)
-    if isinstance(config, dict):
-        raw, keys = apply_overrides(config, list(overrides))
+    if isinstance(config, dict):  # the user's defaults beneath it, as beneath a file
+        raw, keys = apply_overrides(beneath(user_defaults(), config), list(overrides))
         return config_from_dict(raw, keys)
     return load_config(config, list(overrides))
+
+
+def defaults_in(config, overrides: list[str] | dict = ()) -> tuple[list[str], list[str]]:
+    """The user's defaults a config (a YAML file or a mapping) with overrides leaves to the defaults
+    file, and those it sets itself, as key=value."""
+    from .config import apply_overrides, defaults_used, read_yaml
+
+    raw = config if isinstance(config, dict) else read_yaml(config)
+    return defaults_used(apply_overrides(raw, override_list(overrides))[0])
 
 
 def train(config, overrides: list[str] | dict = (), quiet: bool = True,

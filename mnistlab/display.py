@@ -89,6 +89,30 @@ def step_line(task: str | None, train: dict, width: int) -> str:
     return "  " + text if text else ""
 
 
+def config_text(cfg, source: str | None, defaults_file: Path | None = None,
+                defaults: tuple[list[str], list[str]] = ([], [])) -> str:
+    """--print-config: the resolved config as YAML without what the run never reads, under a header
+    that names its source, the user's defaults it took (and those it set itself), and what is left out."""
+    from .config import flatten, to_dict, to_yaml, unread_keys
+
+    unread = unread_keys(flatten(to_dict(cfg)))
+    unread = [key for key in dict.fromkeys(unread)  # model.hidden goes with model
+              if not any(key.startswith(section + ".") for section in unread)]
+    lines = [f"resolved config of {source}" if source else "resolved config"]
+    used, overruled = defaults
+    if used or overruled:
+        lines.append(f"defaults from {defaults_file}:")
+        if used:
+            lines.append(f"  taken: {' '.join(used)}")
+        if overruled:
+            lines.append(f"  set by the config or command line instead: {' '.join(overruled)}")
+    if unread:
+        lines.append("left out, never read by this run: " + ", ".join(unread))
+    header = "\n".join(textwrap.fill(line, 78, subsequent_indent="  ", break_long_words=False,
+                                      break_on_hyphens=False) for line in lines)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + to_yaml(cfg, unread)
+
+
 class Plain:
     """One line per epoch and a final summary, for pipes and CI logs; quiet keeps only the summary."""
 

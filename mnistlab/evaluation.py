@@ -161,7 +161,7 @@ def evaluate_run(target: Path, which: str | None = None, split: str = "test",
     info = ckpt["data"]
     num_classes, class_names = int(info["num_classes"]), list(info["class_names"])
     data = load_data(ecfg.data, ecfg.train.val_split, ecfg.train.seed,
-                     stats=(info["mean"], info["std"]))
+                     stats=(info["mean"], info["std"]), test_only=split == "test")
     if tuple(data.image_shape) != tuple(info["image_shape"]):
         raise DataError(f"{data.source}: its images are {tuple(data.image_shape)} (C, H, W) but "
                         f"the model was trained on {tuple(info['image_shape'])}; evaluate it on "
