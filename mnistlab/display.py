@@ -78,6 +78,16 @@ def wrap_parts(parts: list[str], sep: str, width: int) -> str:
     return "\n".join(lines)
 
 
+def resumed_line(info: dict) -> str:
+    """Where a resumed run continues: after which epoch, at which step."""
+    epoch, step, steps = info["start_epoch"], info.get("start_step") or 0, info["steps_per_epoch"]
+    where = (f"epoch {epoch + 1}/{info['epochs']} from its start" if not step else
+             f"epoch {epoch + 1}/{info['epochs']} at step {step + 1}/{steps}")
+    done = f"{epoch} epoch{'s' if epoch != 1 else ''}" + (f" and {step} steps" if step else "")
+    return (f"resuming at {where} (after {done}, global step "
+            f"{info.get('global_step', epoch * steps + step)}), from the last checkpoint")
+
+
 def step_line(task: str | None, train: dict, width: int) -> str:
     """The task's line under an epoch's line: what the epoch's last step record shows ('': none)."""
     record = train.get("last_step")
@@ -132,6 +142,8 @@ class Plain:
             self.console.print(wrap_parts(
                 [f"run {info['run_dir']}: {info['params']:,} parameters", info["device"],
                  f"{info['threads']} threads", info["describe"]], ",", self.console.width))
+            if info.get("resumed"):
+                self.console.print(resumed_line(info))
 
     def step(self, *args) -> None:
         pass

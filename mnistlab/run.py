@@ -98,12 +98,14 @@ class Run:
     """What a platform's loop writes to: the run directory, its summary and metrics log."""
 
     def __init__(self, cfg: Config, run_dir: Path, summary: dict, reporter: Reporter,
-                 progress: Progress):
+                 progress: Progress, t_start: float | None = None):
         self.cfg, self.dir, self.summary, self.reporter = cfg, run_dir, summary, reporter
         self.progress = progress
         writer = rundir.tensorboard_class()(str(run_dir / "tensorboard")) if cfg.log.tensorboard else None
         self.log = rundir.MetricsLog(run_dir / "metrics.jsonl", writer)
-        self.t_start = time.perf_counter()
+        # this session's start (before its data and model were set up) and the earlier sessions' time
+        self.t_start = time.perf_counter() if t_start is None else t_start
+        self.wall_before = summary.get("wall_seconds") or 0.0
         self.last_step: dict | None = None  # what the epoch's line shows of its last step
 
     def save_summary(self) -> None:
@@ -145,7 +147,8 @@ class Run:
         p, (train_rec, val_rec) = self.progress, self.last_records
         self.summary.update(final={"train": scores(train_rec), "val": scores(val_rec)},
                             epochs_completed=p.epoch, steps_completed=p.global_step,
-                            train_seconds=round(p.seconds, 3), best=p.best)
+                            train_seconds=round(p.seconds, 3), best=p.best,
+                            wall_seconds=self.wall_seconds())  # a killed session counts to here
         self.save_summary()
         shown = train_rec
         if self.last_step is not None and self.last_step.get("epoch") == train_rec["epoch"]:
@@ -159,14 +162,17 @@ class Run:
                         "split": "test", **scores(test), "elapsed": round(p.seconds, 3)})
         self.summary["final"]["test"] = scores(test)
 
+    def wall_seconds(self) -> float:
+        """The wall time of every session of the run so far, each from its start."""
+        return round(self.wall_before + time.perf_counter() - self.t_start, 3)
+
     def finish(self, status: str, error: str | None = None) -> dict:
         p = self.progress
         self.summary.update(status=status, error=error, best=p.best,
                             train_seconds=round(p.seconds + p.epoch_seconds, 3),
                             epochs_completed=p.epoch, steps_completed=p.global_step,
                             ended=datetime.now().isoformat(timespec="seconds"),
-                            wall_seconds=round((self.summary.get("wall_seconds") or 0.0)
-                                               + time.perf_counter() - self.t_start, 3))
+                            wall_seconds=self.wall_seconds())
         try:
             self.save_summary()
         except DiskError as e:
@@ -193,7 +199,8 @@ def new_run_dir(cfg: Config, run_dir: Path | None, owner: lease.Lease) -> Path:
 
 
 def new_run(cfg: Config, facts: dict, source: dict | None, reporter: Reporter, run_dir: Path | None,
-            owner: lease.Lease, progress: Progress, env: dict, extra=None) -> Run:
+            owner: lease.Lease, progress: Progress, env: dict, extra=None,
+            t_start: float | None = None) -> Run:
     """A new run directory with its config.yaml, env.json and a running summary.json.
 
     facts: what the platform set up (platform, params, device, precision, sample counts...);
@@ -218,7 +225,7 @@ def new_run(cfg: Config, facts: dict, source: dict | None, reporter: Reporter, r
         if extra is not None:
             extra(run_dir)
         files.write_json(run_dir / "env.json", env)
-        run = Run(cfg, run_dir, summary, reporter, progress)
+        run = Run(cfg, run_dir, summary, reporter, progress, t_start)
         run.save_summary()
     except DiskError:
         if made_here:  # a new run that could not even be set up leaves nothing
@@ -228,7 +235,8 @@ def new_run(cfg: Config, facts: dict, source: dict | None, reporter: Reporter, r
     return run
 
 
-def resume_run(cfg: Config, run_dir: Path, reporter: Reporter, progress: Progress) -> Run:
+def resume_run(cfg: Config, run_dir: Path, reporter: Reporter, progress: Progress,
+               t_start: float | None = None) -> Run:
     """Continue a run whose progress the platform has loaded from its last checkpoint: drop the
     records written after that checkpoint and record the resume. Everything is read and checked
     before anything is rewritten, so a damaged summary leaves the run as it was."""
@@ -246,7 +254,7 @@ def resume_run(cfg: Config, run_dir: Path, reporter: Reporter, progress: Progres
         "step": progress.global_step, "argv": sys.argv, **lease.process_identity()})
     summary.update(status="running", ended=None, error=None, **lease.process_identity(),
                    executor=lease.executor_identity())
-    run = Run(cfg, run_dir, summary, reporter, progress)
+    run = Run(cfg, run_dir, summary, reporter, progress, t_start)
     run.save_summary()
     return run
 
@@ -306,14 +314,15 @@ class Session:
         self.trust_run_code = trust_run_code
         self.run: Run | None = None
         self.model = None  # the platform's trained model, handed to TrainResult
+        self.t_start = time.perf_counter()  # the session's wall time counts its setup too
 
     def open(self, facts: dict, progress: Progress, env: dict, extra=None) -> Run:
         """A new run: its directory, config.yaml, env.json and running summary."""
         self.run = new_run(self.cfg, facts, self.source, self.reporter, self.run_dir, self.owner,
-                           progress, env, extra)
+                           progress, env, extra, self.t_start)
         return self.run
 
     def reopen(self, progress: Progress) -> Run:
         """The resumed run, at the progress the platform read from its last checkpoint."""
-        self.run = resume_run(self.cfg, Path(self.resume), self.reporter, progress)
+        self.run = resume_run(self.cfg, Path(self.resume), self.reporter, progress, self.t_start)
         return self.run

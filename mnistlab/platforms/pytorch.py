@@ -180,7 +180,9 @@ def _train(s: Session) -> None:
     s.reporter.start({"run_dir": str(run.dir), "params": run.summary["params"], "device": str(device),
                       "threads": torch.get_num_threads(), "describe": task.describe(),
                       "rate_unit": task.rate_unit, "epochs": cfg.train.epochs, "task": cfg.task,
-                      "steps_per_epoch": steps_per_epoch, "start_epoch": state.epoch})
+                      "steps_per_epoch": steps_per_epoch, "start_epoch": state.epoch,
+                      "resumed": s.resume is not None, "start_step": state.step,
+                      "global_step": state.global_step})
     s.model = model
     channels_last = is_conv(model)
     body, train_x = model, None  # the first epoch may find a fitted first stage to run once
