@@ -26,7 +26,7 @@ from .spec import (
     split_values,
     train_command,
 )
-from .store import locked_index, read_index, scan, trial_states
+from .store import check_definition, locked_index, read_index, scan, trial_states
 from .summary import report_table, summarize, trial_table, write_report
 
 __all__ = ["MAX_TRIALS", "Sweep", "SweepInterrupted", "Trial", "build_trials", "expand",
@@ -46,6 +46,7 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
     from .. import tasks
 
     directory, trials = build_trials(sweep, max_trials)
+    check_definition(sweep, directory)  # before anything runs or is written: one folder, one sweep
     default = tasks.get(trials[0].cfg.task).metric  # the task's own: val_accuracy, f, val_loss
     plan = resolve_plan(sweep, prune, min_epochs, eta, metric, default)
     metric = metric or default
