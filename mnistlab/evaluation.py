@@ -81,15 +81,16 @@ def load_model(path: Path, trust_run_code: bool = False) -> tuple[nn.Module, dic
     cfg = config_from_dict(ckpt["config"])
     _has_classes(path, cfg)
     info = ckpt["data"]
-    model_source = None
+    model_source = reference = None
     if cfg.model.kind == "module":
-        from .usermodel import trusted_copy
+        from .usermodel import RUN_COPY, trusted_copy
 
         in_run = path.parent.name == "checkpoints"
         model_source = trusted_copy(path.parent.parent if in_run else None, trust_run_code)
+        reference = path.parent.parent / RUN_COPY if in_run else None
     try:
         model = build_model(cfg.model, tuple(info["image_shape"]), int(info["num_classes"]),
-                            model_source)
+                            model_source, reference)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
