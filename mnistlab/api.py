@@ -20,7 +20,13 @@ def override_list(overrides) -> list[str]:
 def load(config, overrides: list[str] | dict = (), resume: str | Path | None = None):
     """The resolved config of a YAML file or a mapping with overrides (key=value strings or a
     dict), or the one a run at resume was started with."""
-    from .config import apply_overrides, beneath, config_from_dict, load_config, user_defaults
+    from .config import (
+        apply_overrides,
+        beneath,
+        config_from_dict,
+        load_config,
+        user_defaults,
+    )
     from .training import resume_config
 
     overrides = override_list(overrides)
