@@ -7,7 +7,12 @@ __version__ = "0.1.0"
 
 
 def train(config, overrides=(), quiet=True, resume=None):
-    """Train a config (YAML file or mapping) with key=value overrides; return the run's summary."""
+    """Train a config (YAML file or mapping) with overrides (["optim.lr=0.01"] or {"optim.lr": 0.01}).
+
+    Quiet by default (the final summary line only); quiet=False prints a line per epoch. Returns
+    the run's summary as a dict, with .model (the trained model) and .history (per-epoch metrics
+    as Keras's History.history); see mnistlab.api.train.
+    """
     from .api import train as _train  # imported on use: `import mnistlab` stays light
 
     return _train(config, overrides, quiet, resume)

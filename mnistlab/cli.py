@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from .config import to_yaml
 from .errors import BUG_EXIT_CODE, MnistlabError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -236,7 +235,11 @@ def train(
                        "changed after the sweep submitted it, so the trial was not trained. Run the "
                        "sweep command again to validate the current files.")
     if print_config:
-        typer.echo(to_yaml(cfg), nl=False)
+        from .config import defaults_path
+
+        defaults = api.defaults_in(config, overrides) if resume is None else ([], [])
+        typer.echo(display.config_text(cfg, str(resume or config), defaults_path(), defaults),
+                   nl=False)
         return
     where = Path(os.path.abspath(Path(cfg.runs_dir).expanduser()))
     if resume is None and run_dir is None and not where.is_relative_to(Path.cwd()):

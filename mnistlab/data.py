@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import DataError, DiskError
-from .files import cache_root, digest_ok, save_verified
+from .files import cache_root, defaults_path, digest_ok, save_verified
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -176,11 +176,15 @@ def _download_dir(cfg: DataConfig) -> Path:
     return root / FOLDERS[cfg.name] / "raw"
 
 
-def locate(cfg: DataConfig) -> Path:
-    """The directory holding the four IDX files, downloading them if allowed and needed."""
+def locate(cfg: DataConfig, stems: tuple[str, ...] = ALL_FILES) -> Path:
+    """The directory holding the IDX files (all four, or the stems given), downloading them if
+    allowed and needed."""
     candidates = _candidate_dirs(cfg)
     for d in candidates:
         if all(_find_file(d, stem) for stem in ALL_FILES):
+            return d
+    for d in candidates:  # e.g. only the test files, for eval on the test split
+        if all(_find_file(d, stem) for stem in stems):
             return d
     if cfg.name != "idx" and cfg.download:
         return download(cfg)
@@ -201,14 +205,22 @@ def _missing_message(cfg: DataConfig, candidates: list[Path], reason: str = "") 
         return msg + "Put the four files in data.root, or point data.root=DIR at the directory that holds them."
     target = _download_dir(cfg)
     msg += (f"Put the four files in {target} (or any directory and pass data.root=DIR)")
+    installed = next((d for d in SYSTEM_DIRS["fashion-mnist"]
+                      if all(_find_file(d, stem) for stem in ALL_FILES)), None)
     if cfg.name == "fashion-mnist":
         msg += ", or install Debian's copy with 'apt-get install dataset-fashion-mnist', which is found without configuration"
     if not cfg.download:
         msg += ", or allow the download with data.download=true"
     msg += "."
     if cfg.name != "fashion-mnist":
-        msg += (" Offline, Fashion-MNIST works out of the box: 'apt-get install "
-                "dataset-fashion-mnist', then data.name=fashion-mnist.")
+        default = (f"or make it your default with 'data: {{name: fashion-mnist}}' in "
+                   f"{defaults_path()}")
+        if installed is not None:
+            msg += (" Offline, Fashion-MNIST works out of the box: it is installed here "
+                    f"({installed}); add data.name=fashion-mnist, {default}.")
+        else:
+            msg += (" Offline, Fashion-MNIST works out of the box: 'apt-get install "
+                    f"dataset-fashion-mnist', then data.name=fashion-mnist, {default}.")
     return msg
 
 
@@ -351,8 +363,13 @@ def val_count(n: int, val_split: float, source: str) -> int:
 
 
 def load_data(cfg: DataConfig, val_split: float, seed: int,
-              stats: tuple[float, float] | None = None) -> Splits:
-    """Load train/val/test into memory, normalised once; stats=(mean, std) reuses a model's own."""
+              stats: tuple[float, float] | None = None, test_only: bool = False) -> Splits:
+    """Load train/val/test into memory, normalised once; stats=(mean, std) reuses a model's own.
+
+    test_only (with stats): the test split alone, from a directory that may hold only the two
+    t10k files; the train and val splits are empty."""
+    if test_only and stats is not None:
+        return _test_split(cfg, stats)
     directory = locate(cfg)
     entry = read_all(cfg.name, directory)
     (train_u8, train_y), (test_u8, test_y) = entry["train"], entry["test"]
@@ -382,3 +399,24 @@ def load_data(cfg: DataConfig, val_split: float, seed: int,
     return Splits(train_x[train_idx], train_y[train_idx], train_x[val_idx], train_y[val_idx],
                   normalise(test_u8), test_y, mean, std, len(class_names), class_names,
                   str(directory))
+
+
+def _test_split(cfg: DataConfig, stats: tuple[float, float]) -> Splits:
+    """The test split alone, normalised with a model's own statistics."""
+    directory = locate(cfg, FILES["test"])
+    if all(_find_file(directory, stem) for stem in ALL_FILES):  # through the cache of all four
+        entry = read_all(cfg.name, directory)
+        (test_u8, test_y), class_names = entry["test"], entry["class_names"]
+    else:
+        test_u8, test_y = read_split(cfg.name, directory, "test")
+        class_names = ([str(i) for i in range(int(test_y.max()) + 1)] if cfg.name == "idx" else
+                       [c.split(" - ")[0] for c in torchvision_class(cfg.name).classes])
+    if cfg.test_samples:
+        test_u8, test_y = test_u8[: cfg.test_samples], test_y[: cfg.test_samples]
+    if len(test_u8) < 1:
+        raise DataError(f"{directory}: the test split holds no image.")
+    mean, std = stats
+    test_x = test_u8.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+    empty_x, empty_y = test_x[:0], test_y[:0]
+    return Splits(empty_x, empty_y, empty_x, empty_y, test_x, test_y, mean, std, len(class_names),
+                  class_names, str(directory))

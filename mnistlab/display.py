@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-
-from . import metrics
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,6 +15,8 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+
+from . import metrics
 
 if TYPE_CHECKING:
     from .sweep.spec import Trial
@@ -39,7 +40,8 @@ def epoch_line(train: dict, val: dict | None, epochs: int, rate_unit: str = "img
     return text + f"  {elapsed:.{0 if elapsed >= 100 else 1}f}s {train['images_per_s']:.0f} {rate_unit}"
 
 
-def summary_line(s: dict) -> str:
+def summary_line(s: dict, width: int | None = None) -> str:
+    """The run's end in parts joined by '; ', broken into lines of width between parts when given."""
     test = (s.get("final") or {}).get("test")
     best = s.get("best") or {}
     parts = [f"{s['status']}: {s['run_dir']}"]
@@ -60,7 +62,67 @@ def summary_line(s: dict) -> str:
     parts.append(f"{epochs}, {s['train_seconds']:.1f}s training, {s['params']:,} parameters")
     if s["status"] in ("paused", "pruned"):
         parts.append(f"continue with: mnistlab train --resume {s['run_dir']}")
-    return "; ".join(parts)
+    return "; ".join(parts) if width is None else wrap_parts(parts, ";", width)
+
+
+def wrap_parts(parts: list[str], sep: str, width: int) -> str:
+    """Parts joined by sep and a space, a line broken between two parts (never inside one) before
+    it grows past width; continuation lines are indented by two spaces."""
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + len(sep) + 1 + len(part) <= width:
+            lines[-1] += f"{sep} {part}"
+        else:
+            lines[-1] += sep
+            # a part longer than a line is broken between words (a path has none to break at)
+            lines += textwrap.wrap(part, width, initial_indent="  ", subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False) or ["  "]
+    return "\n".join(lines)
+
+
+def resumed_line(info: dict) -> str:
+    """Where a resumed run continues: after which epoch, at which step."""
+    epoch, step, steps = info["start_epoch"], info.get("start_step") or 0, info["steps_per_epoch"]
+    where = (f"epoch {epoch + 1}/{info['epochs']} from its start" if not step else
+             f"epoch {epoch + 1}/{info['epochs']} at step {step + 1}/{steps}")
+    done = f"{epoch} epoch{'s' if epoch != 1 else ''}" + (f" and {step} steps" if step else "")
+    return (f"resuming at {where} (after {done}, global step "
+            f"{info.get('global_step', epoch * steps + step)}), from the last checkpoint")
+
+
+def step_line(task: str | None, train: dict, width: int) -> str:
+    """The task's line under an epoch's line: what the epoch's last step record shows ('': none)."""
+    record = train.get("last_step")
+    if not record:
+        return ""
+    from . import tasks  # light: a task's class, not its data or model
+
+    text = tasks.get(task).show_step(record, width - 2)
+    return "  " + text if text else ""
+
+
+def config_text(cfg, source: str | None, defaults_file: Path | None = None,
+                defaults: tuple[list[str], list[str]] = ([], [])) -> str:
+    """--print-config: the resolved config as YAML without what the run never reads, under a header
+    that names its source, the user's defaults it took (and those it set itself), and what is left out."""
+    from .config import flatten, to_dict, to_yaml, unread_keys
+
+    unread = unread_keys(flatten(to_dict(cfg)))
+    unread = [key for key in dict.fromkeys(unread)  # model.hidden goes with model
+              if not any(key.startswith(section + ".") for section in unread)]
+    lines = [f"resolved config of {source}" if source else "resolved config"]
+    used, overruled = defaults
+    if used or overruled:
+        lines.append(f"defaults from {defaults_file}:")
+        if used:
+            lines.append(f"  taken: {' '.join(used)}")
+        if overruled:
+            lines.append(f"  set by the config or command line instead: {' '.join(overruled)}")
+    if unread:
+        lines.append("left out, never read by this run: " + ", ".join(unread))
+    header = "\n".join(textwrap.fill(line, 78, subsequent_indent="  ", break_long_words=False,
+                                      break_on_hyphens=False) for line in lines)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + to_yaml(cfg, unread)
 
 
 class Plain:
@@ -71,15 +133,19 @@ class Plain:
         self.console = console or Console(highlight=False, soft_wrap=True, markup=False)  # paths may hold [x]
         self.epochs = 0
         self.rate_unit = "img/s"
+        self.task_name: str | None = None
 
     shows_steps = False
 
     def start(self, info: dict) -> None:
         self.epochs, self.rate_unit = info["epochs"], info["rate_unit"]
+        self.task_name = info.get("task")
         if not self.quiet:
-            self.console.print(
-                f"run {info['run_dir']}: {info['params']:,} parameters, {info['device']}, "
-                f"{info['threads']} threads, {info['describe']}")
+            self.console.print(wrap_parts(
+                [f"run {info['run_dir']}: {info['params']:,} parameters", info["device"],
+                 f"{info['threads']} threads", info["describe"]], ",", self.console.width))
+            if info.get("resumed"):
+                self.console.print(resumed_line(info))
 
     def step(self, *args) -> None:
         pass
@@ -87,9 +153,12 @@ class Plain:
     def epoch(self, train: dict, val: dict | None) -> None:
         if not self.quiet:
             self.console.print(epoch_line(train, val, self.epochs, self.rate_unit))
+            extra = step_line(self.task_name, train, min(self.console.width, 80))
+            if extra:
+                self.console.print(extra)
 
     def finish(self, summary: dict) -> None:
-        self.console.print(summary_line(summary))
+        self.console.print(summary_line(summary, self.console.width))
 
 
 class Live(Plain):
@@ -119,6 +188,9 @@ class Live(Plain):
 
     def epoch(self, train: dict, val: dict | None) -> None:
         self.progress.console.print(epoch_line(train, val, self.epochs, self.rate_unit))
+        extra = step_line(self.task_name, train, min(self.console.width, 80))
+        if extra:
+            self.progress.console.print(extra)
         self.progress.reset(self.task)
 
     def finish(self, summary: dict) -> None:

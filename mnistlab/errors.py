@@ -5,7 +5,6 @@ The CLI has one handler for MnistlabError (cli.main); a command never catches th
 
 from __future__ import annotations
 
-
 # the exit code of an exception that is not a MnistlabError: a bug in mnistlab (EX_SOFTWARE of
 # sysexits.h); cli.py reports it in one paragraph and saves the traceback
 BUG_EXIT_CODE = 70

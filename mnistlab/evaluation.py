@@ -81,15 +81,16 @@ def load_model(path: Path, trust_run_code: bool = False) -> tuple[nn.Module, dic
     cfg = config_from_dict(ckpt["config"])
     _has_classes(path, cfg)
     info = ckpt["data"]
-    model_source = None
+    model_source = reference = None
     if cfg.model.kind == "module":
-        from .usermodel import trusted_copy
+        from .usermodel import RUN_COPY, trusted_copy
 
         in_run = path.parent.name == "checkpoints"
         model_source = trusted_copy(path.parent.parent if in_run else None, trust_run_code)
+        reference = path.parent.parent / RUN_COPY if in_run else None
     try:
         model = build_model(cfg.model, tuple(info["image_shape"]), int(info["num_classes"]),
-                            model_source)
+                            model_source, reference)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
@@ -161,7 +162,7 @@ def evaluate_run(target: Path, which: str | None = None, split: str = "test",
     info = ckpt["data"]
     num_classes, class_names = int(info["num_classes"]), list(info["class_names"])
     data = load_data(ecfg.data, ecfg.train.val_split, ecfg.train.seed,
-                     stats=(info["mean"], info["std"]))
+                     stats=(info["mean"], info["std"]), test_only=split == "test")
     if tuple(data.image_shape) != tuple(info["image_shape"]):
         raise DataError(f"{data.source}: its images are {tuple(data.image_shape)} (C, H, W) but "
                         f"the model was trained on {tuple(info['image_shape'])}; evaluate it on "

@@ -180,3 +180,7 @@ def digest_ok(obj: dict) -> bool:
     body = {k: v for k, v in obj.items() if k != "digest"}
     return obj["digest"] == content_digest(body)
 
+
+def defaults_path() -> Path:
+    """The user's defaults file: $XDG_CONFIG_HOME/mnistlab/defaults.yaml, or ~/.config/mnistlab/."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser() / "mnistlab" / "defaults.yaml"

@@ -19,12 +19,13 @@ MONOTONE_LAYERS = tuple(ACTIVATIONS[name] for name in MONOTONE)
 
 
 def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int,
-                model_source: Path | None = None) -> nn.Module:
-    """Build the network for images of image_shape (C, H, W); model_source: a run's trusted copy."""
+                model_source: Path | None = None, reference: Path | None = None) -> nn.Module:
+    """Build the network for images of image_shape (C, H, W); model_source: a run's trusted copy;
+    reference: the run's copy, against which an edit of comments or whitespace only is accepted."""
     if cfg.kind == "module":
         from .usermodel import build
 
-        return build(cfg, image_shape, num_classes, model_source)
+        return build(cfg, image_shape, num_classes, model_source, reference)
     channels, height, width = image_shape
     act = ACTIVATIONS[cfg.activation]
     if cfg.kind == "dense":

@@ -27,6 +27,40 @@ class Reporter(Protocol):
     def finish(self, summary: dict) -> None: ...
 
 
+class TrainResult(dict):
+    """A run's summary (the dict summary.json holds) with the trained model and its history.
+
+    model: the trained model of this process (torch: the nn.Module; keras: the keras.Model;
+    tensorflow: the Keras model of a network, None for quadratic and linreg; jax: the dict of
+    parameter arrays), None when nothing was trained here (an untouched run directory).
+    history: per-epoch metrics from metrics.jsonl, as Keras's History.history.
+    """
+
+    def __init__(self, summary: dict, model=None):
+        super().__init__(summary)
+        self.model = model
+
+    @property
+    def history(self) -> dict[str, list]:
+        """{"loss": [...], "val_loss": [...], "accuracy": [...], "val_accuracy": [...]}, one value
+        per epoch (accuracies of classifiers only), read from the run's metrics.jsonl."""
+        return history(Path(self["run_dir"]))
+
+
+def history(run_dir: Path) -> dict[str, list]:
+    """A run's per-epoch train and val metrics by Keras's names: loss, accuracy, val_loss, ..."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out: dict[str, list] = {}
+    for rec in rundir.read_metrics(path) if path.is_file() else []:
+        if rec.get("event") != "epoch" or rec.get("split") not in ("train", "val"):
+            continue
+        prefix = "val_" if rec["split"] == "val" else ""
+        for key in ("loss", "accuracy"):
+            if rec.get(key) is not None:
+                out.setdefault(prefix + key, []).append(rec[key])
+    return out
+
+
 class Silent:
     """A reporter that shows nothing."""
 
@@ -64,12 +98,15 @@ class Run:
     """What a platform's loop writes to: the run directory, its summary and metrics log."""
 
     def __init__(self, cfg: Config, run_dir: Path, summary: dict, reporter: Reporter,
-                 progress: Progress):
+                 progress: Progress, t_start: float | None = None):
         self.cfg, self.dir, self.summary, self.reporter = cfg, run_dir, summary, reporter
         self.progress = progress
         writer = rundir.tensorboard_class()(str(run_dir / "tensorboard")) if cfg.log.tensorboard else None
         self.log = rundir.MetricsLog(run_dir / "metrics.jsonl", writer)
-        self.t_start = time.perf_counter()
+        # this session's start (before its data and model were set up) and the earlier sessions' time
+        self.t_start = time.perf_counter() if t_start is None else t_start
+        self.wall_before = summary.get("wall_seconds") or 0.0
+        self.last_step: dict | None = None  # what the epoch's line shows of its last step
 
     def save_summary(self) -> None:
         files.write_json(self.dir / "summary.json", self.summary)
@@ -77,6 +114,7 @@ class Run:
     def step(self, record: dict) -> None:
         """A step record: the mean loss (and task metrics) since the last one, lr, speed."""
         self.log.write({"event": "step", "split": "train", **record})
+        self.last_step = record
 
     def epoch_end(self, train: dict, val: dict | None, epoch_seconds: float) -> bool:
         """Log an epoch's train and val records and move progress on; True when it is the best.
@@ -109,9 +147,13 @@ class Run:
         p, (train_rec, val_rec) = self.progress, self.last_records
         self.summary.update(final={"train": scores(train_rec), "val": scores(val_rec)},
                             epochs_completed=p.epoch, steps_completed=p.global_step,
-                            train_seconds=round(p.seconds, 3), best=p.best)
+                            train_seconds=round(p.seconds, 3), best=p.best,
+                            wall_seconds=self.wall_seconds())  # a killed session counts to here
         self.save_summary()
-        self.reporter.epoch(train_rec, val_rec)
+        shown = train_rec
+        if self.last_step is not None and self.last_step.get("epoch") == train_rec["epoch"]:
+            shown = {**train_rec, "last_step": self.last_step}  # for the screen, not the log
+        self.reporter.epoch(shown, val_rec)
 
     def test(self, test: dict) -> None:
         """The test split's scores at the end of training."""
@@ -120,14 +162,17 @@ class Run:
                         "split": "test", **scores(test), "elapsed": round(p.seconds, 3)})
         self.summary["final"]["test"] = scores(test)
 
+    def wall_seconds(self) -> float:
+        """The wall time of every session of the run so far, each from its start."""
+        return round(self.wall_before + time.perf_counter() - self.t_start, 3)
+
     def finish(self, status: str, error: str | None = None) -> dict:
         p = self.progress
         self.summary.update(status=status, error=error, best=p.best,
                             train_seconds=round(p.seconds + p.epoch_seconds, 3),
                             epochs_completed=p.epoch, steps_completed=p.global_step,
                             ended=datetime.now().isoformat(timespec="seconds"),
-                            wall_seconds=round((self.summary.get("wall_seconds") or 0.0)
-                                               + time.perf_counter() - self.t_start, 3))
+                            wall_seconds=self.wall_seconds())
         try:
             self.save_summary()
         except DiskError as e:
@@ -154,7 +199,8 @@ def new_run_dir(cfg: Config, run_dir: Path | None, owner: lease.Lease) -> Path:
 
 
 def new_run(cfg: Config, facts: dict, source: dict | None, reporter: Reporter, run_dir: Path | None,
-            owner: lease.Lease, progress: Progress, env: dict, extra=None) -> Run:
+            owner: lease.Lease, progress: Progress, env: dict, extra=None,
+            t_start: float | None = None) -> Run:
     """A new run directory with its config.yaml, env.json and a running summary.json.
 
     facts: what the platform set up (platform, params, device, precision, sample counts...);
@@ -179,7 +225,7 @@ def new_run(cfg: Config, facts: dict, source: dict | None, reporter: Reporter, r
         if extra is not None:
             extra(run_dir)
         files.write_json(run_dir / "env.json", env)
-        run = Run(cfg, run_dir, summary, reporter, progress)
+        run = Run(cfg, run_dir, summary, reporter, progress, t_start)
         run.save_summary()
     except DiskError:
         if made_here:  # a new run that could not even be set up leaves nothing
@@ -189,7 +235,8 @@ def new_run(cfg: Config, facts: dict, source: dict | None, reporter: Reporter, r
     return run
 
 
-def resume_run(cfg: Config, run_dir: Path, reporter: Reporter, progress: Progress) -> Run:
+def resume_run(cfg: Config, run_dir: Path, reporter: Reporter, progress: Progress,
+               t_start: float | None = None) -> Run:
     """Continue a run whose progress the platform has loaded from its last checkpoint: drop the
     records written after that checkpoint and record the resume. Everything is read and checked
     before anything is rewritten, so a damaged summary leaves the run as it was."""
@@ -208,7 +255,7 @@ def resume_run(cfg: Config, run_dir: Path, reporter: Reporter, progress: Progres
         "step": progress.global_step, "argv": sys.argv, **lease.process_identity()})
     summary.update(status="running", ended=None, error=None, **lease.process_identity(),
                    executor=lease.executor_identity())
-    run = Run(cfg, run_dir, summary, reporter, progress)
+    run = Run(cfg, run_dir, summary, reporter, progress, t_start)
     run.save_summary()
     return run
 
@@ -267,14 +314,16 @@ class Session:
         self.stop, self.run_dir, self.owner, self.until = stop, run_dir, owner, until
         self.trust_run_code = trust_run_code
         self.run: Run | None = None
+        self.model = None  # the platform's trained model, handed to TrainResult
+        self.t_start = time.perf_counter()  # the session's wall time counts its setup too
 
     def open(self, facts: dict, progress: Progress, env: dict, extra=None) -> Run:
         """A new run: its directory, config.yaml, env.json and running summary."""
         self.run = new_run(self.cfg, facts, self.source, self.reporter, self.run_dir, self.owner,
-                           progress, env, extra)
+                           progress, env, extra, self.t_start)
         return self.run
 
     def reopen(self, progress: Progress) -> Run:
         """The resumed run, at the progress the platform read from its last checkpoint."""
-        self.run = resume_run(self.cfg, Path(self.resume), self.reporter, progress)
+        self.run = resume_run(self.cfg, Path(self.resume), self.reporter, progress, self.t_start)
         return self.run

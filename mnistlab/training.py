@@ -13,7 +13,7 @@ from . import checkpoint, files, platforms, rundir, usermodel
 from .config import Config, config_from_dict, config_hash
 from .errors import ConfigError, Diverged, Interrupted, MnistlabError, RunError
 from .lease import Lease
-from .run import Reporter, Session, Silent
+from .run import Reporter, Session, Silent, TrainResult
 
 
 class RunInterrupted(Interrupted):
@@ -53,8 +53,9 @@ def stop_on_signals():
 
 def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = None,
         source: dict | None = None, run_dir: Path | None = None,
-        until_epoch: int | None = None, trust_run_code: bool = False) -> dict:
-    """Train cfg into a new run directory (or continue the run at resume); return its summary.
+        until_epoch: int | None = None, trust_run_code: bool = False) -> TrainResult:
+    """Train cfg into a new run directory (or continue the run at resume); return its summary
+    (a TrainResult: also the trained model and the history).
 
     With run_dir the run goes into that directory, idempotently: a new run there, the continuation
     of an interrupted one, or nothing at all for a completed one (its summary marked "untouched").
@@ -80,12 +81,12 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
         if run_dir is not None:
             resume, done = in_run_dir(cfg, Path(run_dir))
             if done is not None:
-                return {**done, "untouched": True}
+                return TrainResult({**done, "untouched": True})
         if resume is not None and until_epoch is not None:
             summary = rundir.read_summary(Path(resume))
             if summary.get("status") in ("paused", "pruned") and \
                     summary.get("epochs_completed", 0) >= until_epoch:
-                return {**summary, "untouched": True}  # already there: nothing rewritten
+                return TrainResult({**summary, "untouched": True})  # already there: nothing rewritten
         until = cfg.train.epochs if until_epoch is None else min(until_epoch, cfg.train.epochs)
         session = Session(cfg, reporter or Silent(), resume, source, stop, run_dir, lease, until,
                           trust_run_code)
@@ -106,7 +107,8 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
                 session.run.finish("failed", e.message() if isinstance(e, MnistlabError)
                                    else f"{type(e).__name__}: {e}")
             raise
-        return session.run.finish("paused" if until < cfg.train.epochs else "completed")
+        return TrainResult(session.run.finish("paused" if until < cfg.train.epochs else "completed"),
+                           session.model)
 
 
 def has_checkpoint(run_dir: Path) -> bool:

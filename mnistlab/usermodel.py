@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import io
 import os
 import sys
+import tokenize
 import traceback
 import types
 from pathlib import Path
@@ -92,13 +95,69 @@ def trusted_copy(run_dir: Path | None, trust_run_code: bool) -> Path | None:
     return Path(run_dir) / RUN_COPY
 
 
-def _verified_source(model: ModelConfig, source: Path | None) -> tuple[Path, bytes]:
-    """The bytes to run: the recorded file with the recorded digest, or the trusted copy."""
+def statements(data: bytes) -> list[tuple[tuple, int, str]] | None:
+    """Each logical line of a source as (its tokens without comments, blank lines or the width of
+    indentation, its line number, its first physical line); None when it does not tokenize."""
+    skip = (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING)
+    blank = (tokenize.INDENT, tokenize.DEDENT, tokenize.NEWLINE)  # their kind matters, not their text
+    out, key, first = [], [], None
+    try:
+        for tok in tokenize.tokenize(io.BytesIO(data).readline):
+            if tok.type in skip:
+                continue
+            key.append((tok.type, "" if tok.type in blank else tok.string))
+            if first is None and tok.type not in blank:
+                first = tok
+            if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+                line = first.line.splitlines()[0].strip() if first is not None and first.line else ""
+                out.append((tuple(key), first.start[0] if first is not None else tok.start[0], line))
+                key, first = [], None
+    except (tokenize.TokenError, SyntaxError, IndexError):
+        return None
+    return out
+
+
+def what_changed(old: bytes, new: bytes, lines: int = 8) -> str:
+    """The first statements that differ between the run's copy and the file, comments and
+    whitespace aside: '-' the copy's (RUN/model_source.py), '+' the file's, with line numbers."""
+    a, b = statements(old) or [], statements(new) or []
+    shown = []
+    matcher = difflib.SequenceMatcher(None, [s[0] for s in a], [s[0] for s in b], autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            shown += [f"- line {n}: {text}" for _, n, text in a[i1:i2]]
+            shown += [f"+ line {n}: {text}" for _, n, text in b[j1:j2]]
+    return "\n".join(shown[:lines] + (["..."] if len(shown) > lines else []))
+
+
+def _same_program(model: ModelConfig, reference: Path | None, data: bytes) -> tuple[bool, bytes | None]:
+    """Whether data differs from the run's verified copy (reference) only in comments and
+    whitespace; and that copy, when there is one."""
+    try:
+        old = Path(reference).read_bytes() if reference is not None else None
+    except OSError:
+        old = None
+    if old is None or digest(old) != model.source_digest:
+        return False, None
+    same = statements(old)
+    return same is not None and [s[0] for s in same] == [s[0] for s in statements(data) or []], old
+
+
+def _verified_source(model: ModelConfig, source: Path | None,
+                     reference: Path | None = None) -> tuple[Path, bytes]:
+    """The bytes to run: the recorded file with the recorded digest (or, compared with the run's
+    copy at reference, with only comments and whitespace changed), or the trusted copy."""
     path = Path(source) if source is not None else source_file(model.module)
     try:
         data = path.read_bytes()
     except OSError:
         data = None
+    old = None
+    if source is None and data is not None and model.source_digest and \
+            digest(data) != model.source_digest:
+        same, old = _same_program(model, reference, data)
+        if same:  # the same tokens: the same program, only comments or whitespace edited
+            return path, data
     if source is not None and (data is None or digest(data) != model.source_digest):
         what = "is missing" if data is None else "does not have the sha256 the run recorded"
         raise ModelCodeError(f"{path}: the run's copy of its model code {what}; the run directory "
@@ -108,11 +167,14 @@ def _verified_source(model: ModelConfig, source: Path | None) -> tuple[Path, byt
         what = ("is missing" if data is None else
                 f"has changed since the run was trained (sha256 {digest(data)[:12]}, "
                 f"recorded {model.source_digest[:12]})")
+        changed = (f"\nWhat changed, beyond comments and whitespace (- RUN/{RUN_COPY}, + the file):"
+                   f"\n{what_changed(old, data)}" if old is not None else "")
         raise ModelCodeError(
             f"{path}: the model code of this run {what}. mnistlab imports a run's model code only "
-            f"from the file it recorded, unchanged. Put the file back as it was (e.g. from version "
-            f"control); or, if you trust the run directory, add --trust-run-code to run the copy it "
-            f"keeps (RUN/{RUN_COPY}): that executes the Python code in that copy.")
+            f"from the file it recorded, unchanged but for comments and whitespace. Put the file "
+            f"back as it was (e.g. from version control); or, if you trust the run directory, add "
+            f"--trust-run-code to run the copy it keeps (RUN/{RUN_COPY}): that executes the Python "
+            f"code in that copy.{changed}")
     return path, data
 
 
@@ -130,10 +192,12 @@ def _run_file(path: Path, data: bytes) -> types.ModuleType:
     return module
 
 
-def load_class(model: ModelConfig, source: Path | None = None) -> tuple[type, Path]:
-    """The nn.Module class the reference names, and the file it came from."""
+def load_class(model: ModelConfig, source: Path | None = None,
+               reference: Path | None = None) -> tuple[type, Path]:
+    """The nn.Module class the reference names, and the file it came from (reference: the run's
+    copy, against which an edit of comments or whitespace only is accepted)."""
     where, name = split_reference(model.module)
-    path, data = _verified_source(model, source)
+    path, data = _verified_source(model, source, reference)
     if is_file(where) or source is not None:
         module = _run_file(path, data)
     else:
@@ -174,9 +238,9 @@ def constructor_args(cls: type, path: Path, model: ModelConfig, image_shape: tup
 
 
 def build(model: ModelConfig, image_shape: tuple, num_classes: int,
-          source: Path | None = None) -> nn.Module:
+          source: Path | None = None, reference: Path | None = None) -> nn.Module:
     """Import the class (from the recorded file, or from source: a run's trusted copy) and build it."""
-    cls, path = load_class(model, source)
+    cls, path = load_class(model, source, reference)
     kwargs = constructor_args(cls, path, model, image_shape, num_classes)
     try:
         net = cls(**kwargs)

@@ -58,8 +58,10 @@ def write_dataset(directory: Path, n_train: int = 256, n_test: int = 64, size: i
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    """Downloads and the parsed-data cache go to a temporary directory, also in subprocesses."""
+    """Downloads, the parsed-data cache and the user's defaults file go to a temporary directory,
+    also in subprocesses."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))  # no user defaults file
 
 
 @pytest.fixture

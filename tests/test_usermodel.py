@@ -271,3 +271,24 @@ def test_a_config_made_in_python_is_resolved_and_digested_by_fit(tmp_path, tiny_
     recorded = yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())["model"]
     assert recorded["source_digest"] == hashlib.sha256(SMALL.encode()).hexdigest()
     assert summary["config_hash"] == config_hash(load_config(tmp_path / "small.yaml"))
+
+
+def test_eval_accepts_an_edit_of_comments_and_whitespace_and_shows_any_other(tmp_path, tiny_data):
+    path = small_config(tmp_path, tiny_data)
+    run = Path(fit(load_config(path))["run_dir"])
+    before = json.loads(cli("eval", run, "--json").output)["accuracy"]
+    source = tmp_path / "models" / "small.py"
+    edited = ("# my LeNet-like net, tidied up\n" + SMALL.replace("    def forward", "\n    def forward")
+              .replace("nn.Conv2d(channels, c, 3, padding=1)", "nn.Conv2d(channels,c,3,  padding=1)  # 3x3")
+              .replace("        ", "\t\t").replace("    ", "\t"))  # tabs for spaces
+    source.write_text(edited)
+    result = cli("eval", run, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["accuracy"] == pytest.approx(before)
+    source.write_text(edited.replace("padding=1", "padding=2"))
+    result = cli("eval", run)
+    assert result.exit_code == 2
+    assert "What changed, beyond comments and whitespace" in result.output
+    assert ("- line 9: self.conv = nn.Conv2d(channels, c, 3, padding=1)\n"
+            "+ line 10: self.conv = nn.Conv2d(channels,c,3,  padding=2)  # 3x3\n") in result.output
+    assert "self.fc" not in result.output  # only what changed

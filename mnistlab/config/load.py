@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from .schema import Config, config_from_dict
+from ..files import defaults_path
+from .schema import Config, config_from_dict, flatten
 
 _KEY = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
 
@@ -205,8 +206,55 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     return config_from_file_dict(raw, keys, path)
 
 
+def user_defaults() -> dict:
+    """The defaults file's settings (e.g. data: {name: fashion-mnist}), its paths made absolute
+    against its own directory; {} when there is none."""
+    path = defaults_path()
+    if not path.is_file():
+        return {}
+    raw = read_yaml(path)
+    from ..errors import did_you_mean
+    from .schema import ALL_KEYS
+
+    unknown = [key for key in flatten(raw) if key not in ALL_KEYS and not key.startswith("model.args.")]
+    if unknown:
+        example = "the defaults file holds config keys, e.g. data: {name: fashion-mnist}"
+        raise ConfigError([f"{path}: {key}: not a config key; {did_you_mean(key, ALL_KEYS, example)}"
+                           for key in unknown])
+    _absolute_paths(raw, set(), path.parent)
+    return raw
+
+
+def beneath(defaults: dict, raw: dict) -> dict:
+    """raw with the defaults filled in beneath it: a key raw names (even as null) keeps raw's value."""
+    out = dict(raw)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = beneath(value, out[key])
+    return out
+
+
+def defaults_used(raw: dict) -> tuple[list[str], list[str]]:
+    """The dotted keys of the defaults file that a config mapping (file and command line) leaves
+    to it, and those it sets itself (the file's or command line's value wins)."""
+    used, overruled = [], []
+    for key, value in flatten(user_defaults()).items():
+        node = raw
+        for part in key.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        (used if node is _MISSING else overruled).append(f"{key}={json.dumps(value)}")
+    return used, overruled
+
+
+_MISSING = object()
+
+
 def config_from_file_dict(raw: dict, keys: set[str] | dict[str, str], path: str | Path) -> Config:
-    """The end of load_config: the mapping read from path, overrides applied (their keys), validated."""
+    """The end of load_config: the mapping read from path, overrides applied (their keys), the
+    user's defaults beneath them, validated."""
+    raw = beneath(user_defaults(), raw)
     if raw.get("name") is None:
         raw["name"] = Path(path).stem
     _absolute_paths(raw, keys, Path(path).parent)

@@ -439,5 +439,14 @@ _Dumper.add_representer(
     list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True))
 
 
-def to_yaml(cfg: Config) -> str:
-    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+def to_yaml(cfg: Config, leave_out: list[str] = ()) -> str:
+    """The config as YAML; leave_out: dotted keys and sections not written."""
+    raw = to_dict(cfg)
+    for key in leave_out:
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return yaml.dump(raw, Dumper=_Dumper, sort_keys=False, default_flow_style=False)

@@ -184,6 +184,7 @@ def train(session: Session) -> None:
         loop.end_epoch(s, run, task, predictor, train_rec, seconds,
                        lambda: save_checkpoint(run, cfg, task, learner))
         checkpointed = run.progress.state_dict()
+    s.model = learner.params  # replaced by every step: the trained ones are the last
     if s.until < cfg.train.epochs:
         return
     loop.test(s, run, task, predictor)

@@ -313,6 +313,7 @@ def _train(s: Session) -> None:
     s.reporter.start(loop.start_info(s, run, task, threads_in_use(backend, cfg.train.threads),
                                      steps_per_epoch,
                                      f"{task.describe()}; Keras {keras.__version__} on {backend}"))
+    s.model = model
     steps = loop.Steps(s, run, steps_per_epoch, learns == "network")
     checkpointed = run.progress.state_dict()
     forward = ToRun.make(keras)(steps, s, keras, n_train, cfg.train.batch_size)

@@ -132,8 +132,10 @@ def start_info(s: Session, run: Run, task, threads: int, steps_per_epoch: int,
                describe: str | None = None) -> dict:
     return {"run_dir": str(run.dir), "params": run.summary["params"], "device": "cpu",
             "threads": threads, "describe": describe or task.describe(),
-            "rate_unit": task.rate_unit, "epochs": s.cfg.train.epochs,
-            "steps_per_epoch": steps_per_epoch, "start_epoch": run.progress.epoch}
+            "rate_unit": task.rate_unit, "epochs": s.cfg.train.epochs, "task": s.cfg.task,
+            "steps_per_epoch": steps_per_epoch, "start_epoch": run.progress.epoch,
+            "resumed": s.resume is not None, "start_step": run.progress.step,
+            "global_step": run.progress.global_step}
 
 
 def summary_facts(platform: dict, params: int, learned: int, chosen: tuple[str, str],

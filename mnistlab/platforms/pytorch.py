@@ -232,8 +232,11 @@ def _train(s: Session) -> None:
     bf16 = run.summary.get("precision", chosen.name) == "bf16"  # a resumed run keeps its own
     s.reporter.start({"run_dir": str(run.dir), "params": run.summary["params"], "device": str(device),
                       "threads": torch.get_num_threads(), "describe": task.describe(),
-                      "rate_unit": task.rate_unit, "epochs": cfg.train.epochs,
-                      "steps_per_epoch": steps_per_epoch, "start_epoch": state.epoch})
+                      "rate_unit": task.rate_unit, "epochs": cfg.train.epochs, "task": cfg.task,
+                      "steps_per_epoch": steps_per_epoch, "start_epoch": state.epoch,
+                      "resumed": s.resume is not None, "start_step": state.step,
+                      "global_step": state.global_step})
+    s.model = model
     channels_last = is_conv(model)
     body, train_x = model, None  # the first epoch may find a fitted first stage to run once
     losses: list[tuple[int, int, torch.Tensor]] = []  # (epoch, step, loss) not yet checked

@@ -23,7 +23,8 @@ from ..models import count_parameters
 from ..run import Progress, Session
 from ..tasks import build_task
 from ..tasks import get as task_class
-from . import frameworks, keras as kerasplatform, loop, saved
+from . import frameworks, loop, saved
+from . import keras as kerasplatform
 
 NAME = "tensorflow"
 SUFFIX = ".npz"
@@ -182,6 +183,7 @@ def _train(s: Session) -> None:
         s, run, task, threads, steps_per_epoch,
         f"{task.describe()}; TensorFlow {tf.__version__}, the traced step is a graph of "
         f"{graph['ops']} ops ({top}, ...)"))
+    s.model = getattr(learner, "model", None)  # a network's Keras model; variables otherwise
     steps = loop.Steps(s, run, steps_per_epoch, task.learns == "network")
     checkpointed = run.progress.state_dict()
     batch = cfg.train.batch_size

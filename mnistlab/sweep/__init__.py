@@ -27,7 +27,7 @@ from .spec import (
     split_values,
     train_command,
 )
-from .store import DONE, locked_index, read_index, scan, trial_states
+from .store import DONE, check_definition, locked_index, read_index, scan, trial_states
 from .summary import report_table, summarize, trial_table, write_report
 from .tpe import describe, proposals, run_search
 
@@ -48,6 +48,7 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
     from .. import tasks
 
     directory, trials = build_trials(sweep, max_trials)
+    check_definition(sweep, directory)  # before anything runs or is written: one folder, one sweep
     base = trials[0].cfg if trials else load_config(sweep.base, sweep.overrides)
     if sweep.tpe:  # the trials proposed so far; the search proposes the rest
         trials = [p.trial for p in proposals(sweep, directory)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shlex
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .. import files, lease, rundir
+from ..errors import SweepError
 from .spec import Sweep, Trial, train_command
 
 INDEX_FORMAT = "mnistlab-sweep"
@@ -165,8 +167,8 @@ def write_index(sweep: Sweep, directory: Path, trials: list[Trial], states: dict
             index["trials"][t.hash] = entry(sweep, t, states[t.hash], (errors or {}).get(t.hash))
 
 
-def write_definition(sweep: Sweep, directory: Path) -> None:
-    """sweep.yaml in the sweep directory: a sweep file that repeats this sweep from anywhere."""
+def definition(sweep: Sweep) -> dict:
+    """What sweep.yaml holds of a sweep: a sweep file that repeats it from anywhere."""
     raw = {"name": sweep.name, "base": str(Path(sweep.base).resolve())}
     if sweep.grid:
         raw["grid"] = sweep.grid
@@ -181,9 +183,52 @@ def write_definition(sweep: Sweep, directory: Path) -> None:
         raw["overrides"] = list(sweep.overrides)
     if sweep.executor:
         raw["executor"] = sweep.executor
-    head = "# written by mnistlab sweep: the last definition run here; repeat or report it with\n" \
+    return raw
+
+
+# what every trial of a sweep shares: a folder holds the trials of one base and overrides (a grid,
+# its seeds or a random block may grow or change: the sweep is extended, its trials stay apart)
+DEFINING = ("base", "overrides")
+
+
+def check_definition(sweep: Sweep, directory: Path) -> None:
+    """Refuse a sweep whose folder holds the trials of another base config or other overrides
+    (its sweep.yaml says which): two experiments would mix in one folder."""
+    path = directory / DEFINITION
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # none yet (or unreadable): this sweep's definition is written
+    if not isinstance(old, dict):
+        return
+    new = yaml.safe_load(yaml.safe_dump(definition(sweep)))  # as it would read back
+    differ = [key for key in DEFINING if old.get(key) != new.get(key)]
+    if not differ:
+        return
+    what = "; ".join(f"{key}: {_shown(old.get(key))} there, {_shown(new.get(key))} now"
+                     for key in differ)
+    raise SweepError(
+        f"{directory}: already holds the trials of sweep {old.get('name', sweep.name)!r} as its "
+        f"{DEFINITION} defines it, and this sweep differs ({what}). Its trials would mix with "
+        f"those in one folder, and {DEFINITION} would be overwritten, so nothing was run. Give "
+        "this sweep another name (--name NAME, or name: in the sweep file), or run the one there "
+        f"again with: mnistlab sweep {directory}")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value) or "none"
+    return json.dumps(value)
+
+
+def write_definition(sweep: Sweep, directory: Path) -> None:
+    """sweep.yaml in the sweep directory: a sweep file that repeats this sweep from anywhere."""
+    check_definition(sweep, directory)
+    head = "# written by mnistlab sweep: the definition run here; repeat or report it with\n" \
            f"#   mnistlab sweep {directory} --report\n"
-    text = head + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
+    text = head + yaml.safe_dump(definition(sweep), sort_keys=False, default_flow_style=None)
     with files.writing(directory):
         directory.mkdir(parents=True, exist_ok=True)
     path = directory / DEFINITION

@@ -54,7 +54,11 @@ def _optuna():
 
 def distributions(space: dict) -> dict:
     """Each key's Optuna distribution: a list is categorical (over its values as override text)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     out = {}
     for key, spec in space.items():

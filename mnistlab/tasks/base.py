@@ -100,6 +100,11 @@ class Task:
         return []
 
     @staticmethod
+    def show_step(record: dict, width: int) -> str:
+        """A line under an epoch's line, within width, of what its last step record holds ('': none)."""
+        return ""
+
+    @staticmethod
     def curve_notes(rows: list[dict], labels: list[str]) -> list[str]:
         """Sentences under the learning curves of these runs that explain what they show."""
         return []
@@ -108,3 +113,29 @@ class Task:
     def draw_result(ax, rows: list[dict], labels: list[str]) -> bool:
         """Beside the learning curves, what the runs' results show (False: nothing to draw)."""
         return False
+
+
+def flat(values) -> list[float]:
+    """A number, a list or a list of lists (row by row) as one list of numbers."""
+    if isinstance(values, (list, tuple)):
+        return [v for item in values for v in flat(item)]
+    return [values]
+
+
+def numbers(values, k: int | None = None) -> str:
+    """Numbers to 3 significant digits, the first k of them and '...' for the rest; one number bare."""
+    values = flat(values)
+    k = len(values) if k is None else k
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    text = ", ".join(f"{v:.3g}" for v in values[:k])
+    return f"[{text}{', ...' if k < len(values) else ''}]"
+
+
+def fitted(render, n: int, width: int) -> str:
+    """render(k) with the most numbers k (of n) per list that keeps it within width."""
+    for k in range(n, 1, -1):
+        text = render(k)
+        if len(text) <= width:
+            return text
+    return render(1)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DataError, did_you_mean
-from .base import Data, Task
+from .base import Data, Task, fitted, flat, numbers
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +84,14 @@ class Linreg(Task):
     @staticmethod
     def show_result(result):
         parts = [f"train MSE {result['train_mse']:.4g}, {result['lstsq_gap']:.2g} above least squares"]
+        if "lstsq_A" in result:  # the fit beside least squares', rounded, the first numbers of each
+            a, b = result["A"], result["B"]
+            shape = f" ({len(a)}x{len(a[0])})" if len(flat(a)) > 1 else ""
+            for name, mine, best, dim in (("A" + shape, a, result["lstsq_A"], len(flat(a))),
+                                          ("B", b, result["lstsq_B"], len(b))):
+                parts.append(fitted(lambda k, name=name, mine=mine, best=best:
+                                    f"{name} {numbers(mine, k)}, least squares {numbers(best, k)}",
+                                    dim, 76))
         if "A_max_error" in result:
             parts.append(f"max error of A {result['A_max_error']:.2g}, of B {result['B_max_error']:.2g}")
         return parts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .base import Data, Task
+from .base import Data, Task, fitted, numbers
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -72,15 +72,43 @@ class Quadratic(Task):
                 "grad_error": float((grad - 2 * x).abs().max())}  # autograd against the analytic 2x
 
     def result(self):
-        x = self.model.x.detach().cpu()
-        return {"x": x.tolist(), "f": float((x ** 2).sum()), "norm": float(x.norm())}
+        import torch
+
+        x = self.model.x.detach().cpu().clone().requires_grad_()
+        f = (x ** 2).sum()
+        (grad,) = torch.autograd.grad(f, x)  # at the final x, against the analytic 2x
+        x = x.detach()
+        return {"x": x.tolist(), "f": float(f.detach()), "norm": float(x.norm()), "grad": grad.tolist(),
+                "grad_error": float((grad - 2 * x).abs().max())}
 
     def describe(self):
-        return f"minimising f(x) = sum(x^2) from x0 = {self.x0}, one gradient step per epoch"
+        def text(x0):
+            return f"minimising f(x) = sum(x^2) from x0 = {x0}, one gradient step per epoch"
+
+        if len(text(self.x0)) <= 78:
+            return text(self.x0)
+        return fitted(lambda k: text(numbers(self.x0, k)), len(self.x0), 78)
 
     @staticmethod
     def show_result(result):
-        return [f"f(x) = {result['f']:.4g} at |x| = {result['norm']:.4g}"]
+        parts = [f"f(x) = {result['f']:.4g} at |x| = {result['norm']:.4g}"]
+        x = result["x"]
+        if "grad" in result:  # runs of older versions recorded only x, f and |x|
+            parts.append(fitted(lambda k: f"x = {numbers(x, k)}, autograd's gradient "
+                                          f"{numbers(result['grad'], k)}", len(x), 76))
+            parts.append(f"max |gradient - 2x| = {result['grad_error']:.2g}")
+        else:
+            parts.append(fitted(lambda k: f"x = {numbers(x, k)}", len(x), 76))
+        return parts
+
+    @staticmethod
+    def show_step(record, width):
+        """The step's x, autograd's gradient there and how far it is from the analytic 2x."""
+        if "grad" not in record:
+            return ""
+        x, grad = record["x"], record["grad"]
+        return fitted(lambda k: f"at x = {numbers(x, k)}: gradient {numbers(grad, k)}, "
+                                f"max |gradient - 2x| {record['grad_error']:.2g}", len(x), width)
 
     @staticmethod
     def steps_figure(traces: list[tuple]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...errors import ExecutorUnavailable, did_you_mean
 from .base import Executor, TrialSpec
 from .options import OPTIONS, VALUES
+
 EXTRAS = {"slurm": "submitit", "ray": "ray"}
 
 
