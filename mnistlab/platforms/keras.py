@@ -109,12 +109,13 @@ def network(keras, cfg: Config, info: dict, torch_model: torch.nn.Module, bf16: 
     else:
         pool = {"max": L.MaxPooling2D, "avg": L.AveragePooling2D, "none": None}[m.pool]
         for i, (c_out, stride) in enumerate(zip(m.channels, m.stride)):
+            whitened = i == 0 and m.first_conv == "whitened"  # fitted, frozen, without a bias
             if stride > 1:  # PyTorch's symmetric padding (TensorFlow's "same" pads one side more)
                 layers.append(L.ZeroPadding2D(m.kernel_size // 2, dtype=policy))
             layers.append(L.Conv2D(c_out, m.kernel_size, strides=stride,
                                    padding="valid" if stride > 1 else "same",
-                                   use_bias=not m.batch_norm, dtype=policy,
-                                   trainable=not (i == 0 and m.first_conv == "whitened")))
+                                   use_bias=not (m.batch_norm or whitened), dtype=policy,
+                                   trainable=not whitened))
             if m.batch_norm:  # PyTorch's momentum and epsilon
                 layers.append(L.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy))
             layers.append(L.Activation(m.activation, dtype=policy))
