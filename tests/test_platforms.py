@@ -140,7 +140,7 @@ def test_onecycle_lr_and_momentum_equal_pytorchs_step_by_step(name):
     w = torch.nn.Parameter(torch.zeros(2))
     opt = pytorch.build_optimizer(cfg.optim, [w])
     sched = pytorch.build_scheduler(cfg.optim, opt, 3, steps_per_epoch)
-    keras = frameworks.keras("tensorflow", 0)
+    keras = frameworks.keras("tensorflow", 1)  # the threads of every in-process test
     ours = kerasplatform.optimizer(keras, cfg, steps_per_epoch)
     cycled = loop.cycles_momentum(cfg.optim)
     assert cycled == (name != "sgd-plain") and bool(getattr(ours, "cycle", None)) == cycled
@@ -167,8 +167,8 @@ def test_keras_optimizers_follow_pytorchs_updates_under_each_schedule(name, sche
 
     from mnistlab.platforms import keras as kerasplatform, pytorch
 
-    tf = frameworks.tensorflow(0)
-    keras = frameworks.keras("tensorflow", 0)
+    tf = frameworks.tensorflow(1)
+    keras = frameworks.keras("tensorflow", 1)  # the threads of every in-process test
     cfg = optim_config({**OPTIMS[name], "lr": OPTIMS[name]["lr"] / 10}, schedule, epochs=2)
     rng = np.random.default_rng(0)
     x, y, w0 = (rng.standard_normal(s).astype(np.float32) for s in ((32, 5), (32, 3), (5, 3)))

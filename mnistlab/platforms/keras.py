@@ -224,13 +224,21 @@ def _as_torch(keras, base):
     class AsTorch(_with_l2(keras, base)):
         def __init__(self, cycle_steps: int = 0, **kwargs):
             super().__init__(**kwargs)
-            self.cycle_steps = cycle_steps
+            self.cycle_steps, self.mu = cycle_steps, None
             self.cycle = (_one_cycle(keras)(loop.MAX_MOMENTUM, loop.BASE_MOMENTUM,
                                             loop.MAX_MOMENTUM, cycle_steps)
                           if cycle_steps else None)
 
+        def _backend_update_step(self, grads, trainable_variables, learning_rate):
+            # this step's momentum, once for all the variables
+            self.mu = None if self.cycle is None else self.cycle(self.iterations)
+            try:
+                super()._backend_update_step(grads, trainable_variables, learning_rate)
+            finally:
+                self.mu = None
+
         def momentum_now(self, fixed):
-            return fixed if self.cycle is None else self.cycle(self.iterations)
+            return fixed if self.mu is None else self.mu
 
         def update_step(self, gradient, variable, learning_rate):
             ops = keras.ops
@@ -255,7 +263,7 @@ def _as_torch(keras, base):
                     self.assign(buf, ops.add(ops.multiply(buf, mu), g))
                     g = buf
                 self.assign_sub(variable, ops.multiply(g, lr))
-            elif self.cycle is not None:  # Adam, AdamW: Keras's update with this step's beta1
+            elif self.mu is not None:  # Adam, AdamW: Keras's update with this step's beta1
                 fixed, self.beta_1 = self.beta_1, self.momentum_now(self.beta_1)
                 try:
                     super().update_step(gradient, variable, learning_rate)
