@@ -71,8 +71,8 @@ def one_run(net: str, label: str, seed: int, args, folder: Path) -> dict:
     epochs = args.epochs or {"dense": 3, "conv": 2}[net]
     argv = [sys.executable, "-m", "mnistlab", "train", str(ROOT / "configs" / CONFIGS[net]),
             *PLATFORMS[label], "data.name=fashion-mnist", f"train.epochs={epochs}",
-            f"train.seed={seed}", f"train.precision={args.precision}", f"runs_dir={runs}",
-            "--quiet"]
+            f"train.seed={seed}", f"train.precision={args.precision}",
+            f"train.threads={args.threads}", f"runs_dir={runs}", "--quiet"]
     if args.train_samples:
         argv.append(f"data.train_samples={args.train_samples}")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -131,6 +131,8 @@ def main() -> None:
                         help="also keras.backend=torch and jax on the conv net (slow)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                         help="fp32 (default): this compares platforms, not precisions")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="train.threads of every run (0: one per core)")
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--wait", type=float, default=15.0, help="minutes to wait for the load")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
@@ -162,7 +164,8 @@ def main() -> None:
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in end_load)}")
     print(f"Fashion-MNIST, {samples[0]:,} training images, epochs: "
           + ", ".join(f"{n} {'/'.join(map(str, e))}" for n, e in epochs.items())
-          + f", seeds {args.seeds}, precision {args.precision}, {time.perf_counter() - t0:.0f} s in all")
+          + f", seeds {args.seeds}, precision {args.precision}, threads {args.threads or 'one per core'}, "
+          f"{time.perf_counter() - t0:.0f} s in all")
     print("versions: " + "; ".join(f"{k} {v['name']} {v['version']}" for k, v in facts.items()))
     if end_load[0] > args.max_load:
         notes.append(f"the load average was {end_load[0]:.2f} (> {args.max_load}) at the end")

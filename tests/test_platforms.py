@@ -339,7 +339,9 @@ for platform, backend, kind in {runs}:
 ])
 def test_the_import_orders_shipped_do_not_crash(runs, tiny_data, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path, train={"epochs": 1})))
+    # onecycle: mnistlab's Keras optimizers and schedule on each backend's own train step
+    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path, optim={"schedule": "onecycle"},
+                                          train={"epochs": 1})))
     proc = subprocess.run([sys.executable, "-c", SCRIPT.format(runs=runs), str(path)], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -381,3 +383,41 @@ def test_the_shipped_configs_train_as_written_on_fashion_mnist(platform, config_
                      "train.epochs=1", f"runs_dir={tmp_path / 'runs'}"])
     assert summary["status"] == "completed"
     assert summary["final"]["test"]["accuracy"] > 0.7  # torch: 77.5% (cnn.yaml), 22 steps
+
+
+DOC = ROOT / "docs" / "platforms.md"
+
+
+def doc_blocks(marker: str) -> list[tuple[str, list[str]]]:
+    """(what follows the marker, the code block's lines) of each <!-- MARKER: ... --> in the doc."""
+    lines, out = DOC.read_text().splitlines(), []
+    for i, line in enumerate(lines):
+        if line.startswith(f"<!-- {marker}: "):
+            start = i + 2  # the line after the marker opens the block
+            end = lines.index("```", start)
+            out.append((line[len(f"<!-- {marker}: "):-len(" -->")], lines[start:end]))
+    return out
+
+
+def test_the_docs_excerpts_are_lines_of_the_modules_in_order():
+    blocks = doc_blocks("excerpt")
+    assert {name for name, _ in blocks} >= {"mnistlab/models.py", "mnistlab/platforms/pytorch.py",
+                                            "mnistlab/platforms/keras.py",
+                                            "mnistlab/platforms/tensorflow.py",
+                                            "mnistlab/platforms/jax.py"}
+    for name, block in blocks:
+        source = [line.strip() for line in (ROOT / name).read_text().splitlines()]
+        at = 0
+        for line in block:
+            if line.strip() in ("", "..."):
+                continue
+            assert line.strip() in source[at:], f"docs/platforms.md: not in {name} (in order): {line}"
+            at = source.index(line.strip(), at) + 1
+
+
+def test_the_docs_tf1_snippet_runs_and_prints_177():
+    [(_, snippet)] = doc_blocks("snippet")
+    proc = subprocess.run([sys.executable, "-c", "\n".join(snippet)], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["177"]
