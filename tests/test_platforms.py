@@ -113,8 +113,87 @@ def test_linear_regression_gets_close_to_least_squares(platform, tmp_path):
     assert summary["result"]["lstsq_gap"] < 1e-4 and summary["result"]["A_max_error"] < 0.05
 
 
+OPTIMS = {  # dense.yaml's, cnn.yaml's, and the other optimizers with a momentum to cycle
+    "adamw": {"name": "adamw", "lr": 0.003, "weight_decay": 0.0005},
+    "sgd-nesterov": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True,
+                     "weight_decay": 0.0005},
+    "rmsprop": {"name": "rmsprop", "lr": 0.001, "momentum": 0.5},
+    "adam-l2": {"name": "adam", "lr": 0.01, "weight_decay": 0.001},
+    "sgd-plain": {"name": "sgd", "lr": 0.1},
+}
+
+
+def optim_config(optim: dict, schedule: str, epochs: int = 3):
+    from mnistlab.config import config_from_dict
+
+    return config_from_dict({"optim": {**optim, "schedule": schedule}, "train": {"epochs": epochs}})
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd-nesterov", "sgd-plain"])
+def test_onecycle_lr_and_momentum_equal_pytorchs_step_by_step(name):
+    import torch
+
+    from mnistlab.platforms import keras as kerasplatform, loop, pytorch
+
+    cfg = optim_config(OPTIMS[name], "onecycle", epochs=3)
+    steps_per_epoch = 100  # 300 steps
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = pytorch.build_optimizer(cfg.optim, [w])
+    sched = pytorch.build_scheduler(cfg.optim, opt, 3, steps_per_epoch)
+    keras = frameworks.keras("tensorflow", 1)  # the threads of every in-process test
+    ours = kerasplatform.optimizer(keras, cfg, steps_per_epoch)
+    cycled = loop.cycles_momentum(cfg.optim)
+    assert cycled == (name != "sgd-plain") and bool(getattr(ours, "cycle", None)) == cycled
+    for step in range(301):
+        group = opt.param_groups[0]
+        momentum = group["betas"][0] if "betas" in group else group["momentum"]
+        assert loop.lr_at(cfg, step, steps_per_epoch) == pytest.approx(group["lr"], abs=1e-12)
+        lr = float(ours.learning_rate) if step == 0 else float(ours._learning_rate(step))
+        assert lr == pytest.approx(group["lr"], abs=1e-7), step
+        if cycled:
+            assert float(ours.cycle(step)) == pytest.approx(momentum, abs=1e-7), step
+        if step < 300:
+            opt.step()
+            sched.step()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMS))
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step"])
+def test_keras_optimizers_follow_pytorchs_updates_under_each_schedule(name, schedule):
+    """A least-squares fit stepped by PyTorch's optimizer and schedule, and by the Keras optimizer
+    mnistlab builds for the same config (gradients from tf.GradientTape): the same weights."""
+    import numpy as np
+    import torch
+
+    from mnistlab.platforms import keras as kerasplatform, pytorch
+
+    tf = frameworks.tensorflow(1)
+    keras = frameworks.keras("tensorflow", 1)  # the threads of every in-process test
+    cfg = optim_config({**OPTIMS[name], "lr": OPTIMS[name]["lr"] / 10}, schedule, epochs=2)
+    rng = np.random.default_rng(0)
+    x, y, w0 = (rng.standard_normal(s).astype(np.float32) for s in ((32, 5), (32, 3), (5, 3)))
+    w = torch.nn.Parameter(torch.from_numpy(w0.copy()))
+    opt = pytorch.build_optimizer(cfg.optim, [w])
+    sched = pytorch.build_scheduler(cfg.optim, opt, 2, 30)
+    v = tf.Variable(w0.copy())
+    ours = kerasplatform.optimizer(keras, cfg, 30)
+    for _ in range(60):
+        loss = ((torch.from_numpy(x) @ w - torch.from_numpy(y)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((x @ v - y) ** 2)
+        ours.apply_gradients([(tape.gradient(loss, v), v)])
+    assert not np.allclose(w.detach().numpy(), w0, atol=1e-3)
+    np.testing.assert_allclose(v.numpy(), w.detach().numpy(), rtol=2e-4, atol=2e-5)
+
+
 def test_until_epoch_then_resume_equals_a_straight_keras_run(tiny_data, tmp_path):
-    cfg = config(tiny_data, tmp_path, platform="keras", train={"epochs": 3, "precision": "fp32"})
+    # onecycle: the lr and beta1 go on from the optimizer's step saved in the .keras file
+    cfg = config(tiny_data, tmp_path, platform="keras", optim={"schedule": "onecycle"},
+                 train={"epochs": 3, "precision": "fp32"})
     straight = train(cfg)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**cfg, "runs_dir": str(tmp_path / "split")}))
@@ -185,7 +264,8 @@ def test_runs_compare_and_plot_read_a_mixed_set(tiny_data, tmp_path, torch_run):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (["platform=keras", "optim.schedule=onecycle"], ["optim.schedule", "Keras", "cosine"]),
+    (["platform=keras", "task=quadratic"], ["task", "Keras", "platform=tensorflow"]),
+    (["platform=jax", "task=quadratic", "optim.schedule=onecycle"], ["optim.schedule", "jax"]),
     (["platform=keras", "optim.name=manual"], ["optim.name", "Keras", "sgd"]),
     (["platform=tensorflow", "model.kind=module", "model.module=MODULE"], ["model.kind", "platform=torch"]),
     (["platform=jax"], ["platform", "keras.backend=jax"]),
@@ -259,7 +339,9 @@ for platform, backend, kind in {runs}:
 ])
 def test_the_import_orders_shipped_do_not_crash(runs, tiny_data, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path, train={"epochs": 1})))
+    # onecycle: mnistlab's Keras optimizers and schedule on each backend's own train step
+    path.write_text(yaml.safe_dump(config(tiny_data, tmp_path, optim={"schedule": "onecycle"},
+                                          train={"epochs": 1})))
     proc = subprocess.run([sys.executable, "-c", SCRIPT.format(runs=runs), str(path)], env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -304,9 +386,51 @@ def test_a_sweep_takes_platform_as_a_grid_axis(tiny_data, tmp_path):
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
-def test_keras_dense_on_fashion_mnist_is_sane(tmp_path):
-    summary = train(ROOT / "configs" / "dense.yaml",
-                    ["platform=keras", "data.name=fashion-mnist", "train.epochs=1",
-                     "optim.schedule=cosine", f"runs_dir={tmp_path / 'runs'}"])
+@pytest.mark.parametrize("platform, config_file", [
+    ("keras", "dense.yaml"), ("tensorflow", "dense.yaml"), ("tensorflow", "cnn.yaml")])
+def test_the_shipped_configs_train_as_written_on_fashion_mnist(platform, config_file, tmp_path):
+    """The issue's commands, onecycle and cnn.yaml's whitened first conv included, on a tenth of
+    the data for one epoch."""
+    summary = train(ROOT / "configs" / config_file,
+                    [f"platform={platform}", "data.name=fashion-mnist", "data.train_samples=6000",
+                     "train.epochs=1", f"runs_dir={tmp_path / 'runs'}"])
     assert summary["status"] == "completed"
-    assert summary["final"]["test"]["accuracy"] > 0.8
+    assert summary["final"]["test"]["accuracy"] > 0.7  # torch: 77.5% (cnn.yaml), 22 steps
+
+
+DOC = ROOT / "docs" / "platforms.md"
+
+
+def doc_blocks(marker: str) -> list[tuple[str, list[str]]]:
+    """(what follows the marker, the code block's lines) of each <!-- MARKER: ... --> in the doc."""
+    lines, out = DOC.read_text().splitlines(), []
+    for i, line in enumerate(lines):
+        if line.startswith(f"<!-- {marker}: "):
+            start = i + 2  # the line after the marker opens the block
+            end = lines.index("```", start)
+            out.append((line[len(f"<!-- {marker}: "):-len(" -->")], lines[start:end]))
+    return out
+
+
+def test_the_docs_excerpts_are_lines_of_the_modules_in_order():
+    blocks = doc_blocks("excerpt")
+    assert {name for name, _ in blocks} >= {"mnistlab/models.py", "mnistlab/platforms/pytorch.py",
+                                            "mnistlab/platforms/keras.py",
+                                            "mnistlab/platforms/tensorflow.py",
+                                            "mnistlab/platforms/jax.py"}
+    for name, block in blocks:
+        source = [line.strip() for line in (ROOT / name).read_text().splitlines()]
+        at = 0
+        for line in block:
+            if line.strip() in ("", "..."):
+                continue
+            assert line.strip() in source[at:], f"docs/platforms.md: not in {name} (in order): {line}"
+            at = source.index(line.strip(), at) + 1
+
+
+def test_the_docs_tf1_snippet_runs_and_prints_177():
+    [(_, snippet)] = doc_blocks("snippet")
+    proc = subprocess.run([sys.executable, "-c", "\n".join(snippet)], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["177"]

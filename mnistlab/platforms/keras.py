@@ -11,6 +11,7 @@ a resume from an epoch's checkpoint (a .keras file with the optimizer's state) i
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -51,10 +52,6 @@ def shared_problems(cfg: Config, who: str, optimizers: bool) -> list[str]:
     if learns == "network" and m.kind == "module":
         out.append(f"model.kind: module is a PyTorch nn.Module class, which {who} cannot run; "
                    "use model.kind=dense or conv, or platform=torch")
-    if o.schedule == "onecycle":
-        out.append(f"optim.schedule: onecycle on PyTorch also cycles the momentum (0.95 to 0.85 "
-                   f"and back), which {who}'s optimizers cannot follow; use optim.schedule=cosine, "
-                   "step or none (or platform=torch)")
     if optimizers and o.name == "manual":
         out.append(f"optim.name: manual writes x <- x - lr * grad by hand, which {who}'s fit does "
                    "not; use optim.name=sgd (the same update with no momentum), or "
@@ -109,12 +106,13 @@ def network(keras, cfg: Config, info: dict, torch_model: torch.nn.Module, bf16: 
     else:
         pool = {"max": L.MaxPooling2D, "avg": L.AveragePooling2D, "none": None}[m.pool]
         for i, (c_out, stride) in enumerate(zip(m.channels, m.stride)):
+            whitened = i == 0 and m.first_conv == "whitened"  # fitted, frozen, without a bias
             if stride > 1:  # PyTorch's symmetric padding (TensorFlow's "same" pads one side more)
                 layers.append(L.ZeroPadding2D(m.kernel_size // 2, dtype=policy))
             layers.append(L.Conv2D(c_out, m.kernel_size, strides=stride,
                                    padding="valid" if stride > 1 else "same",
-                                   use_bias=not m.batch_norm, dtype=policy,
-                                   trainable=not (i == 0 and m.first_conv == "whitened")))
+                                   use_bias=not (m.batch_norm or whitened), dtype=policy,
+                                   trainable=not whitened))
             if m.batch_norm:  # PyTorch's momentum and epsilon
                 layers.append(L.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy))
             layers.append(L.Activation(m.activation, dtype=policy))
@@ -173,10 +171,11 @@ def _with_l2(keras, base):
             self.l2 = l2
 
         def apply(self, grads, trainable_variables=None):
-            variables = (self._trainable_variables if trainable_variables is None
-                         else list(trainable_variables))
-            grads = [g if g is None else g + self.l2 * keras.ops.convert_to_tensor(v)
-                     for g, v in zip(grads, variables)]
+            if self.l2:
+                variables = (self._trainable_variables if trainable_variables is None
+                             else list(trainable_variables))
+                grads = [g if g is None else g + self.l2 * keras.ops.convert_to_tensor(v)
+                         for g, v in zip(grads, variables)]
             return super().apply(grads, trainable_variables)
 
         def get_config(self):
@@ -185,36 +184,144 @@ def _with_l2(keras, base):
     return WithL2
 
 
+@functools.cache
+def _one_cycle(keras):
+    """PyTorch's OneCycleLR as a Keras schedule of the optimizer's step (loop.one_cycle_at in
+    keras.ops, so that it runs inside fit's traced step on every backend)."""
+
+    @keras.saving.register_keras_serializable(package="mnistlab", name="OneCycle")
+    class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, start: float, peak: float, end: float, total_steps: int):
+            self.start, self.peak, self.end, self.total_steps = start, peak, end, total_steps
+
+        def __call__(self, step):
+            ops = keras.ops
+            up_end = float(loop.PCT_START * self.total_steps) - 1
+            step = ops.cast(step, "float32")
+            up = ops.less_equal(step, up_end)
+            pct = ops.where(up, step / up_end, (step - up_end) / (self.total_steps - 1 - up_end))
+            a = ops.where(up, self.start, self.peak)
+            b = ops.where(up, self.peak, self.end)
+            return b + (a - b) / 2.0 * (ops.cos(math.pi * pct) + 1)
+
+        def get_config(self):
+            return {"start": self.start, "peak": self.peak, "end": self.end,
+                    "total_steps": self.total_steps}
+
+    return OneCycle
+
+
+@functools.cache
+def _as_torch(keras, base):
+    """An optimizer class that updates as PyTorch's does where Keras's differs: sgd and rmsprop
+    apply the lr to the whole momentum buffer (Keras folds each step's lr into its velocity, the
+    same only while the lr is constant) and rmsprop adds eps after the square root; with
+    cycle_steps, onecycle's momentum (beta1 for Adam) follows the lr's cycle, as OneCycleLR sets
+    it before each of PyTorch's steps. PyTorch's L2 weight_decay as in _with_l2."""
+    k = keras.optimizers
+
+    @keras.saving.register_keras_serializable(package="mnistlab", name=f"{base.__name__}AsTorch")
+    class AsTorch(_with_l2(keras, base)):
+        def __init__(self, cycle_steps: int = 0, **kwargs):
+            super().__init__(**kwargs)
+            self.cycle_steps, self.mu = cycle_steps, None
+            self.cycle = (_one_cycle(keras)(loop.MAX_MOMENTUM, loop.BASE_MOMENTUM,
+                                            loop.MAX_MOMENTUM, cycle_steps)
+                          if cycle_steps else None)
+
+        def _backend_update_step(self, grads, trainable_variables, learning_rate):
+            # this step's momentum, once for all the variables
+            self.mu = None if self.cycle is None else self.cycle(self.iterations)
+            try:
+                super()._backend_update_step(grads, trainable_variables, learning_rate)
+            finally:
+                self.mu = None
+
+        def momentum_now(self, fixed):
+            return fixed if self.mu is None else self.mu
+
+        def update_step(self, gradient, variable, learning_rate):
+            ops = keras.ops
+            lr = ops.cast(learning_rate, variable.dtype)
+            g = ops.cast(gradient, variable.dtype)
+            i = self._get_variable_index(variable)
+            if base is k.SGD:
+                if self.momentum != 0:
+                    mu = ops.cast(self.momentum_now(self.momentum), variable.dtype)
+                    buf = self.momentums[i]
+                    self.assign(buf, ops.add(ops.multiply(buf, mu), g))
+                    g = ops.add(g, ops.multiply(buf, mu)) if self.nesterov else buf
+                self.assign_sub(variable, ops.multiply(g, lr))
+            elif base is k.RMSprop:
+                square_avg = self._velocities[i]
+                self.assign(square_avg, ops.add(ops.multiply(square_avg, self.rho),
+                                                ops.multiply(ops.square(g), 1 - self.rho)))
+                g = ops.divide(g, ops.add(ops.sqrt(square_avg), self.epsilon))
+                if self.momentum > 0:
+                    mu = ops.cast(self.momentum_now(self.momentum), variable.dtype)
+                    buf = self._momentums[i]
+                    self.assign(buf, ops.add(ops.multiply(buf, mu), g))
+                    g = buf
+                self.assign_sub(variable, ops.multiply(g, lr))
+            elif self.mu is not None:  # Adam, AdamW: Keras's update with this step's beta1
+                fixed, self.beta_1 = self.beta_1, self.momentum_now(self.beta_1)
+                try:
+                    super().update_step(gradient, variable, learning_rate)
+                finally:
+                    self.beta_1 = fixed
+            else:
+                super().update_step(gradient, variable, learning_rate)
+
+        def get_config(self):
+            return {**super().get_config(), "cycle_steps": self.cycle_steps}
+
+    return AsTorch
+
+
 def custom_objects(keras) -> dict:
     bases = (keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.RMSprop,
-             keras.optimizers.Adadelta)
-    return {f"mnistlab>{b.__name__}L2": _with_l2(keras, b) for b in bases}
+             keras.optimizers.Adadelta, keras.optimizers.AdamW)
+    out = {f"mnistlab>{b.__name__}L2": _with_l2(keras, b) for b in bases}
+    out.update({f"mnistlab>{b.__name__}AsTorch": _as_torch(keras, b) for b in bases})
+    return {**out, "mnistlab>OneCycle": _one_cycle(keras)}
 
 
 def schedule(keras, cfg: Config, steps_per_epoch: int):
-    """PyTorch's schedules, stepped every batch, as Keras schedules (onecycle is refused)."""
+    """PyTorch's schedules, stepped every batch, as Keras schedules of the optimizer's step."""
     o = cfg.optim
+    total = cfg.train.epochs * steps_per_epoch
     if o.schedule == "step":
         return keras.optimizers.schedules.ExponentialDecay(
             o.lr, o.step_size * steps_per_epoch, o.gamma, staircase=True)
     if o.schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(o.lr, cfg.train.epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(o.lr, total)
+    if o.schedule == "onecycle":
+        return _one_cycle(keras)(*loop.one_cycle(o, total)["lr"], total)
     return o.lr
 
 
 def optimizer(keras, cfg: Config, steps_per_epoch: int):
-    """The config's optimizer with PyTorch's defaults (eps, rho) where Keras's differ."""
+    """The config's optimizer with PyTorch's defaults (eps, rho) where Keras's differ; sgd and
+    rmsprop (and any optimizer under onecycle) through _as_torch."""
     o = cfg.optim
     lr, s = schedule(keras, cfg, steps_per_epoch), optimizer_settings(o)
     k = keras.optimizers
+    cycle_steps = (cfg.train.epochs * steps_per_epoch
+                   if o.schedule == "onecycle" and loop.cycles_momentum(o) else 0)
     if o.name == "adamw":
-        return k.AdamW(lr, weight_decay=s["weight_decay"], epsilon=1e-8)
+        kwargs = {"weight_decay": s["weight_decay"], "epsilon": 1e-8}
+        if cycle_steps:
+            return _as_torch(keras, k.AdamW)(cycle_steps=cycle_steps, learning_rate=lr, **kwargs)
+        return k.AdamW(lr, **kwargs)
     base, kwargs = {
         "sgd": (k.SGD, {"momentum": s.get("momentum", 0.0), "nesterov": s.get("nesterov", False)}),
         "adam": (k.Adam, {"epsilon": 1e-8}),
         "rmsprop": (k.RMSprop, {"rho": 0.99, "momentum": s.get("momentum", 0.0), "epsilon": 1e-8}),
         "adadelta": (k.Adadelta, {"rho": 0.9, "epsilon": 1e-6}),
     }[o.name]
+    if base in (k.SGD, k.RMSprop) or cycle_steps:
+        return _as_torch(keras, base)(cycle_steps=cycle_steps, l2=s.get("weight_decay", 0.0),
+                                      learning_rate=lr, **kwargs)
     if s.get("weight_decay"):
         return _with_l2(keras, base)(l2=s["weight_decay"], learning_rate=lr, **kwargs)
     return base(lr, **kwargs)

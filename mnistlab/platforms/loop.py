@@ -11,7 +11,7 @@ import time
 import torch
 
 from ..compute import evaluate
-from ..config import Config
+from ..config import Config, optimizer_settings
 from ..run import Run, Session, check_divergence, scores
 from . import saved
 
@@ -116,15 +116,46 @@ def steps_per_epoch(cfg: Config, n_train: int) -> int:
     return math.ceil(n_train / cfg.train.batch_size)
 
 
+# PyTorch's OneCycleLR defaults, which the torch platform's onecycle schedule uses
+PCT_START, DIV_FACTOR, FINAL_DIV_FACTOR = 0.3, 25.0, 1e4
+BASE_MOMENTUM, MAX_MOMENTUM = 0.85, 0.95
+
+
+def cycles_momentum(o) -> bool:
+    """Whether onecycle also cycles the momentum (beta1 for Adam): only where there is one, so
+    that plain SGD never becomes momentum SGD."""
+    return o.name in ("adam", "adamw") or optimizer_settings(o).get("momentum", 0) > 0
+
+
+def one_cycle(o, total: int) -> dict:
+    """The lr's and the momentum's (start, peak, end) of OneCycleLR for the optimizer's config."""
+    start = o.lr / DIV_FACTOR
+    return {"lr": (start, o.lr, start / FINAL_DIV_FACTOR),
+            "momentum": (MAX_MOMENTUM, BASE_MOMENTUM, MAX_MOMENTUM), "total": total}
+
+
+def one_cycle_at(step: int, total: int, start: float, peak: float, end: float) -> float:
+    """OneCycleLR's value after `step` updates (two phases, cosine annealing), as PyTorch
+    computes it: start to peak until step 0.3 * total - 1, then peak to end at step total - 1."""
+    up_end = float(PCT_START * total) - 1
+    if step <= up_end:
+        pct, a, b = step / up_end, start, peak
+    else:
+        pct, a, b = (step - up_end) / (total - 1 - up_end), peak, end
+    return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
 def lr_at(cfg: Config, steps_done: int, steps_per_epoch: int) -> float:
-    """The learning rate of the next update after steps_done updates: PyTorch's none, step and
-    cosine schedules, as closed forms."""
+    """The learning rate of the next update after steps_done updates: PyTorch's none, step,
+    cosine and onecycle schedules, as closed forms."""
     o = cfg.optim
+    total = cfg.train.epochs * steps_per_epoch
     if o.schedule == "step":
         return o.lr * o.gamma ** (steps_done // (o.step_size * steps_per_epoch))
     if o.schedule == "cosine":
-        total = cfg.train.epochs * steps_per_epoch
         return o.lr * 0.5 * (1 + math.cos(math.pi * min(steps_done, total) / total))
+    if o.schedule == "onecycle":
+        return one_cycle_at(steps_done, total, *one_cycle(o, total)["lr"])
     return o.lr
 
 

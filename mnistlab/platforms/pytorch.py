@@ -19,6 +19,7 @@ from ..config import Config, OptimConfig, optimizer_settings
 from ..models import count_parameters, fit_whitening, frozen_head
 from ..run import Run, Session, check_divergence, scores
 from ..tasks import TASKS, Task, build_task
+from . import loop
 
 NAME = "torch"
 SUFFIX = ".pt"
@@ -115,10 +116,9 @@ def build_scheduler(cfg: OptimConfig, optimizer, epochs: int, steps_per_epoch: i
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     if cfg.schedule == "onecycle":
-        # cycle the momentum only where there is one: never turn plain SGD into momentum SGD
-        cycle = cfg.name in ("adam", "adamw") or optimizer_settings(cfg).get("momentum", 0) > 0
+        # PyTorch's defaults (loop.py names them for the other platforms)
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total,
-                                                   cycle_momentum=cycle)
+                                                   cycle_momentum=loop.cycles_momentum(cfg))
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
