@@ -71,5 +71,7 @@ def test_a_sweep_interrupted_with_ctrl_c_in_a_terminal_exits_130_without_a_trace
     started = re.search(r"stopped the (\d) trials? of this sweep that had started", message)
     waiting = re.search(r"(\d) queued trials? had not started", message)
     assert started and waiting, message
-    done = len(re.findall(r"\bcompleted lr-", out))  # one or, on a loaded machine, more
-    assert 1 <= int(started.group(1)) <= 2 and int(started.group(1)) + int(waiting.group(1)) == 6 - done
+    # at least one trial completed before the signal (on a loaded machine another may complete
+    # as it lands): the rest are the started ones (at most the two jobs) and the queued ones
+    assert 1 <= int(started.group(1)) <= 2 and int(waiting.group(1)) >= 1
+    assert int(started.group(1)) + int(waiting.group(1)) <= 5
