@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -156,9 +157,28 @@ class Commands(TyperGroup):
             error = disk_error(Path(e.filename or "a file"), e)
             raise fail(error.message(), error.exit_code) from None
         except Exception as e:
+            if hasattr(e, "option_name") and hasattr(e, "possibilities"):  # (Typer's) NoSuchOption
+                setting_hint(e, sys.argv)
             if not is_bug(e):
                 raise
             raise report_bug(e, _debug(ctx)) from None
+
+
+def setting_hint(e: Exception, argv: list[str]) -> None:
+    """An option that is a config setting (--epochs 3) points at its override (train.epochs=3),
+    not at an option whose name looks alike (--until-epoch)."""
+    from .config import ALL_KEYS
+
+    name = e.option_name.lstrip("-").split("=")[0].replace("-", "_")
+    keys = [k for k in ALL_KEYS if k.rsplit(".", 1)[-1] == name or k == name]
+    if len(keys) != 1:
+        return
+    given = next((a.split("=", 1)[1] for a in argv if a.startswith(e.option_name + "=")), None)
+    if given is None and e.option_name in argv and argv.index(e.option_name) + 1 < len(argv):
+        given = argv[argv.index(e.option_name) + 1]
+    e.possibilities = []
+    e.message = (f"No such option: {e.option_name}. Settings are key=value overrides after the "
+                 f"config: {keys[0]}={given if given and not given.startswith('-') else 'VALUE'}")
 
 
 def _debug(ctx) -> bool:

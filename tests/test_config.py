@@ -1,5 +1,8 @@
 """Config loading, overrides and the errors a user sees."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +10,13 @@ import yaml
 from typer.testing import CliRunner
 
 from mnistlab.cli import app
-from mnistlab.config import ConfigError, apply_overrides, config_hash, load_config, to_yaml
+from mnistlab.config import (
+    ConfigError,
+    apply_overrides,
+    config_hash,
+    load_config,
+    to_yaml,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -168,3 +177,15 @@ def test_a_scalar_grid_value_is_one_point_and_list_elements_are_values(tmp_path)
     spec.write_text(f"base: {base}\ngrid:\n  quadratic.x0: 5\n  optim.lr: [0.1, 0.2]\n")
     _, trials = build_trials(read_sweep(spec))
     assert sorted((t.cfg.quadratic.x0, t.cfg.optim.lr) for t in trials) == [([5.0], 0.1), ([5.0], 0.2)]
+
+
+def test_a_setting_typed_as_an_option_points_at_its_override(tmp_path):
+    """`train ... --epochs 3` suggested --until-epoch; it is the setting train.epochs."""
+    config = ROOT / "configs" / "dense.yaml"
+    for args, hint in ((["--epochs", "3"], "train.epochs=3"), (["--lr=0.1"], "optim.lr=0.1"),
+                       (["--batch-size", "64"], "train.batch_size=64")):
+        result = subprocess.run([sys.executable, "-m", "mnistlab", "train", str(config), *args],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                                env={**os.environ, "COLUMNS": "200"})
+        assert result.returncode == 2 and hint in result.stderr, result.stderr
+        assert "--until-epoch" not in result.stderr and "Traceback" not in result.stderr
