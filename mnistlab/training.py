@@ -9,6 +9,8 @@ import signal
 import threading
 from pathlib import Path
 
+import torch
+
 from . import checkpoint, files, platforms, rundir, usermodel
 from .config import Config, config_from_dict, config_hash
 from .errors import ConfigError, Diverged, Interrupted, MnistlabError, RunError
@@ -90,6 +92,7 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
         until = cfg.train.epochs if until_epoch is None else min(until_epoch, cfg.train.epochs)
         session = Session(cfg, reporter or Silent(), resume, source, stop, run_dir, lease, until,
                           trust_run_code)
+        threads = torch.get_num_threads()  # train.threads is this run's, not the caller's
         try:
             platform.train(session)
         except KeyboardInterrupt:
@@ -107,6 +110,8 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
                 session.run.finish("failed", e.message() if isinstance(e, MnistlabError)
                                    else f"{type(e).__name__}: {e}")
             raise
+        finally:
+            torch.set_num_threads(threads)
         return TrainResult(session.run.finish("paused" if until < cfg.train.epochs else "completed"),
                            session.model)
 

@@ -137,6 +137,11 @@ def keras(backend: str, threads: int, extra: str = "keras"):
     return k
 
 
+def cpus() -> int:
+    """The CPUs this process may run on: what a framework uses when train.threads is 0."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def jax(threads: int, extra: str = "jax"):
     """JAX, its CPU threads limited by CPU affinity (its XLA flags are ignored on this CPU)."""
     if threads and "jax" not in sys.modules and hasattr(os, "sched_setaffinity"):

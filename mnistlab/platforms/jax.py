@@ -7,12 +7,10 @@ Checkpoints: last-eN.npz beside last.json (the parameters and the momentum buffe
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 
-from .. import files, rundir
+from .. import rundir
 from ..config import Config, optimizer_settings
 from ..errors import CheckpointError
 from ..run import Progress, Session
@@ -145,16 +143,16 @@ def train(session: Session) -> None:
     if s.resume is None:
         params = sum(int(np.prod(v.shape)) for v in learner.params.values())
         env = {**rundir.environment("cpu", cfg.train.seed),
-               "threads": cfg.train.threads or cpus(), "framework": facts()}
+               "threads": cfg.train.threads or frameworks.cpus(), "framework": facts()}
         run = s.open(loop.summary_facts(facts(), params, params, chosen, steps_per_epoch, task),
                      Progress(), env)
         save_checkpoint(run, cfg, task, learner)  # epoch 0
     else:
         ckpt = saved.load(saved.path(s.resume, "last"))
-        learner.load_arrays(load_arrays(ckpt), ckpt["weights_path"])
+        learner.load_arrays(saved.read_npz(ckpt), ckpt["weights_path"])
         run = s.reopen(saved.progress_of(ckpt))
     predictor = saved.Predictor(learner.predict)
-    s.reporter.start(loop.start_info(s, run, task, cfg.train.threads or cpus(),
+    s.reporter.start(loop.start_info(s, run, task, cfg.train.threads or frameworks.cpus(),
                                      steps_per_epoch, f"{task.describe()}; JAX {jax.__version__}"))
     steps = loop.Steps(s, run, steps_per_epoch, False)
     checkpointed = run.progress.state_dict()
@@ -192,25 +190,6 @@ def train(session: Session) -> None:
     run.summary["result"] = task.result()
 
 
-def cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def save_checkpoint(run, cfg: Config, task, learner: Learner) -> None:
-    def write(path):
-        buffer = io.BytesIO()
-        np.savez(buffer, **learner.arrays())
-        files.atomic_write_bytes(path, buffer.getvalue())
-
-    saved.save(run.dir, "last", SUFFIX, write, cfg, facts(), run.progress, task.info,
-               run.summary["precision"])
-
-
-def load_arrays(ckpt: dict) -> dict:
-    try:
-        with np.load(ckpt["weights_path"], allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{ckpt['weights_path']}: numpy cannot read it ({e}). {saved.FIX}") from None
+    saved.save(run.dir, "last", SUFFIX, lambda path: saved.write_npz(path, learner.arrays()), cfg,
+               facts(), run.progress, task.info, run.summary["precision"])

@@ -336,13 +336,11 @@ def nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
 
 
-def set_threads(backend: str, threads: int):
-    """train.threads for the torch backend (TensorFlow's and JAX's are set at import); returns
-    what to restore."""
-    before = torch.get_num_threads()
+def set_threads(backend: str, threads: int) -> None:
+    """train.threads for the torch backend (TensorFlow's and JAX's are set at import); the driver
+    restores the caller's count."""
     if backend == "torch" and threads:
         torch.set_num_threads(threads)
-    return before
 
 
 def threads_in_use(backend: str, threads: int) -> int:
@@ -351,29 +349,15 @@ def threads_in_use(backend: str, threads: int) -> int:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.config.threading.get_intra_op_parallelism_threads() or (threads or _cpus())
-    return threads or _cpus()
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return tf.config.threading.get_intra_op_parallelism_threads() or (threads or frameworks.cpus())
+    return threads or frameworks.cpus()
 
 
 # ---- training ----
 
-def train(session: Session) -> None:
-    cfg = session.cfg
-    before = set_threads(cfg.keras.backend, cfg.train.threads)
-    try:
-        _train(session)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _train(s: Session) -> None:
+def train(s: Session) -> None:
     cfg = s.cfg
+    set_threads(cfg.keras.backend, cfg.train.threads)
     backend = cfg.keras.backend
     keras = frameworks.keras(backend, cfg.train.threads)
     if cfg.log.tensorboard:

@@ -205,17 +205,9 @@ def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False)
     return device, task, optimizer, scheduler, chosen
 
 
-def train(session: Session) -> None:
+def train(s: Session) -> None:
     """Train the session's config up to session.until; on a stop request, save and raise
-    KeyboardInterrupt. train.threads is this run's, not the caller's."""
-    threads = torch.get_num_threads()
-    try:
-        _train(session)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(s: Session) -> None:
+    KeyboardInterrupt (the driver restores the caller's thread count)."""
     cfg = s.cfg
     device, task, optimizer, scheduler, chosen = setup(cfg, s.resume, s.trust_run_code)
     model, data = task.model, task.data

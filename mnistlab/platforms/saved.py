@@ -10,6 +10,7 @@ leaves a JSON and a weights file that agree. Both are verified on load.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from pathlib import Path
@@ -138,6 +139,22 @@ def load(json_path: Path) -> dict:
     ckpt["weights_path"] = weights
     ckpt["state"] = ckpt["progress"]  # what checkpoint.epoch_of reads
     return ckpt
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    """Named arrays as one .npz weights file, written atomically (the TensorFlow and JAX format)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    files.atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_npz(ckpt: dict) -> dict:
+    """The named arrays of a verified checkpoint's .npz weights file."""
+    try:
+        with np.load(ckpt["weights_path"], allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{ckpt['weights_path']}: numpy cannot read it ({e}). {FIX}") from None
 
 
 def progress_of(ckpt: dict) -> Progress:

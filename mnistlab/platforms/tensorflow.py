@@ -12,12 +12,11 @@ the model's weights and the optimizer's variables as numpy arrays (np.load reads
 from __future__ import annotations
 
 import collections
-import io
 
 import numpy as np
 import torch
 
-from .. import files, rundir
+from .. import rundir
 from ..config import Config
 from ..models import count_parameters
 from ..run import Progress, Session
@@ -133,15 +132,7 @@ def graph_of(traced) -> dict:
     return {"ops": len(ops), "types": dict(types.most_common())}
 
 
-def train(session: Session) -> None:
-    before = torch.get_num_threads()
-    try:
-        _train(session)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _train(s: Session) -> None:
+def train(s: Session) -> None:
     cfg = s.cfg
     tf = frameworks.tensorflow(cfg.train.threads)
     keras = frameworks.keras("tensorflow", cfg.train.threads, "tensorflow")
@@ -165,7 +156,7 @@ def _train(s: Session) -> None:
         tf.TensorSpec([None, *x_train.shape[1:]], x_train.dtype),
         tf.TensorSpec([None, *y_train.shape[1:]], y_train.dtype), tf.TensorSpec([], tf.float32))
     graph = graph_of(traced)
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or kerasplatform._cpus()
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or frameworks.cpus()
     if s.resume is None:
         # parameters as PyTorch counts them (BatchNorm's moving statistics are not), of the same net
         params, learned = count_parameters(task.model), count_parameters(task.model, learned_only=True)
@@ -227,28 +218,16 @@ def save_checkpoint(run, cfg: Config, task, learner: Learner, optimizer) -> None
         if optimizer is not None:
             arrays.update({f"optimizer/{i}": np.asarray(v.numpy())
                            for i, v in enumerate(optimizer.variables)})
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        files.atomic_write_bytes(path, buffer.getvalue())
+        saved.write_npz(path, arrays)
 
     saved.save(run.dir, "last", SUFFIX, write, cfg, facts(), run.progress, task.info,
                run.summary["precision"])
 
 
-def load_arrays(ckpt: dict) -> dict:
-    from ..errors import CheckpointError
-
-    try:
-        with np.load(ckpt["weights_path"], allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{ckpt['weights_path']}: numpy cannot read it ({e}). {saved.FIX}") from None
-
-
 def restore(ckpt: dict, learner: Learner, optimizer) -> None:
     from ..errors import CheckpointError
 
-    arrays = load_arrays(ckpt)
+    arrays = saved.read_npz(ckpt)
     try:
         for i, v in enumerate(learner.all):
             v.assign(arrays[f"model/{i}"])

@@ -237,25 +237,12 @@ def _number(v) -> bool:
 def records(run_dir: Path, event: str) -> list[dict]:
     """The run's metrics.jsonl records of one event that have a numeric epoch, step and loss.
 
-    Lines that a kill cut short or that were damaged are skipped, as rundir.read_metrics does."""
+    Read by rundir.read_metrics, which skips lines that a kill cut short or that were damaged."""
     path = run_dir / "metrics.jsonl"
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
+    if not path.exists():
         return []
-    except OSError as e:
-        raise RunError(f"{path}: cannot be read ({e.strerror or type(e).__name__}); check its "
-                       "permissions, or leave the run out.") from None
-    out = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(rec, dict) and rec.get("event") == event and all(
-                _number(rec.get(k)) for k in ("epoch", "step", "loss")):
-            out.append(rec)
-    return out
+    return [rec for rec in rundir.read_metrics(path) if rec.get("event") == event
+            and all(_number(rec.get(k)) for k in ("epoch", "step", "loss"))]
 
 
 def epoch_curves(run_dir: Path) -> dict[str, list[dict]]:
