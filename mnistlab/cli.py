@@ -423,6 +423,33 @@ def plot(
 
 
 @app.command()
+def export(
+    tool: str = typer.Argument(..., metavar="tensorboard|mlflow",
+                               help="TensorBoard's HParams dashboard, or MLflow's tracking UI."),
+    run_dirs: List[str] = typer.Argument(..., metavar="RUN [RUN ...]",
+                                         help="Runs, sweep folders or folders of runs, e.g. "
+                                              "runs/sweep-lr."),
+    to: Optional[Path] = typer.Option(None, "--to", metavar="PATH", show_default=False,
+                                      help="A folder for tensorboard (./tensorboard by default), "
+                                           "a database file for mlflow (./mlflow.db)."),
+) -> None:
+    """Export runs to TensorBoard or MLflow: settings and metrics, run by run.
+
+    Exporting again adds nothing: a run is written again only when its files changed."""
+    from .export import export as export_runs
+
+    done = export_runs(tool, run_dirs, to)
+    for note in done.skipped:
+        err.print(note, markup=False)
+    counts = [f"{len(names)} {what}" for names, what in (
+        (done.new, "new"), (done.updated, "updated"), (done.unchanged, "unchanged")) if names]
+    n = len(done.new) + len(done.updated) + len(done.unchanged)
+    typer.echo(f"exported {n} run{'s' * (n != 1)} to {done.to}"
+               f"{' (' + ', '.join(counts) + ')' if counts else ''}; see them with:\n"
+               f"  {done.open_with}")
+
+
+@app.command()
 def predict(
     target: Path = typer.Argument(..., metavar="RUN", help="A run directory or checkpoint file."),
     images: List[Path] = typer.Argument(..., metavar="IMAGE [IMAGE ...]",

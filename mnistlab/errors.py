@@ -89,6 +89,10 @@ class ExecutorUnavailable(SweepError):
     """An executor whose package or scheduler is missing: says what to install."""
 
 
+class ExportError(MnistlabError):
+    """Runs that cannot be exported: a missing extra, or a target that is not for the tool."""
+
+
 class ModelCodeError(MnistlabError):
     """Your own model class (model.kind: module) failed, or its code cannot be trusted."""
 

@@ -26,7 +26,7 @@ FILE_MODE = _file_mode()
 
 
 # why a write failed, and what to do about it
-ELSEWHERE = "write elsewhere (runs_dir=DIR for runs, -o FILE for a figure)"
+ELSEWHERE = "write elsewhere (runs_dir=DIR for runs, -o FILE for a figure, --to for an export)"
 
 
 DISK_REASONS = {

@@ -101,3 +101,27 @@ def wait_for(condition, timeout: float = 300.0):
             return value
         time.sleep(0.05)
     raise AssertionError("timed out")
+
+
+@pytest.fixture(scope="session")
+def swept_runs(tmp_path_factory) -> Path:
+    """A runs folder made once per session through the real commands: runs/tiny-lr, a sweep of two
+    tiny conv nets (lr 0.01 and 0.003, 2 epochs), and a quadratic run that diverged, so failed.
+    A test that changes it works on a copy."""
+    from typer.testing import CliRunner
+
+    from mnistlab.cli import app
+
+    root = tmp_path_factory.mktemp("swept")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(write_dataset(root / "tiny"), root / "runs")))
+    quadratic = Path(__file__).resolve().parents[1] / "configs" / "quadratic.yaml"
+    with pytest.MonkeyPatch.context() as env:  # as private_cache does for each test
+        env.setenv("XDG_CACHE_HOME", str(root / "xdg-cache"))
+        env.setenv("XDG_CONFIG_HOME", str(root / "xdg-config"))
+        swept = CliRunner().invoke(app, ["sweep", str(config), "--grid", "optim.lr=0.01,0.003"])
+        assert swept.exit_code == 0, swept.output
+        failed = CliRunner().invoke(app, ["train", str(quadratic), "optim.lr=1.5",
+                                          f"runs_dir={root / 'runs'}", "--quiet"])
+        assert failed.exit_code == 1, failed.output
+    return root / "runs"

@@ -112,16 +112,21 @@ def find_runs(runs_dir: Path) -> list[dict]:
     return out
 
 
-def runs_of(args: list[str], runs_dir: str | Path = "runs") -> tuple[list[Path], list[str]]:
+def runs_of(args: list[str], runs_dir: str | Path = "runs",
+            folders: bool = False) -> tuple[list[Path], list[str]]:
     """The run directories among args (as a shell glob gives them), and notes on what was skipped.
 
     Files and folders that are not runs (a sweep's logs/ or summary.csv) are skipped when other
-    arguments are runs; a path that does not exist is an error (a typo)."""
+    arguments are runs; a path that does not exist is an error (a typo). folders: a folder that
+    holds runs (runs/) stands for every run beneath it."""
     dirs, skipped = [], []
     for arg in args:
         path = Path(arg)
         if is_sweep(path):  # a sweep's folder stands for its trials
             dirs += [p for p in sorted(path.iterdir()) if p.is_dir() and _is_run(p)]
+            continue
+        if folders and path.is_dir() and not _is_run(path) and (found := find_runs(path)):
+            dirs += [r["dir"] for r in found]
             continue
         if len(args) > 1 and path.exists() and not (path.is_dir() and _is_run(path)):
             skipped.append(f"skipped {arg}: not a run directory")
