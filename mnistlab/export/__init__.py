@@ -42,20 +42,16 @@ def format_module(name: str):
             "mnistlab checkout).") from None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or path.is_relative_to(folder)
-
-
-def check_target(to: Path, runs: list[Exported]) -> None:
+def check_target(to: Path, runs: list[Exported], default: Path) -> None:
     """Refuse a target that would write into runs or their sweep folders."""
     where = to.resolve()
     for run in runs:
         folder = run.dir.resolve().parent
-        if _inside(where, run.dir.resolve()) or (_inside(where, folder) and (
+        if where.is_relative_to(run.dir.resolve()) or (where.is_relative_to(folder) and (
                 run.sweep or where == folder)):
             raise ExportError(f"--to {to}: is inside the folder of the runs ({folder}); an export "
-                              "is kept beside the runs, not among them. Give another folder, "
-                              "e.g. the default.")
+                              f"is kept beside the runs, not among them. Give another --to, or "
+                              f"none for ./{default}.")
 
 
 @dataclass
@@ -83,7 +79,7 @@ def export(name: str, args: list[str], to: Path | None = None) -> Outcome:
         else:
             runs.append(exported(row))
     to = Path(to if to is not None else module.DEFAULT)
-    check_target(to, runs)
+    check_target(to, runs, module.DEFAULT)
     outcome = Outcome(to, skipped=skipped, open_with=module.open_with(to))
     with module.Target(to) as target:
         for run in runs:
