@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -149,6 +150,10 @@ class Commands(TyperGroup):
             raise fail(e.message(), e.exit_code) from None
         except KeyboardInterrupt:
             raise fail("interrupted; nothing more was written.", 130) from None
+        except BrokenPipeError:  # the reader went away (mnistlab ... | head): stop quietly, as
+            with contextlib.suppress(OSError, ValueError):  # other tools do
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+            raise typer.Exit(141) from None
         except OSError as e:  # a write no files.writing() wrapped: still a disk error, not a traceback
             from .files import DISK_REASONS, disk_error
 

@@ -3,6 +3,7 @@ with the command, the file, where the traceback was saved, and exit code 70."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -91,3 +92,17 @@ def test_the_guard_in_a_real_process(tmp_path):
     assert "Traceback" not in done.stderr and "ZeroDivisionError" in done.stderr
     (saved,) = crashes(tmp_path)
     assert str(saved) in " ".join(done.stderr.split()) and "Traceback" in saved.read_text()
+
+
+def test_a_reader_that_goes_away_is_not_a_bug(tmp_path, monkeypatch):
+    """mnistlab runs | head: the pipe closes while the command still writes (EPIPE); no bug
+    report and no crash file, the exit status of a broken pipe (141, as a shell shows it)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(importlib.import_module("mnistlab.report"), "find_runs", closed)
+    done = runner.invoke(app, ["runs", str(tmp_path)])
+    assert done.exit_code == 141 and "bug" not in done.output, done.output
+    assert crashes(tmp_path) == []
