@@ -178,7 +178,7 @@ def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False)
     if cfg.log.tensorboard:
         rundir.tensorboard_class()  # a missing package is reported before anything is written
     own_model = cfg.model.kind == "module" and TASKS[cfg.task].builds_model
-    task = build_task(cfg, usermodel.trusted_copy(resume, trust_run_code) if own_model else None)
+    task = build_task(cfg, *usermodel.run_code(resume, trust_run_code) if own_model else ())
     if resume is None:  # a resumed run's fitted layers come from its checkpoint
         fit_whitening(task.model, task.data.train_x)
     task.data = task.data.to(device)  # once: batches are index slices on the device
