@@ -57,12 +57,23 @@ def summary_line(s: dict, width: int | None = None) -> str:
         parts.append(f"best val acc {_pct(best['val_accuracy'])} at epoch {best['epoch']}")
     epochs = f"{s['epochs_completed']}/{s['epochs']} epochs"
     partial = (s.get("steps_completed") or 0) - s["epochs_completed"] * (s.get("steps_per_epoch") or 0)
-    if partial > 0:  # an interrupted epoch counts too
-        epochs += f" and {partial}/{s['steps_per_epoch']} steps of the next"
+    at = s.get("diverged_at")
+    if at:  # the steps after it (up to the check) count for nothing
+        parts.append(f"diverged at {where_diverged(at['epoch'], at['step'], s.get('steps_per_epoch'))}")
+        epochs += " completed"
+    elif partial > 0:  # an interrupted epoch counts too
+        epochs += f" and {partial}/{s['steps_per_epoch']} steps of epoch {s['epochs_completed'] + 1}"
     parts.append(f"{epochs}, {s['train_seconds']:.1f}s training, {s['params']:,} parameters")
     if s["status"] in ("paused", "pruned"):
         parts.append(f"continue with: mnistlab train --resume {s['run_dir']}")
     return "; ".join(parts) if width is None else wrap_parts(parts, ";", width)
+
+
+def where_diverged(epoch: int, step: int, steps_per_epoch: int | None) -> str:
+    """'epoch 2, step 14 of 36' (1-based); 'epoch 7' where an epoch is one step (the exercises)."""
+    if steps_per_epoch == 1:
+        return f"epoch {epoch}"
+    return f"epoch {epoch}, step {step}" + (f" of {steps_per_epoch}" if steps_per_epoch else "")
 
 
 def wrap_parts(parts: list[str], sep: str, width: int) -> str:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from . import files, lease, rundir
 from .config import HASH_VERSION, Config, config_hash, to_yaml
+from .display import where_diverged
 from .errors import DiskError, Diverged
 
 
@@ -266,7 +267,8 @@ def yaml_comment(lines: list[str]) -> str:
                                  lambda m: repr(m.group())[1:-1], line) + "\n" for line in lines)
 
 
-def check_divergence(cfg: Config, progress: Progress, losses: list[tuple[int, int, float]]) -> None:
+def check_divergence(cfg: Config, progress: Progress, losses: list[tuple[int, int, float]],
+                     steps_per_epoch: int) -> None:
     """A NaN or infinite loss, or one grown a million-fold, ends the run as failed.
 
     losses: (epoch index, step index, loss) of the steps since the last check.
@@ -278,13 +280,15 @@ def check_divergence(cfg: Config, progress: Progress, losses: list[tuple[int, in
     for epoch, step, loss in losses:
         if math.isfinite(loss) and loss <= 1e6 * max(progress.first_loss, 1e-6):
             continue
-        at = f"at epoch {epoch + 1}, step {step + 1} (optim.lr={cfg.optim.lr:g})"
+        at = f"at {where_diverged(epoch + 1, step + 1, steps_per_epoch)} (optim.lr={cfg.optim.lr:g})"
         if not math.isfinite(loss):
             what = f"the training loss became {loss} {at}"
         else:
             what = f"the training loss grew from {progress.first_loss:.4g} to {loss:.4g} {at}"
-        raise Diverged(f"{what}: the run diverged and stopped as failed. Try a lower learning "
-                       f"rate, e.g. optim.lr={cfg.optim.lr / 10:g}.")
+        done = progress.epoch  # the epochs whose checkpoints were saved before it
+        raise Diverged(f"{what}, with {done} of {cfg.train.epochs} epochs completed: the run "
+                       f"diverged and stopped as failed. Try a lower learning rate in a new run, "
+                       f"e.g. optim.lr={cfg.optim.lr / 10:g}.", epoch + 1, step + 1)
 
 
 def is_better(rec: dict, best: dict | None) -> bool:

@@ -106,7 +106,8 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
         except BaseException as e:
             if session.run is not None:
                 if isinstance(e, Diverged):  # what a sweep's plot marks apart from other failures
-                    session.run.summary["failure"] = "diverged"
+                    session.run.summary.update(failure="diverged",
+                                               diverged_at={"epoch": e.epoch, "step": e.step})
                 session.run.finish("failed", e.message() if isinstance(e, MnistlabError)
                                    else f"{type(e).__name__}: {e}")
             raise

@@ -271,7 +271,7 @@ def train(s: Session) -> None:
                 state.step, state.global_step = step + 1, state.global_step + 1
                 losses.append((epoch, step, loss.detach()))
                 if log_now:
-                    check_losses(cfg, state, losses)
+                    check_losses(cfg, state, losses, steps_per_epoch)
                     now = time.perf_counter()
                     run.step({"epoch": epoch + 1, "step": state.global_step, **state.window.means(),
                               "lr": optimizer.param_groups[0]["lr"],
@@ -285,11 +285,11 @@ def train(s: Session) -> None:
                     means = state.sums.means()
                     s.reporter.step(epoch + 1, step + 1, steps_per_epoch, means["loss"],
                                     means.get("accuracy"), state.sums.seen / max(seconds, 1e-9))
-            check_losses(cfg, state, losses)
+            check_losses(cfg, state, losses, steps_per_epoch)
             end_epoch(cfg, task, state, run, optimizer, scheduler, device, bf16,
                       state.epoch_seconds + time.perf_counter() - t_epoch)
     except KeyboardInterrupt:
-        check_losses(cfg, state, losses)  # a diverged run is failed, not resumable
+        check_losses(cfg, state, losses, steps_per_epoch)  # a diverged run is failed, not resumable
         # the epoch in progress resumes from this very batch: same permutation, same RNG
         state.epoch_seconds += time.perf_counter() - t_epoch
         save(run, "last", cfg, task, optimizer, scheduler, state)
@@ -302,14 +302,15 @@ def train(s: Session) -> None:
     run.summary["result"] = task.result()
 
 
-def check_losses(cfg: Config, state: checkpoint.TrainState, losses: list) -> None:
+def check_losses(cfg: Config, state: checkpoint.TrainState, losses: list,
+                 steps_per_epoch: int) -> None:
     """The divergence check on the losses logged since the last one, read in one transfer."""
     if not losses:
         return
     values = torch.stack([loss.float() for _, _, loss in losses]).tolist()
     checked = [(epoch, step, value) for (epoch, step, _), value in zip(losses, values)]
     losses.clear()
-    check_divergence(cfg, state, checked)
+    check_divergence(cfg, state, checked, steps_per_epoch)
 
 
 def end_epoch(cfg: Config, task: Task, state: checkpoint.TrainState, run: Run, optimizer, scheduler,
