@@ -15,6 +15,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Column
 
 from . import metrics
 
@@ -136,6 +137,12 @@ def config_text(cfg, source: str | None, defaults_file: Path | None = None,
     return "".join(f"# {line}\n" for line in header.splitlines()) + to_yaml(cfg, unread)
 
 
+def whole(text_format: str, style: str = "") -> TextColumn:
+    """A column of a live bar's line whose text is never cut or wrapped: the bar beside it (of no
+    fixed width) takes what is left of the line."""
+    return TextColumn(text_format, style=style, markup=False, table_column=Column(no_wrap=True))
+
+
 class Plain:
     """One line per epoch and a final summary, for pipes and CI logs; quiet keeps only the summary."""
 
@@ -147,6 +154,9 @@ class Plain:
         self.task_name: str | None = None
 
     shows_steps = False
+
+    def stage(self, text: str | None, done: int = 0, total: int | None = None) -> None:
+        pass  # a log gets the header line once the run is set up
 
     def start(self, info: dict) -> None:
         self.epochs, self.rate_unit = info["epochs"], info["rate_unit"]
@@ -173,29 +183,54 @@ class Plain:
 
 
 class Live(Plain):
-    """A Rich progress bar per epoch with loss, accuracy and speed; epoch lines above it."""
+    """A Rich progress bar per epoch with loss, accuracy and speed; epoch lines above it. Before the
+    first step, the stage being set up in its place, with its own count and time."""
 
     shows_steps = True
 
     def __init__(self, console: Console | None = None):
         super().__init__(False, console)
         self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[scores]}  {task.fields[ips]:.0f} {task.fields[unit]}"),
-            TimeElapsedColumn(), console=self.console, transient=True)
-        self.task = None
+            whole("{task.description}", style="bold"), BarColumn(bar_width=None),
+            whole("{task.fields[count]}"), whole("{task.fields[scores]}"), TimeElapsedColumn(),
+            console=self.console, transient=True)
+        self.task = None  # the epoch's bar
+        self.staged: tuple[str, object] | None = None  # the stage shown: its text and its bar
+
+    def stage(self, text: str | None, done: int = 0, total: int | None = None) -> None:
+        if self.staged is not None and self.staged[0] != text:
+            self.progress.remove_task(self.staged[1])
+            self.staged = None
+        if self.task is not None:
+            self.progress.update(self.task, visible=not text)
+        if not text:
+            if self.task is None:
+                self.progress.stop()
+            return
+        count = f"{done:,}/{total:,} images" if total else ""
+        if self.staged is None:
+            self.progress.start()
+            self.staged = text, self.progress.add_task(text, total=total, completed=done,
+                                                       count=count, scores="")
+        else:
+            self.progress.update(self.staged[1], completed=done, count=count)
 
     def start(self, info: dict) -> None:
+        self.stage(None)
         super().start(info)
         self.progress.start()
-        self.task = self.progress.add_task("train", total=info["steps_per_epoch"],
-                                           epoch=f"{info['start_epoch'] + 1}/{self.epochs}",
-                                           scores="", ips=0.0, unit=self.rate_unit)
+        steps = info["steps_per_epoch"]
+        self.task = self.progress.add_task(f"epoch {info['start_epoch'] + 1}/{self.epochs}",
+                                           total=steps, count=f"{0:>{len(str(steps))}}/{steps}",
+                                           scores="")
 
     def step(self, epoch, step, steps, loss, accuracy, images_per_s) -> None:
+        if self.staged is not None:
+            self.stage(None)
         scores = _scores({"loss": loss, "accuracy": accuracy})
-        self.progress.update(self.task, completed=step, epoch=f"{epoch}/{self.epochs}",
-                             scores=scores, ips=images_per_s)
+        self.progress.update(self.task, completed=step, description=f"epoch {epoch}/{self.epochs}",
+                             count=f"{step:>{len(str(steps))}}/{steps}",
+                             scores=f"{scores}  {images_per_s:.0f} {self.rate_unit}")
 
     def epoch(self, train: dict, val: dict | None) -> None:
         self.progress.console.print(epoch_line(train, val, self.epochs, self.rate_unit))

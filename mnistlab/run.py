@@ -21,6 +21,7 @@ from .errors import DiskError, Diverged
 class Reporter(Protocol):
     shows_steps: bool  # step() is called (every 10 batches) only when True: it costs a device sync
 
+    def stage(self, text: str | None, done: int = 0, total: int | None = None) -> None: ...
     def start(self, info: dict) -> None: ...
     def step(self, epoch: int, step: int, steps: int, loss: float, accuracy: float,
              images_per_s: float) -> None: ...
@@ -67,6 +68,7 @@ class Silent:
 
     shows_steps = False
 
+    def stage(self, text, done=0, total=None): pass
     def start(self, info): pass
     def step(self, *args): pass
     def epoch(self, train, val): pass
@@ -305,11 +307,15 @@ def scores(rec: dict | None) -> dict | None:
     return None if rec is None else {k: rec[k] for k in ("loss", "accuracy") if k in rec}
 
 
+LOADING = "loading the data and building the model"  # the first stage of every platform
+
+
 class Session:
     """What the driver hands a platform: the config, where the run goes, and when to stop.
 
-    The platform sets up its framework, then opens the run (new) or reopens it (resume) with its
-    progress, trains up to `until`, and returns; the driver ends the run.
+    The platform sets up its framework, telling each stage before the first step (stage), then
+    opens the run (new) or reopens it (resume) with its progress, trains up to `until`, and
+    returns; the driver ends the run.
     """
 
     def __init__(self, cfg: Config, reporter: Reporter, resume: Path | None, source: dict | None,
@@ -320,6 +326,23 @@ class Session:
         self.run: Run | None = None
         self.model = None  # the platform's trained model, handed to TrainResult
         self.t_start = time.perf_counter()  # the session's wall time counts its setup too
+        self.doing = "setting up"  # the stage a stop request before the first step ends
+
+    def stage(self, text: str | None, done: int = 0, total: int | None = None) -> None:
+        """What the run is doing before its first step (done of total images, when counted),
+        shown while it lasts; None: that is over. A stop request (Ctrl-C, SIGTERM) ends it here, raising
+        KeyboardInterrupt: platforms call this between chunks of any long stage."""
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        if text is not None:
+            self.doing = text
+        self.show(text, done, total)
+
+    def show(self, text: str | None, done: int = 0, total: int | None = None) -> None:
+        """The stage on the reporter's display (a reporter written before stages shows none)."""
+        shown = getattr(self.reporter, "stage", None)
+        if shown is not None:
+            shown(text, done, total)
 
     def open(self, facts: dict, progress: Progress, env: dict, extra=None) -> Run:
         """A new run: its directory, config.yaml, env.json and running summary."""
