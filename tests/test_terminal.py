@@ -5,77 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import tiny_config_dict, write_dataset
+from conftest import in_terminal, tiny_config_dict, write_dataset
 from mnistlab.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
-
-
-@dataclass
-class Terminal:
-    code: int
-    out: str  # the output without escape codes
-    latency: float | None  # seconds from the signal to the process's end
-
-
-def in_terminal(args: list[str], cwd: Path, interrupt_when: str | None = None,
-                timeout: float = 240, sig: int = signal.SIGINT, env: dict | None = None,
-                boot: str | None = None) -> Terminal:
-    """Run mnistlab in a pseudo-terminal of 80 columns; once the output shows interrupt_when, send
-    sig: SIGINT to its process group, as the terminal's Ctrl-C does, another signal to the process
-    only (as kill does). boot: Python code run as the command instead of python -m mnistlab."""
-    master, slave = os.openpty()
-    import fcntl
-    import struct
-    import termios
-
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    env = {**os.environ, "COLUMNS": "80", "LINES": "24", "TERM": "xterm-256color",
-           "PYTHONPATH": str(ROOT), **(env or {})}
-    command = ["-c", boot] if boot else ["-m", "mnistlab"]
-    proc = subprocess.Popen([sys.executable, *command, *args], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=cwd, env=env, start_new_session=True)
-    os.close(slave)
-    out, sent, end = b"", None, time.monotonic() + timeout
-    while time.monotonic() < end:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # the terminal closed: the process ended
-                break
-            if not chunk:
-                break
-            out += chunk
-        if interrupt_when and sent is None and interrupt_when in ANSI.sub("", out.decode(errors="replace")):
-            if sig == signal.SIGINT:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-            sent = time.monotonic()
-        if proc.poll() is not None and not ready:
-            break
-    try:
-        code = proc.wait(timeout=max(end - time.monotonic(), 1))
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"still running after {timeout}s:\n{out.decode(errors='replace')}")
-    ended = time.monotonic()
-    os.close(master)
-    return Terminal(code, ANSI.sub("", out.decode(errors="replace")),
-                    None if sent is None else ended - sent)
 
 
 def test_a_sweep_interrupted_with_ctrl_c_in_a_terminal_exits_130_without_a_traceback(tmp_path, tiny_config):
