@@ -7,15 +7,16 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
 )
 from rich.table import Column
+from rich.text import Text
 
 from . import metrics
 
@@ -79,16 +80,17 @@ def where_diverged(epoch: int, step: int, steps_per_epoch: int | None) -> str:
 
 def wrap_parts(parts: list[str], sep: str, width: int) -> str:
     """Parts joined by sep and a space, a line broken between two parts (never inside one) before
-    it grows past width; continuation lines are indented by two spaces."""
-    lines = [parts[0]]
-    for part in parts[1:]:
-        if len(lines[-1]) + len(sep) + 1 + len(part) <= width:
-            lines[-1] += f"{sep} {part}"
-        else:
-            lines[-1] += sep
-            # a part longer than a line is broken between words (a path has none to break at)
-            lines += textwrap.wrap(part, width, initial_indent="  ", subsequent_indent="  ",
-                                   break_long_words=False, break_on_hyphens=False) or ["  "]
+    it grows past width, sep included; continuation lines are indented by two spaces."""
+    lines: list[str] = []
+    for i, part in enumerate(parts):
+        piece = part + (sep if i < len(parts) - 1 else "")
+        if lines and cell_len(lines[-1]) + 1 + cell_len(piece) <= width:
+            lines[-1] += " " + piece
+            continue
+        # a part longer than a line is broken between words (a path has none to break at)
+        lines += textwrap.wrap(piece, width, initial_indent="  " if lines else "",
+                               subsequent_indent="  ", break_long_words=False,
+                               break_on_hyphens=False) or ["  "]
     return "\n".join(lines)
 
 
@@ -166,7 +168,9 @@ class Plain:
                 [f"run {info['run_dir']}: {info['params']:,} parameters", info["device"],
                  f"{info['threads']} threads", info["describe"]], ",", self.console.width))
             if info.get("resumed"):
-                self.console.print(resumed_line(info))
+                self.console.print(textwrap.fill(resumed_line(info), self.console.width,
+                                                 subsequent_indent="  ", break_long_words=False,
+                                                 break_on_hyphens=False))
 
     def step(self, *args) -> None:
         pass
@@ -323,6 +327,18 @@ class SweepLines:
         pass
 
 
+class SweepBar(Progress):
+    """A sweep's bar on one line (its name, trials done, elapsed time and ETA, never cut); under it
+    the trials running, queued and failed and the best so far, broken between words."""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            f = task.fields
+            yield Text(f"running {f['running']}  queued {f['queued']}  failed {f['failed']}"
+                       + (f"  best {f['best']}" if f["best"] else ""))
+
+
 class SweepLive(SweepLines):
     """A sweep as a Rich bar of trials done / total with running, failed and ETA; result lines above it."""
 
@@ -330,11 +346,9 @@ class SweepLive(SweepLines):
         from rich.progress import TimeRemainingColumn
 
         super().__init__(console, best)
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("running {task.fields[running]}  queued {task.fields[queued]}  "
-                                  "failed {task.fields[failed]}"),
-                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                       TextColumn("{task.fields[best]}"), console=console, transient=True)
+        self.bar = SweepBar(whole("{task.description}", style="bold"), BarColumn(bar_width=None),
+                            whole("{task.completed}/{task.total} trials"), TimeElapsedColumn(),
+                            whole("ETA"), TimeRemainingColumn(), console=console, transient=True)
         self.task = None
 
     def start(self, name, total, counts, executor, jobs, threads) -> None:
@@ -344,7 +358,7 @@ class SweepLive(SweepLines):
                                       best=self._best())
 
     def _best(self) -> str:
-        return f"best {self.best.text()}" if self.best.trial is not None else ""
+        return self.best.text() if self.best.trial is not None else ""
 
     def started(self, trial, resumed) -> None:
         pass
