@@ -15,7 +15,16 @@ from typer.core import TyperGroup
 
 from .errors import BUG_EXIT_CODE, MnistlabError
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+class Stderr(Console):
+    """Errors and notes: wrapped between words on a terminal; in a pipe or log one line per
+    paragraph, so that grep finds a message whole."""
+
+    def print(self, *objects, **kwargs) -> None:
+        kwargs.setdefault("soft_wrap", not self.is_terminal)
+        super().print(*objects, **kwargs)
+
+
+err = Stderr(stderr=True, highlight=False)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -467,8 +476,6 @@ def predict(
     """Classify your own images of digits or garments; print the top-3 classes."""
     import json
 
-    from rich.table import Table
-
     from . import report
     from .predict import predict as run_predict
 
@@ -479,20 +486,24 @@ def predict(
     if as_json:
         typer.echo(json.dumps(results, indent=2))
     elif len(failed) < len(results):
-        table = Table(box=None, pad_edge=False)
-        table.add_column("image", overflow="fold")  # a path is never cut short
-        for header in ("1st", "2nd", "3rd"):
-            table.add_column(header, no_wrap=True)
-        for r in results:
-            if "top" in r:
-                table.add_row(Text(r["file"]), *[Text(f"{t['name']} {100 * t['probability']:.1f}%")
-                                                 for t in r["top"]])
-        report.console().print(table)
+        out = report.console()
+        out.print(report.predictions_table(results, out.width))
     if failed:
         raise typer.Exit(2)
 
 
-@app.command()
+SWEEP_EXAMPLES = """Examples (every trial is an ordinary run under runs/NAME/):
+
+mnistlab sweep configs/sweep-lr.yaml --jobs 2
+
+mnistlab sweep configs/cnn.yaml --grid optim.lr=0.1,0.01 --seeds 0,1
+
+mnistlab sweep configs/cnn.yaml --grid model.channels=[8,16],[16,32]
+
+mnistlab sweep configs/sweep-lr.yaml --dry-run"""
+
+
+@app.command(epilog=SWEEP_EXAMPLES)
 def sweep(
     spec: Path = typer.Argument(..., metavar="SWEEP_FILE_OR_CONFIG", show_default=False,
                                 help="A sweep file (base: and grid:/random:), e.g. "
@@ -502,8 +513,8 @@ def sweep(
         None, show_default=False, help="key=value overrides for every trial, e.g. train.epochs=1"),
     grid: Optional[List[str]] = typer.Option(
         None, "--grid", metavar="KEY=V1,V2", show_default=False,
-        help="Sweep a key over values (YAML scalars); repeat for a cartesian product, "
-             "e.g. --grid optim.lr=0.1,0.01 --grid model.channels=[8,16],[16,32]."),
+        help="Sweep a key over values (YAML scalars), e.g. --grid optim.lr=0.1,0.01; repeat "
+             "it for a cartesian product (examples below)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", metavar="0,1,2", show_default=False,
                                         help="Replicates of every point (train.seed=N)."),
     name: Optional[str] = typer.Option(

@@ -7,14 +7,16 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Column
+from rich.text import Text
 
 from . import metrics
 
@@ -57,26 +59,38 @@ def summary_line(s: dict, width: int | None = None) -> str:
         parts.append(f"best val acc {_pct(best['val_accuracy'])} at epoch {best['epoch']}")
     epochs = f"{s['epochs_completed']}/{s['epochs']} epochs"
     partial = (s.get("steps_completed") or 0) - s["epochs_completed"] * (s.get("steps_per_epoch") or 0)
-    if partial > 0:  # an interrupted epoch counts too
-        epochs += f" and {partial}/{s['steps_per_epoch']} steps of the next"
+    at = s.get("diverged_at")
+    if at:  # the steps after it (up to the check) count for nothing
+        parts.append(f"diverged at {where_diverged(at['epoch'], at['step'], s.get('steps_per_epoch'))}")
+        epochs += " completed"
+    elif partial > 0:  # an interrupted epoch counts too
+        epochs += f" and {partial}/{s['steps_per_epoch']} steps of epoch {s['epochs_completed'] + 1}"
     parts.append(f"{epochs}, {s['train_seconds']:.1f}s training, {s['params']:,} parameters")
     if s["status"] in ("paused", "pruned"):
         parts.append(f"continue with: mnistlab train --resume {s['run_dir']}")
     return "; ".join(parts) if width is None else wrap_parts(parts, ";", width)
 
 
+def where_diverged(epoch: int, step: int, steps_per_epoch: int | None) -> str:
+    """'epoch 2, step 14 of 36' (1-based); 'epoch 7' where an epoch is one step (the exercises)."""
+    if steps_per_epoch == 1:
+        return f"epoch {epoch}"
+    return f"epoch {epoch}, step {step}" + (f" of {steps_per_epoch}" if steps_per_epoch else "")
+
+
 def wrap_parts(parts: list[str], sep: str, width: int) -> str:
     """Parts joined by sep and a space, a line broken between two parts (never inside one) before
-    it grows past width; continuation lines are indented by two spaces."""
-    lines = [parts[0]]
-    for part in parts[1:]:
-        if len(lines[-1]) + len(sep) + 1 + len(part) <= width:
-            lines[-1] += f"{sep} {part}"
-        else:
-            lines[-1] += sep
-            # a part longer than a line is broken between words (a path has none to break at)
-            lines += textwrap.wrap(part, width, initial_indent="  ", subsequent_indent="  ",
-                                   break_long_words=False, break_on_hyphens=False) or ["  "]
+    it grows past width, sep included; continuation lines are indented by two spaces."""
+    lines: list[str] = []
+    for i, part in enumerate(parts):
+        piece = part + (sep if i < len(parts) - 1 else "")
+        if lines and cell_len(lines[-1]) + 1 + cell_len(piece) <= width:
+            lines[-1] += " " + piece
+            continue
+        # a part longer than a line is broken between words (a path has none to break at)
+        lines += textwrap.wrap(piece, width, initial_indent="  " if lines else "",
+                               subsequent_indent="  ", break_long_words=False,
+                               break_on_hyphens=False) or ["  "]
     return "\n".join(lines)
 
 
@@ -125,6 +139,12 @@ def config_text(cfg, source: str | None, defaults_file: Path | None = None,
     return "".join(f"# {line}\n" for line in header.splitlines()) + to_yaml(cfg, unread)
 
 
+def whole(text_format: str, style: str = "") -> TextColumn:
+    """A column of a live bar's line whose text is never cut or wrapped: the bar beside it (of no
+    fixed width) takes what is left of the line."""
+    return TextColumn(text_format, style=style, markup=False, table_column=Column(no_wrap=True))
+
+
 class Plain:
     """One line per epoch and a final summary, for pipes and CI logs; quiet keeps only the summary."""
 
@@ -137,6 +157,9 @@ class Plain:
 
     shows_steps = False
 
+    def stage(self, text: str | None, done: int = 0, total: int | None = None) -> None:
+        pass  # a log gets the header line once the run is set up
+
     def start(self, info: dict) -> None:
         self.epochs, self.rate_unit = info["epochs"], info["rate_unit"]
         self.task_name = info.get("task")
@@ -145,7 +168,9 @@ class Plain:
                 [f"run {info['run_dir']}: {info['params']:,} parameters", info["device"],
                  f"{info['threads']} threads", info["describe"]], ",", self.console.width))
             if info.get("resumed"):
-                self.console.print(resumed_line(info))
+                self.console.print(textwrap.fill(resumed_line(info), self.console.width,
+                                                 subsequent_indent="  ", break_long_words=False,
+                                                 break_on_hyphens=False))
 
     def step(self, *args) -> None:
         pass
@@ -162,29 +187,54 @@ class Plain:
 
 
 class Live(Plain):
-    """A Rich progress bar per epoch with loss, accuracy and speed; epoch lines above it."""
+    """A Rich progress bar per epoch with loss, accuracy and speed; epoch lines above it. Before the
+    first step, the stage being set up in its place, with its own count and time."""
 
     shows_steps = True
 
     def __init__(self, console: Console | None = None):
         super().__init__(False, console)
         self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[scores]}  {task.fields[ips]:.0f} {task.fields[unit]}"),
-            TimeElapsedColumn(), console=self.console, transient=True)
-        self.task = None
+            whole("{task.description}", style="bold"), BarColumn(bar_width=None),
+            whole("{task.fields[count]}"), whole("{task.fields[scores]}"), TimeElapsedColumn(),
+            console=self.console, transient=True)
+        self.task = None  # the epoch's bar
+        self.staged: tuple[str, object] | None = None  # the stage shown: its text and its bar
+
+    def stage(self, text: str | None, done: int = 0, total: int | None = None) -> None:
+        if self.staged is not None and self.staged[0] != text:
+            self.progress.remove_task(self.staged[1])
+            self.staged = None
+        if self.task is not None:
+            self.progress.update(self.task, visible=not text)
+        if not text:
+            if self.task is None:
+                self.progress.stop()
+            return
+        count = f"{done:,}/{total:,} images" if total else ""
+        if self.staged is None:
+            self.progress.start()
+            self.staged = text, self.progress.add_task(text, total=total, completed=done,
+                                                       count=count, scores="")
+        else:
+            self.progress.update(self.staged[1], completed=done, count=count)
 
     def start(self, info: dict) -> None:
+        self.stage(None)
         super().start(info)
         self.progress.start()
-        self.task = self.progress.add_task("train", total=info["steps_per_epoch"],
-                                           epoch=f"{info['start_epoch'] + 1}/{self.epochs}",
-                                           scores="", ips=0.0, unit=self.rate_unit)
+        steps = info["steps_per_epoch"]
+        self.task = self.progress.add_task(f"epoch {info['start_epoch'] + 1}/{self.epochs}",
+                                           total=steps, count=f"{0:>{len(str(steps))}}/{steps}",
+                                           scores="")
 
     def step(self, epoch, step, steps, loss, accuracy, images_per_s) -> None:
+        if self.staged is not None:
+            self.stage(None)
         scores = _scores({"loss": loss, "accuracy": accuracy})
-        self.progress.update(self.task, completed=step, epoch=f"{epoch}/{self.epochs}",
-                             scores=scores, ips=images_per_s)
+        self.progress.update(self.task, completed=step, description=f"epoch {epoch}/{self.epochs}",
+                             count=f"{step:>{len(str(steps))}}/{steps}",
+                             scores=f"{scores}  {images_per_s:.0f} {self.rate_unit}")
 
     def epoch(self, train: dict, val: dict | None) -> None:
         self.progress.console.print(epoch_line(train, val, self.epochs, self.rate_unit))
@@ -277,6 +327,18 @@ class SweepLines:
         pass
 
 
+class SweepBar(Progress):
+    """A sweep's bar on one line (its name, trials done, elapsed time and ETA, never cut); under it
+    the trials running, queued and failed and the best so far, broken between words."""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            f = task.fields
+            yield Text(f"running {f['running']}  queued {f['queued']}  failed {f['failed']}"
+                       + (f"  best {f['best']}" if f["best"] else ""))
+
+
 class SweepLive(SweepLines):
     """A sweep as a Rich bar of trials done / total with running, failed and ETA; result lines above it."""
 
@@ -284,11 +346,9 @@ class SweepLive(SweepLines):
         from rich.progress import TimeRemainingColumn
 
         super().__init__(console, best)
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("running {task.fields[running]}  queued {task.fields[queued]}  "
-                                  "failed {task.fields[failed]}"),
-                       TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                       TextColumn("{task.fields[best]}"), console=console, transient=True)
+        self.bar = SweepBar(whole("{task.description}", style="bold"), BarColumn(bar_width=None),
+                            whole("{task.completed}/{task.total} trials"), TimeElapsedColumn(),
+                            whole("ETA"), TimeRemainingColumn(), console=console, transient=True)
         self.task = None
 
     def start(self, name, total, counts, executor, jobs, threads) -> None:
@@ -298,7 +358,7 @@ class SweepLive(SweepLines):
                                       best=self._best())
 
     def _best(self) -> str:
-        return f"best {self.best.text()}" if self.best.trial is not None else ""
+        return self.best.text() if self.best.trial is not None else ""
 
     def started(self, trial, resumed) -> None:
         pass

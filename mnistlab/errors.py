@@ -66,7 +66,11 @@ class TrainError(MnistlabError):
 
 
 class Diverged(TrainError):
-    """The loss became NaN, infinite, or grew a million-fold."""
+    """The loss became NaN, infinite, or grew a million-fold: at which epoch and step (1-based)."""
+
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 class SweepError(MnistlabError):

@@ -83,11 +83,10 @@ def load_model(path: Path, trust_run_code: bool = False) -> tuple[nn.Module, dic
     info = ckpt["data"]
     model_source = reference = None
     if cfg.model.kind == "module":
-        from .usermodel import RUN_COPY, trusted_copy
+        from .usermodel import run_code
 
         in_run = path.parent.name == "checkpoints"
-        model_source = trusted_copy(path.parent.parent if in_run else None, trust_run_code)
-        reference = path.parent.parent / RUN_COPY if in_run else None
+        model_source, reference = run_code(path.parent.parent if in_run else None, trust_run_code)
     try:
         model = build_model(cfg.model, tuple(info["image_shape"]), int(info["num_classes"]),
                             model_source, reference)

@@ -86,6 +86,7 @@ class WhitenedConv2d(nn.Conv2d):
     # epochs on Fashion-MNIST in a development run)
     EPS = 1e-2  # added to each variance: the flattest directions are not blown up into noise
     FIT_IMAGES = 10_000
+    FIT_CHUNK = 500  # images: a chunk's patches take 28 MB in float64, a fraction of a second
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  bias: bool = False):
@@ -97,24 +98,45 @@ class WhitenedConv2d(nn.Conv2d):
         self.weight.requires_grad_(False)
 
     @torch.no_grad()
-    def fit(self, images: torch.Tensor) -> None:
-        """Set the filters from the patches of the first FIT_IMAGES images (N, C, H, W)."""
-        images = images[:self.FIT_IMAGES].double()
-        patches = F.unfold(images, self.kernel_size, padding=self.padding, stride=self.stride)
-        patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-        patches -= patches.mean(0)  # in place: the patch matrix is about 0.5 GB in float64
-        variances, directions = torch.linalg.eigh(patches.T @ patches / len(patches))
+    def fit(self, images: torch.Tensor, stage=None) -> None:
+        """Set the filters from the patches of the first FIT_IMAGES images (N, C, H, W).
+
+        The patches' covariance is summed over chunks of FIT_CHUNK images, telling stage(text,
+        done, total) before each (it may raise to stop: a stop request is seen between chunks).
+        """
+        images = images[:self.FIT_IMAGES]
+        shift = total = outer = None
+        count = 0
+        for i in range(0, len(images), self.FIT_CHUNK):
+            if stage is not None:
+                stage(FITTING, i, len(images))
+            patches = F.unfold(images[i:i + self.FIT_CHUNK].double(), self.kernel_size,
+                               padding=self.padding, stride=self.stride)
+            patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+            if shift is None:  # sums about a first estimate of the mean keep their precision
+                shift = patches.mean(0)
+                total, outer = torch.zeros_like(shift), shift.new_zeros(len(shift), len(shift))
+            patches -= shift
+            total += patches.sum(0)
+            outer += patches.T @ patches
+            count += len(patches)
+        mean = total / count
+        variances, directions = torch.linalg.eigh(outer / count - torch.outer(mean, mean))
         top = variances.argsort(descending=True)[:self.out_channels // 2]
         filters = directions[:, top].T / torch.sqrt(variances[top] + self.EPS)[:, None]
         weight = self.SCALE * torch.cat([filters, -filters])
         self.weight.copy_(weight.reshape(self.weight.shape))
 
 
-def fit_whitening(model: nn.Module, train_images: torch.Tensor) -> None:
-    """Fit the model's whitened conv layers (if any) to the training images."""
+FITTING = "fitting the whitened first convolution"
+
+
+def fit_whitening(model: nn.Module, train_images: torch.Tensor, stage=None) -> None:
+    """Fit the model's whitened conv layers (if any) to the training images; stage(text, done,
+    total) is told how far each fit is (and may raise to stop it)."""
     for layer in model.modules():
         if isinstance(layer, WhitenedConv2d):
-            layer.fit(train_images)
+            layer.fit(train_images, stage)
 
 
 def frozen_head(model: nn.Module) -> int:

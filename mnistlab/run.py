@@ -14,12 +14,14 @@ from typing import Protocol
 
 from . import files, lease, rundir
 from .config import HASH_VERSION, Config, config_hash, to_yaml
+from .display import where_diverged
 from .errors import DiskError, Diverged
 
 
 class Reporter(Protocol):
     shows_steps: bool  # step() is called (every 10 batches) only when True: it costs a device sync
 
+    def stage(self, text: str | None, done: int = 0, total: int | None = None) -> None: ...
     def start(self, info: dict) -> None: ...
     def step(self, epoch: int, step: int, steps: int, loss: float, accuracy: float,
              images_per_s: float) -> None: ...
@@ -66,6 +68,7 @@ class Silent:
 
     shows_steps = False
 
+    def stage(self, text, done=0, total=None): pass
     def start(self, info): pass
     def step(self, *args): pass
     def epoch(self, train, val): pass
@@ -266,7 +269,8 @@ def yaml_comment(lines: list[str]) -> str:
                                  lambda m: repr(m.group())[1:-1], line) + "\n" for line in lines)
 
 
-def check_divergence(cfg: Config, progress: Progress, losses: list[tuple[int, int, float]]) -> None:
+def check_divergence(cfg: Config, progress: Progress, losses: list[tuple[int, int, float]],
+                     steps_per_epoch: int) -> None:
     """A NaN or infinite loss, or one grown a million-fold, ends the run as failed.
 
     losses: (epoch index, step index, loss) of the steps since the last check.
@@ -278,13 +282,15 @@ def check_divergence(cfg: Config, progress: Progress, losses: list[tuple[int, in
     for epoch, step, loss in losses:
         if math.isfinite(loss) and loss <= 1e6 * max(progress.first_loss, 1e-6):
             continue
-        at = f"at epoch {epoch + 1}, step {step + 1} (optim.lr={cfg.optim.lr:g})"
+        at = f"at {where_diverged(epoch + 1, step + 1, steps_per_epoch)} (optim.lr={cfg.optim.lr:g})"
         if not math.isfinite(loss):
             what = f"the training loss became {loss} {at}"
         else:
             what = f"the training loss grew from {progress.first_loss:.4g} to {loss:.4g} {at}"
-        raise Diverged(f"{what}: the run diverged and stopped as failed. Try a lower learning "
-                       f"rate, e.g. optim.lr={cfg.optim.lr / 10:g}.")
+        done = progress.epoch  # the epochs whose checkpoints were saved before it
+        raise Diverged(f"{what}, with {done} of {cfg.train.epochs} epochs completed: the run "
+                       f"diverged and stopped as failed. Try a lower learning rate in a new run, "
+                       f"e.g. optim.lr={cfg.optim.lr / 10:g}.", epoch + 1, step + 1)
 
 
 def is_better(rec: dict, best: dict | None) -> bool:
@@ -301,11 +307,15 @@ def scores(rec: dict | None) -> dict | None:
     return None if rec is None else {k: rec[k] for k in ("loss", "accuracy") if k in rec}
 
 
+LOADING = "loading the data and building the model"  # the first stage of every platform
+
+
 class Session:
     """What the driver hands a platform: the config, where the run goes, and when to stop.
 
-    The platform sets up its framework, then opens the run (new) or reopens it (resume) with its
-    progress, trains up to `until`, and returns; the driver ends the run.
+    The platform sets up its framework, telling each stage before the first step (stage), then
+    opens the run (new) or reopens it (resume) with its progress, trains up to `until`, and
+    returns; the driver ends the run.
     """
 
     def __init__(self, cfg: Config, reporter: Reporter, resume: Path | None, source: dict | None,
@@ -316,6 +326,23 @@ class Session:
         self.run: Run | None = None
         self.model = None  # the platform's trained model, handed to TrainResult
         self.t_start = time.perf_counter()  # the session's wall time counts its setup too
+        self.doing = "setting up"  # the stage a stop request before the first step ends
+
+    def stage(self, text: str | None, done: int = 0, total: int | None = None) -> None:
+        """What the run is doing before its first step (done of total images, when counted),
+        shown while it lasts; None: that is over. A stop request (Ctrl-C, SIGTERM) ends it here, raising
+        KeyboardInterrupt: platforms call this between chunks of any long stage."""
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        if text is not None:
+            self.doing = text
+        self.show(text, done, total)
+
+    def show(self, text: str | None, done: int = 0, total: int | None = None) -> None:
+        """The stage on the reporter's display (a reporter written before stages shows none)."""
+        shown = getattr(self.reporter, "stage", None)
+        if shown is not None:
+            shown(text, done, total)
 
     def open(self, facts: dict, progress: Progress, env: dict, extra=None) -> Run:
         """A new run: its directory, config.yaml, env.json and running summary."""

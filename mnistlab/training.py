@@ -28,6 +28,17 @@ class RunInterrupted(Interrupted):
                          f"mnistlab train --resume {run_dir}")
 
 
+class SetupInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM before the run's first step, while it was being set up: nothing written."""
+
+    def __init__(self, doing: str, resume: Path | None, lost: str | None = None):
+        why = f"stopped: the run's lease was lost ({lost})" if lost else "interrupted"
+        then = (f"{resume} is left as it was. Continue with: mnistlab train --resume {resume}"
+                if resume is not None else "nothing was written. Run the same command to start it "
+                "again.")
+        super().__init__(f"{why} while {doing}, before the run's first step; {then}")
+
+
 @contextlib.contextmanager
 def stop_on_signals():
     """Ctrl-C and SIGTERM set the yielded event; the loop stops at the next batch boundary.
@@ -96,17 +107,21 @@ def fit(cfg: Config, reporter: Reporter | None = None, resume: Path | None = Non
         try:
             platform.train(session)
         except KeyboardInterrupt:
-            if session.run is None:
-                raise
+            if session.run is None:  # still setting up: nothing of the run was written
+                session.show(None)
+                raise SetupInterrupted(session.doing, resume, lease.lost) from None
             why = (f"stopped because the run's lease was lost: {lease.lost}" if lease.lost else
                    "interrupted by a signal (Ctrl-C or SIGTERM)")
             session.run.finish("interrupted", f"{why}; continue with 'mnistlab train --resume "
                                f"{session.run.dir}'")
             raise RunInterrupted(session.run.dir, lease.lost) from None
         except BaseException as e:
-            if session.run is not None:
+            if session.run is None:
+                session.show(None)  # the error is printed on a clear screen
+            else:
                 if isinstance(e, Diverged):  # what a sweep's plot marks apart from other failures
-                    session.run.summary["failure"] = "diverged"
+                    session.run.summary.update(failure="diverged",
+                                               diverged_at={"epoch": e.epoch, "step": e.step})
                 session.run.finish("failed", e.message() if isinstance(e, MnistlabError)
                                    else f"{type(e).__name__}: {e}")
             raise

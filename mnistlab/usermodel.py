@@ -1,7 +1,8 @@
 """Your own nn.Module (model.kind: module): found, digested, imported, built and tried on one batch.
 
 A run's model code is imported only from the file it records when that file still has the recorded
-sha256, or from the run's own copy (RUN/model_source.py) when the user passes --trust-run-code.
+sha256 or differs from the run's own copy (RUN/model_source.py) only in comments and whitespace,
+or from that copy when the user passes --trust-run-code.
 """
 
 from __future__ import annotations
@@ -85,14 +86,17 @@ def resolve(model: ModelConfig, base_dir: Path) -> ModelConfig:
     return dataclasses.replace(model, module=ref, source_digest=digest(data))
 
 
-def trusted_copy(run_dir: Path | None, trust_run_code: bool) -> Path | None:
-    """The run's copy of the model code when the user trusts it, else None (the recorded file)."""
+def run_code(run_dir: Path | None, trust_run_code: bool) -> tuple[Path | None, Path | None]:
+    """What a run's own model class is built from, for eval as for train --resume: (the run's copy
+    of the code when the user trusts it, else None: the recorded file; the run's copy as the
+    reference against which an edit of the recorded file's comments or whitespace is accepted)."""
+    reference = None if run_dir is None else Path(run_dir) / RUN_COPY
     if not trust_run_code:
-        return None
+        return None, reference
     if run_dir is None:
         raise ModelCodeError("--trust-run-code runs the copy of the model code that a run directory "
                              "keeps; give the run directory, or a checkpoint inside its checkpoints/.")
-    return Path(run_dir) / RUN_COPY
+    return reference, reference
 
 
 def statements(data: bytes) -> list[tuple[tuple, int, str]] | None:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
+import re
+import select
+import signal
 import struct
+import subprocess
+import sys
+import termios
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +31,8 @@ settings.register_profile("nightly", max_examples=2000, **_FUZZ)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(__file__).resolve().parents[1]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 
 
 def write_idx(path: Path, tensor: torch.Tensor) -> Path:
@@ -90,6 +100,68 @@ def tiny_config(tmp_path, tiny_data) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config_dict(tiny_data, tmp_path / "runs")))
     return path
+
+
+@dataclass
+class Terminal:
+    code: int
+    out: str  # the output without escape codes
+    latency: float | None  # seconds from the signal to the process's end
+    raw: str = ""  # the output as the terminal got it
+
+
+def in_terminal(args: list[str], cwd: Path, interrupt_when: str | None = None,
+                timeout: float = 240, sig: int = signal.SIGINT, env: dict | None = None,
+                boot: str | None = None) -> Terminal:
+    """Run mnistlab in a pseudo-terminal of 80 columns; once the output shows interrupt_when, send
+    sig: SIGINT to its process group, as the terminal's Ctrl-C does, another signal to the process
+    only (as kill does). boot: Python code run as the command instead of python -m mnistlab."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "COLUMNS": "80", "LINES": "24", "TERM": "xterm-256color",
+           "PYTHONPATH": str(ROOT), **(env or {})}
+    command = ["-c", boot] if boot else ["-m", "mnistlab"]
+    proc = subprocess.Popen([sys.executable, *command, *args], stdin=slave, stdout=slave,
+                            stderr=slave, cwd=cwd, env=env, start_new_session=True)
+    os.close(slave)
+    out, sent, end = b"", None, time.monotonic() + timeout
+    while time.monotonic() < end:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed: the process ended
+                break
+            if not chunk:
+                break
+            out += chunk
+        if interrupt_when and sent is None and interrupt_when in ANSI.sub("", out.decode(errors="replace")):
+            if sig == signal.SIGINT:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+            sent = time.monotonic()
+        if proc.poll() is not None and not ready:
+            break
+    try:
+        code = proc.wait(timeout=max(end - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"still running after {timeout}s:\n{out.decode(errors='replace')}")
+    ended = time.monotonic()
+    os.close(master)
+    raw = out.decode(errors="replace")
+    return Terminal(code, ANSI.sub("", raw), None if sent is None else ended - sent, raw)
+
+
+# what ends a line on the screen or moves the cursor to another: each piece after one starts a line
+MOVES = re.compile(r"\r|\n|\x1b\[[0-9;]*[A-HJKf]")
+STYLE = re.compile(r"\x1b\[[0-9;]*m|\x1b\[\?[0-9;]*[hl]|\x1b\][^\x07]*\x07")  # colours, cursor hidden
+
+
+def screen_lines(raw: str) -> list[str]:
+    """The lines the terminal showed, each live-display refresh one of them, without styles."""
+    return [line for line in MOVES.split(STYLE.sub("", raw)) if line.strip()]
 
 
 def wait_for(condition, timeout: float = 300.0):

@@ -50,7 +50,7 @@ def test_sigterm_mid_epoch_then_resume_logs_the_same_records_as_an_uninterrupted
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
     assert summary["steps_completed"] == 8 + 1  # stopped before the next batch
-    assert "1/3 epochs and 1/8 steps of the next" in display.summary_line(summary)
+    assert "1/3 epochs and 1/8 steps of epoch 2" in display.summary_line(summary)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["step"] == 1
     env = (run / "env.json").read_bytes()
     # kill -9 after the checkpoint: the steps redone after the resume must not be logged twice

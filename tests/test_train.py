@@ -21,6 +21,7 @@ from mnistlab.rundir import read_metrics
 from mnistlab.training import fit
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def only_run(runs_dir: Path) -> Path:
@@ -92,12 +93,45 @@ def test_same_config_and_seed_give_identical_metrics(tiny_config):
 
 
 def test_diverging_loss_fails_the_run_with_advice(tiny_config, tmp_path):
+    # losses checked at the epoch's end only: the whole epoch ran before the divergence was seen
     result = runner.invoke(app, ["train", str(tiny_config), "model.kind=dense", "optim.name=sgd",
-                                 "optim.lr=1e12"])
+                                 "optim.lr=1e12", "train.log_every=100"])
     assert result.exit_code == 1
     assert "lower learning rate" in result.stderr and "optim.lr=1e+11" in result.stderr
     summary = json.loads((only_run(tmp_path / "runs") / "summary.json").read_text())
     assert summary["status"] == "failed" and "the run diverged" in summary["error"]
+    at = summary["diverged_at"]
+    assert at["epoch"] == 1 and 1 <= at["step"] < 8 and summary["steps_completed"] == 8
+    assert f"at epoch 1, step {at['step']} of 8 (optim.lr=1e+12), with 0 of 2 epochs completed" \
+        in " ".join(result.stderr.split())
+    shown = " ".join(result.stdout.split())
+    assert f"diverged at epoch 1, step {at['step']} of 8; 0/2 epochs completed," in shown
+    assert "steps of" not in shown  # the steps run after it, up to the check, count for nothing
+
+
+def test_a_divergence_found_late_says_where_it_happened_and_what_was_completed():
+    from mnistlab.display import summary_line
+    from mnistlab.errors import Diverged
+    from mnistlab.run import Progress, check_divergence
+
+    cfg = load_config(ROOT / "configs" / "dense.yaml", ["train.epochs=3", "optim.lr=0.5"])
+    progress = Progress()
+    progress.epoch, progress.first_loss = 1, 2.3  # epoch 1 completed and saved
+    losses = [(1, step, 2.0 if step < 13 else float("nan")) for step in range(36)]
+    with pytest.raises(Diverged) as e:
+        check_divergence(cfg, progress, losses, 36)
+    assert (e.value.epoch, e.value.step) == (2, 14)
+    assert e.value.message() == (
+        "the training loss became nan at epoch 2, step 14 of 36 (optim.lr=0.5), with 1 of 3 "
+        "epochs completed: the run diverged and stopped as failed. Try a lower learning rate in "
+        "a new run, e.g. optim.lr=0.05.")
+    summary = {"status": "failed", "run_dir": "runs/x", "epochs": 3, "epochs_completed": 1,
+               "steps_completed": 72, "steps_per_epoch": 36, "train_seconds": 1.0, "params": 10,
+               "diverged_at": {"epoch": 2, "step": 14}}
+    assert summary_line(summary) == ("failed: runs/x; diverged at epoch 2, step 14 of 36; "
+                                     "1/3 epochs completed, 1.0s training, 10 parameters")
+    del summary["diverged_at"]  # any other stop within an epoch names the epoch of its steps
+    assert "1/3 epochs and 36/36 steps of epoch 2," in summary_line(summary)
 
 
 def test_missing_data_is_a_clear_error_and_writes_nothing(tiny_config, tmp_path):

@@ -292,3 +292,25 @@ def test_eval_accepts_an_edit_of_comments_and_whitespace_and_shows_any_other(tmp
     assert ("- line 9: self.conv = nn.Conv2d(channels, c, 3, padding=1)\n"
             "+ line 10: self.conv = nn.Conv2d(channels,c,3,  padding=2)  # 3x3\n") in result.output
     assert "self.fc" not in result.output  # only what changed
+
+
+def test_train_resume_accepts_an_edit_of_comments_and_whitespace_as_eval_does(tmp_path, tiny_data):
+    path = small_config(tmp_path, tiny_data)
+    run = Path(fit(load_config(path), until_epoch=1)["run_dir"])  # paused: the resume has work left
+    source = tmp_path / "models" / "small.py"
+    edited = "# tidied up\n" + SMALL.replace("    def forward", "\n\n    def forward  ").replace(
+        "return self.fc(torch.flatten(x, 1))", "return self.fc(torch.flatten(x,1))  # logits")
+    source.write_text(edited.replace("c=8", "c=9"))  # a real change: refused, saying what changed
+    result = cli("train", "--resume", run, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "What changed, beyond comments and whitespace" in result.output
+    assert "- line 6:     def __init__(self, c=8" not in result.output  # statements, stripped
+    assert "- line 6: def __init__(self, c=8, num_classes=10" in result.output
+    assert "+ line 7: def __init__(self, c=9, num_classes=10" in result.output
+    assert json.loads((run / "summary.json").read_text())["status"] == "paused"  # left as it was
+    source.write_text(edited)
+    result = cli("train", "--resume", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == summary["epochs"]
+    assert (run / "model_source.py").read_text() == SMALL  # the run keeps the code it was trained with

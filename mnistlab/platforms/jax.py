@@ -13,7 +13,7 @@ import torch
 from .. import rundir
 from ..config import Config, optimizer_settings
 from ..errors import CheckpointError
-from ..run import Progress, Session
+from ..run import LOADING, Progress, Session
 from ..tasks import build_task
 from ..tasks import get as task_class
 from . import frameworks, loop, saved
@@ -133,6 +133,7 @@ def train(session: Session) -> None:
         rundir.tensorboard_class()
     frameworks.seed_all(cfg.train.seed, "jax")
     torch.manual_seed(cfg.train.seed)  # the torch model whose values start every platform
+    session.stage(LOADING)
     task = build_task(cfg)
     arr = saved.arrays(task)
     n_train = len(arr["train_x"])
@@ -140,6 +141,7 @@ def train(session: Session) -> None:
     learner = Learner(jax, cfg, task, steps_per_epoch)
     chosen = ("fp32", "the exercises train in fp32")
     s = session
+    s.stage(None)
     if s.resume is None:
         params = sum(int(np.prod(v.shape)) for v in learner.params.values())
         env = {**rundir.environment("cpu", cfg.train.seed),

@@ -20,7 +20,7 @@ import torch
 from .. import precision, rundir
 from ..config import Config, optimizer_settings
 from ..models import count_parameters
-from ..run import Progress, Session
+from ..run import LOADING, Progress, Session
 from ..tasks import build_task
 from ..tasks import get as task_class
 from . import frameworks, loop, saved
@@ -364,6 +364,7 @@ def train(s: Session) -> None:
         rundir.tensorboard_class()
     frameworks.seed_all(cfg.train.seed, backend)
     torch.manual_seed(cfg.train.seed)  # the torch model whose values start every platform
+    s.stage(LOADING)
     task = build_task(cfg)
     learns = task.learns
     arr = saved.arrays(task)
@@ -380,7 +381,7 @@ def train(s: Session) -> None:
         if learns == "network":
             from ..models import fit_whitening
 
-            fit_whitening(task.model, task.data.train_x)
+            fit_whitening(task.model, task.data.train_x, s.stage)
             model = network(keras, cfg, task.info, task.model, chosen[0] == "bf16")
             loss = keras.losses.CategoricalCrossentropy(
                 from_logits=True, label_smoothing=cfg.train.label_smoothing)
@@ -393,10 +394,12 @@ def train(s: Session) -> None:
         params, learned = count_parameters(task.model), count_parameters(task.model, learned_only=True)
         env = {**rundir.environment("cpu", cfg.train.seed),
                "threads": threads_in_use(backend, cfg.train.threads), "framework": facts()}
+        s.stage(None)
         run = s.open(loop.summary_facts(facts(), params, learned, chosen,
                                         steps_per_epoch, task), Progress(), env)
         save_checkpoint(run, cfg, task, model)  # epoch 0: a stop in the first epoch resumes from here
     else:
+        s.stage(None)
         ckpt = saved.load(saved.path(s.resume, "last"))
         model = load(keras, ckpt["weights_path"], compile=True)
         run = s.reopen(saved.progress_of(ckpt))

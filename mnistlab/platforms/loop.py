@@ -74,7 +74,7 @@ class Steps:
     def check(self) -> None:
         """The divergence check on the losses since the last one."""
         losses, self.losses = self.losses, []
-        check_divergence(self.cfg, self.run.progress, losses)
+        check_divergence(self.cfg, self.run.progress, losses, self.steps_per_epoch)
 
     def seconds(self) -> float:
         return time.perf_counter() - self.t_epoch

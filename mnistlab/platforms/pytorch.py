@@ -17,7 +17,7 @@ from .. import checkpoint, precision, rundir, usermodel
 from ..compute import as_input, evaluate, is_conv, resolve_device
 from ..config import Config, OptimConfig, optimizer_settings
 from ..models import count_parameters, fit_whitening, frozen_head
-from ..run import Run, Session, check_divergence, scores
+from ..run import LOADING, Run, Session, check_divergence, scores
 from ..tasks import TASKS, Task, build_task
 from . import loop
 
@@ -133,16 +133,19 @@ def fits_cache(first: torch.Tensor, n_train: int) -> bool:
 
 @torch.no_grad()
 def training_inputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int, device: torch.device,
-                    bf16: bool) -> tuple[torch.Tensor, torch.nn.Module]:
+                    bf16: bool, stage=None) -> tuple[torch.Tensor, torch.nn.Module]:
     """What the training steps feed to which layers: the training images to the whole model, or,
     where the model starts with a fitted first stage (a whitened conv, its pooling and activation),
     that stage's output for every image, computed once, to the layers above it. The same numbers
-    either way, without running that stage in every step; at most FEATURE_CACHE_BYTES of them."""
+    either way, without running that stage in every step; at most FEATURE_CACHE_BYTES of them.
+    stage(text, done, total) is told the images done before each batch (and may raise to stop)."""
     count = frozen_head(model)
     if not count:
         return x, model
     head, out = model[:count], None
     for i in range(0, len(x), batch_size):  # training-sized batches: they stay in the CPU's caches
+        if stage is not None:
+            stage("computing the frozen first stage", i, len(x))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             part = head(as_input(x[i:i + batch_size], device, True))
         if out is None:
@@ -166,11 +169,14 @@ def trained_part(model: torch.nn.Module, x: torch.Tensor,
     return (model[count:], first) if fits_cache(first, n_train) else (model, x)
 
 
-def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False):
+def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False, stage=None):
     """Threads, device and seed; the task (data on the device), optimizer, schedule and precision.
 
     A model.kind=module network meets one training batch here, before anything is written.
+    stage(text, done=0, total=None): told what is being done (Session.stage: shown, and a stop
+    request ends it there).
     """
+    stage = stage or (lambda *args: None)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -178,9 +184,10 @@ def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False)
     if cfg.log.tensorboard:
         rundir.tensorboard_class()  # a missing package is reported before anything is written
     own_model = cfg.model.kind == "module" and TASKS[cfg.task].builds_model
-    task = build_task(cfg, usermodel.trusted_copy(resume, trust_run_code) if own_model else None)
+    stage(LOADING)
+    task = build_task(cfg, *usermodel.run_code(resume, trust_run_code) if own_model else ())
     if resume is None:  # a resumed run's fitted layers come from its checkpoint
-        fit_whitening(task.model, task.data.train_x)
+        fit_whitening(task.model, task.data.train_x, stage)
     task.data = task.data.to(device)  # once: batches are index slices on the device
     task.model.to(device)
     if is_conv(task.model):
@@ -200,8 +207,11 @@ def setup(cfg: Config, resume: Path | None = None, trust_run_code: bool = False)
         chosen = precision.Choice(False, "auto: the exercises train in fp32, the precision "
                                          "their answers are checked against")
     else:
+        if cfg.train.precision == "auto":
+            stage("choosing the precision (train.precision: auto)")
         chosen = precision.choose(cfg.train.precision, device, body, x, task.data.train_y[:n],
                                   task.loss)
+    stage(None)  # set up: a stop request now ends the run before anything is written
     return device, task, optimizer, scheduler, chosen
 
 
@@ -209,7 +219,7 @@ def train(s: Session) -> None:
     """Train the session's config up to session.until; on a stop request, save and raise
     KeyboardInterrupt (the driver restores the caller's thread count)."""
     cfg = s.cfg
-    device, task, optimizer, scheduler, chosen = setup(cfg, s.resume, s.trust_run_code)
+    device, task, optimizer, scheduler, chosen = setup(cfg, s.resume, s.trust_run_code, s.stage)
     model, data = task.model, task.data
     batch, n_train = cfg.train.batch_size, len(data.train_x)
     steps_per_epoch = math.ceil(n_train / batch)
@@ -247,7 +257,7 @@ def train(s: Session) -> None:
             perm = torch.randperm(n_train, generator=state.shuffle).to(device)
             t_epoch = t_window = time.perf_counter()
             if train_x is None:  # inside the epoch's time: it is part of what training costs
-                train_x, body = training_inputs(model, data.train_x, batch, device, bf16)
+                train_x, body = training_inputs(model, data.train_x, batch, device, bf16, s.stage)
             for step in range(state.step, steps_per_epoch):
                 if s.stop.is_set():
                     raise KeyboardInterrupt
@@ -271,7 +281,7 @@ def train(s: Session) -> None:
                 state.step, state.global_step = step + 1, state.global_step + 1
                 losses.append((epoch, step, loss.detach()))
                 if log_now:
-                    check_losses(cfg, state, losses)
+                    check_losses(cfg, state, losses, steps_per_epoch)
                     now = time.perf_counter()
                     run.step({"epoch": epoch + 1, "step": state.global_step, **state.window.means(),
                               "lr": optimizer.param_groups[0]["lr"],
@@ -285,11 +295,11 @@ def train(s: Session) -> None:
                     means = state.sums.means()
                     s.reporter.step(epoch + 1, step + 1, steps_per_epoch, means["loss"],
                                     means.get("accuracy"), state.sums.seen / max(seconds, 1e-9))
-            check_losses(cfg, state, losses)
+            check_losses(cfg, state, losses, steps_per_epoch)
             end_epoch(cfg, task, state, run, optimizer, scheduler, device, bf16,
                       state.epoch_seconds + time.perf_counter() - t_epoch)
     except KeyboardInterrupt:
-        check_losses(cfg, state, losses)  # a diverged run is failed, not resumable
+        check_losses(cfg, state, losses, steps_per_epoch)  # a diverged run is failed, not resumable
         # the epoch in progress resumes from this very batch: same permutation, same RNG
         state.epoch_seconds += time.perf_counter() - t_epoch
         save(run, "last", cfg, task, optimizer, scheduler, state)
@@ -302,14 +312,15 @@ def train(s: Session) -> None:
     run.summary["result"] = task.result()
 
 
-def check_losses(cfg: Config, state: checkpoint.TrainState, losses: list) -> None:
+def check_losses(cfg: Config, state: checkpoint.TrainState, losses: list,
+                 steps_per_epoch: int) -> None:
     """The divergence check on the losses logged since the last one, read in one transfer."""
     if not losses:
         return
     values = torch.stack([loss.float() for _, _, loss in losses]).tolist()
     checked = [(epoch, step, value) for (epoch, step, _), value in zip(losses, values)]
     losses.clear()
-    check_divergence(cfg, state, checked)
+    check_divergence(cfg, state, checked, steps_per_epoch)
 
 
 def end_epoch(cfg: Config, task: Task, state: checkpoint.TrainState, run: Run, optimizer, scheduler,

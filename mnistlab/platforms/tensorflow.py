@@ -19,7 +19,7 @@ import torch
 from .. import rundir
 from ..config import Config
 from ..models import count_parameters
-from ..run import Progress, Session
+from ..run import LOADING, Progress, Session
 from ..tasks import build_task
 from ..tasks import get as task_class
 from . import frameworks, loop, saved
@@ -49,14 +49,14 @@ def facts() -> dict:
 class Learner:
     """What the step trains: its variables, its forward pass and its loss, for the task's kind."""
 
-    def __init__(self, tf, keras, cfg: Config, task, bf16: bool):
+    def __init__(self, tf, keras, cfg: Config, task, bf16: bool, stage=None):
         self.tf, self.learns = tf, task.learns
         self.smoothing = cfg.train.label_smoothing
         if self.learns == "network":
             from ..models import fit_whitening
 
             if len(task.data.train_x):  # a checkpoint's model gets its fitted values from the file
-                fit_whitening(task.model, task.data.train_x)
+                fit_whitening(task.model, task.data.train_x, stage)
             self.model = kerasplatform.network(keras, cfg, task.info, task.model, bf16)
             self.classes = task.info["num_classes"]
             self.variables = self.model.trainable_variables
@@ -140,6 +140,7 @@ def train(s: Session) -> None:
         rundir.tensorboard_class()
     frameworks.seed_all(cfg.train.seed, "tensorflow")
     torch.manual_seed(cfg.train.seed)  # the torch model whose values start every platform
+    s.stage(LOADING)
     task = build_task(cfg)
     arr = saved.arrays(task)
     x_train = tf.constant(kerasplatform.nhwc(arr["train_x"]))
@@ -147,7 +148,7 @@ def train(s: Session) -> None:
     n_train = len(arr["train_x"])
     steps_per_epoch = loop.steps_per_epoch(cfg, n_train)
     chosen = kerasplatform.choose_precision(cfg, task.learns, "tensorflow")
-    learner = Learner(tf, keras, cfg, task, chosen[0] == "bf16")
+    learner = Learner(tf, keras, cfg, task, chosen[0] == "bf16", s.stage)
     optimizer = None if cfg.optim.name == "manual" else kerasplatform.optimizer(keras, cfg, steps_per_epoch)
     if optimizer is not None:
         optimizer.build(learner.variables)
@@ -157,6 +158,7 @@ def train(s: Session) -> None:
         tf.TensorSpec([None, *y_train.shape[1:]], y_train.dtype), tf.TensorSpec([], tf.float32))
     graph = graph_of(traced)
     threads = tf.config.threading.get_intra_op_parallelism_threads() or frameworks.cpus()
+    s.stage(None)
     if s.resume is None:
         # parameters as PyTorch counts them (BatchNorm's moving statistics are not), of the same net
         params, learned = count_parameters(task.model), count_parameters(task.model, learned_only=True)

@@ -39,6 +39,7 @@ from .tables import (
                       compare,
                       console,
                       eval_tables,
+                      predictions_table,
                       render,
                       rich_table,
                       runs_table,
@@ -47,6 +48,6 @@ from .tables import (
 __all__ = ["COMPARE_METRICS", "FORMATS", "PLOT_SUFFIXES", "ROW_KEYS", "STATUS_STYLE", "all_keys",
            "cell", "compare", "confusion_figure", "console", "curves_figure", "epoch_curves",
            "eval_tables", "find_runs", "is_sweep", "legend_labels", "load_run", "log_if_wide", "metric_axis",
-           "model_name", "read_run", "reads", "records", "render", "resolve_run", "rich_table", "runs_of",
+           "model_name", "predictions_table", "read_run", "reads", "records", "render", "resolve_run", "rich_table", "runs_of",
            "runs_table", "save_figure", "select", "sort_rows", "steps_figure", "sweep_figure", "swept_keys", "task_label",
            "value_of", "varying_keys"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -277,3 +278,40 @@ def eval_tables(result: dict, out: Console) -> None:
     if result["saved"]:
         out.print(f"saved {result['saved']}", markup=False)
 
+
+
+def break_path(path: str, width: int) -> str:
+    """A path on lines of at most width cells, broken after a '/', never inside a name (a name
+    longer than width stays whole on its own line)."""
+    lines = [""]
+    for part in re.split(r"(?<=/)", path):  # each piece keeps its trailing slash
+        if lines[-1] and cell_len(lines[-1] + part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "\n".join(lines)
+
+
+def predictions_table(results: list[dict], width: int) -> Table:
+    """predict's table: each image's path and its top classes with their probabilities. A path too
+    long for the line breaks after a '/' and a class's name and probability break apart, so that
+    neither a file name nor a word is ever cut."""
+    headers = ("1st", "2nd", "3rd")
+    rows = [(r["file"], [f"{t['name']} {100 * t['probability']:.1f}%" for t in r["top"]])
+            for r in results if "top" in r]
+    gaps = 2 * len(headers)  # a space each side of a column, none at the table's edges
+
+    def widest(texts, split=False) -> int:
+        return max((cell_len(w) for t in texts for w in (t.split() if split else [t])), default=0)
+
+    tops = [[top[i] for _, top in rows if i < len(top)] + [h] for i, h in enumerate(headers)]
+    left = width - gaps - sum(widest(t) for t in tops)  # beside the classes on one line each
+    if left < max(cell_len(path) for path, _ in rows):
+        names = widest([part for path, _ in rows for part in re.split(r"(?<=/)", path)])
+        left = max(left, min(names, width - gaps - sum(widest(t, split=True) for t in tops)))
+    table = Table(box=None, pad_edge=False)
+    table.add_column("image", no_wrap=True)
+    for header in headers:
+        table.add_column(header)  # wraps between a class's name and its probability
+    for path, top in rows:
+        table.add_row(Text(break_path(path, left)), *[Text(t) for t in top])
+    return table

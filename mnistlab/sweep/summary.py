@@ -6,6 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
+from rich import box
 from rich.table import Table
 
 from .. import files, metrics, rundir
@@ -244,9 +245,10 @@ def compare_figure(directories: list[Path], metric: str | None = None):
 def trial_table(sweep: Sweep, directory: Path, trials: list[Trial],
                 states: dict[str, TrialState]) -> Table:
     """What --dry-run shows: each trial's overrides, hash, and its state on disk."""
-    table = Table(title=f"sweep {sweep.name}: {len(trials)} trials in {directory}", title_justify="left")
-    for col in ("#", "trial", "overrides", "hash", "state"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"sweep {sweep.name}: {len(trials)} trials in {directory}",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("#", "trial", "overrides", "hash", "state"):  # only overrides break, between them
+        table.add_column(col, no_wrap=col != "overrides", overflow="fold")
     for i, t in enumerate(trials, 1):
         state = states[t.hash].state
         if state == "paused" and (states[t.hash].summary or {}).get("status") == "pruned":

@@ -28,9 +28,10 @@ def get(name: str | None) -> type[Task]:
     return TASKS.get(name if isinstance(name, str) and name else DEFAULT, TASKS[DEFAULT])
 
 
-def build_task(cfg: Config, model_source: Path | None = None) -> Task:
+def build_task(cfg: Config, model_source: Path | None = None, reference: Path | None = None) -> Task:
     """The task of a config, with its data loaded and its model built.
 
-    model_source: a run's trusted copy of the code of a model.kind=module network.
+    model_source, reference: of a model.kind=module network, a run's trusted copy of its code, and
+    the run's copy against which an edit of comments or whitespace only is accepted (run_code).
     """
-    return TASKS[cfg.task](cfg, model_source)
+    return TASKS[cfg.task](cfg, model_source, reference)

@@ -22,14 +22,15 @@ class Classify(Task):
     has_classes = True
     builds_model = True
 
-    def __init__(self, cfg: Config, model_source=None):
+    def __init__(self, cfg: Config, model_source=None, reference=None):
         from ..data import load_data
         from ..models import build_model
 
         splits = load_data(cfg.data, cfg.train.val_split, cfg.train.seed)
         self.data = Data(splits.train_x, splits.train_y, splits.val_x, splits.val_y,
                          splits.test_x, splits.test_y)
-        self.model = build_model(cfg.model, splits.image_shape, splits.num_classes, model_source)
+        self.model = build_model(cfg.model, splits.image_shape, splits.num_classes, model_source,
+                                 reference)
         self.info = {"dataset": cfg.data.name, "mean": splits.mean, "std": splits.std,
                      "image_shape": list(splits.image_shape), "num_classes": splits.num_classes,
                      "class_names": splits.class_names}

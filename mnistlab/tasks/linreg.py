@@ -24,7 +24,7 @@ class Linreg(Task):
     data_sections = ("linreg",)
     loss_label = "mean squared error"
 
-    def __init__(self, cfg: Config, model_source=None):  # its model is its own
+    def __init__(self, cfg: Config, model_source=None, reference=None):  # its model is its own
         from torch import nn
 
         self.data, self.truth, self.source = linreg_data(cfg)

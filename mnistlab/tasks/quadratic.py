@@ -40,7 +40,7 @@ class Quadratic(Task):
     loss_label = "f(x)"
     figure = "steps"
 
-    def __init__(self, cfg: Config, model_source=None):  # its model is its own
+    def __init__(self, cfg: Config, model_source=None, reference=None):  # its model is its own
         import torch
 
         # one input per split: one gradient step per epoch, and the val "split" is f at the new x
