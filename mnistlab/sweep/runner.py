@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from rich.console import Console
 
 from .. import display, files, lease
 from ..config import to_dict, to_yaml
-from ..errors import ExecutorUnavailable, Interrupted, SweepError
+from ..errors import ExecutorUnavailable, Interrupted, MnistlabError, SweepError
 from ..run import yaml_comment
 from . import store
 from .executors import Executor, TrialSpec, executor_class
@@ -70,21 +71,61 @@ def attached(name: str | None) -> bool:
     """Whether jobs of this engine end with the command that submitted them."""
     try:
         return not executor_class(name).detachable
-    except (KeyError, ExecutorUnavailable):  # an engine this install lacks did not submit here
+    except (KeyError, TypeError, ExecutorUnavailable):  # an engine this install lacks did not submit here
         return False
 
 
-def jobs_alive(executor: Executor, jobs: list[dict]) -> set[str]:
-    """The job ids of job.json records whose job still exists (pending or running)."""
-    ids = [j["job_id"] for j in jobs if j.get("executor") == executor.name and j.get("job_id")]
-    states = executor.states(ids) if ids else {}
-    alive = {i for i, s in states.items() if s in ("pending", "running")}
+class Engines:
+    """This command's executor, and the other engines whose jobs outlive their driver (SLURM), each
+    created once when a job.json names it, to ask whether its jobs still exist."""
+
+    def __init__(self, executor: Executor):
+        self.executor = executor
+        self.others: dict[str, Executor | None] = {}
+
+    def get(self, name) -> Executor | None:
+        if name == self.executor.name:
+            return self.executor
+        if not isinstance(name, str) or attached(name):
+            return None  # attached jobs live while their driver does (see jobs_alive)
+        if name not in self.others:
+            try:
+                self.others[name] = executor_class(name)({}, 1)
+            except MnistlabError:  # not reachable from here: its jobs cannot be checked
+                self.others[name] = None
+        return self.others[name]
+
+
+def jobs_alive(executor: Executor, jobs: list[dict], engines: Engines | None = None) -> set[str]:
+    """The keys (store.job_key) of job.json records whose job still exists (pending or running),
+    asked of the engine that holds it. A claim whose ids were never written (its driver died right
+    after submitting) is found again by its name, and its record gets the job id and "adopted"."""
+    engines = engines or Engines(executor)
     me = lease.process_identity()
-    for j in jobs:  # an attached job (local, Ray) of another sweep command runs while it lives
-        driver = j.get("driver") or {}
-        if (attached(j.get("executor")) and states.get(j.get("job_id"), "unknown") == "unknown"
-                and driver.get("pid") != me["pid"] and lease.process_alive(driver) is True):
-            alive.add(j.get("job_id"))
+    alive = set()
+    by_engine: dict = {}
+    for j in jobs:
+        by_engine.setdefault(j.get("executor") if isinstance(j.get("executor"), str) else None,
+                             []).append(j)
+    for name, records in by_engine.items():
+        engine = engines.get(name)
+        unrecorded = [j for j in records if store.job_key(j) != j.get("job_id")
+                      and isinstance(j.get("claim"), str) and isinstance(j.get("index"), int)]
+        if unrecorded and hasattr(engine, "find"):
+            found = engine.find([(j["claim"], j["index"]) for j in unrecorded])
+            for j in unrecorded:
+                if (j["claim"], j["index"]) in found:
+                    j.update(job_id=found[j["claim"], j["index"]], adopted=True)
+        ids = [store.job_key(j) for j in records if store.job_key(j) == j.get("job_id")]
+        states = engine.states(ids) if engine is not None and ids else {}
+        alive |= {i for i, s in states.items() if s in ("pending", "running")}
+        for j in records:  # jobs of another live sweep command on this host: an attached engine's,
+            # or a claim whose command is still submitting it
+            driver = j.get("driver") if isinstance(j.get("driver"), dict) else {}
+            if ((store.job_key(j) != j.get("job_id") or attached(name)
+                 and states.get(j.get("job_id"), "unknown") == "unknown")
+                    and driver.get("pid") != me["pid"] and lease.process_alive(driver) is True):
+                alive.add(store.job_key(j))
     return alive
 
 
@@ -92,8 +133,10 @@ class Runner:
     """One sweep command's work: what it submitted, what it watches, what it counted."""
 
     def __init__(self, sweep: Sweep, directory: Path, trials: list[Trial], executor: Executor,
-                 progress: display.SweepLines, threads: int, lease_timeout: float, until: int | None = None):
+                 progress: display.SweepLines, threads: int, lease_timeout: float, until: int | None = None,
+                 engines: Engines | None = None):
         self.sweep, self.directory, self.trials, self.executor = sweep, directory, trials, executor
+        self.engines = engines or Engines(executor)
         self.until = until  # the rung this command trains up to (pruned sweeps), None: the end
         self.progress, self.threads, self.lease_timeout = progress, threads, lease_timeout
         self.jobs: dict[str, Job] = {}  # job id -> the trial this command submitted
@@ -105,7 +148,7 @@ class Runner:
         self.index_written = self.rechecked = 0.0
 
     def alive(self, jobs: list[dict]) -> set[str]:
-        return jobs_alive(self.executor, jobs)
+        return jobs_alive(self.executor, jobs, self.engines)
 
     def look(self, trials: list[Trial]) -> dict[str, TrialState]:
         """The current state of these trials, read from their own run directories."""
@@ -116,25 +159,31 @@ class Runner:
         with store.locked(self.directory):
             wanted = {NEW, STOPPED, PAUSED} | ({FAILED} if retry_failed else set())
             now = self.look(trials)
+            store.record_found(trials, now)
             claim = [t for t in trials if now[t.hash].state in wanted]
             for t in trials:
                 if now[t.hash].state in (RUNNING, QUEUED):
                     self.watched[t.hash] = t
-            specs = []
-            for t in claim:
+            # the claim is written before the engine is asked: a driver killed right after
+            # submitting leaves job.json files that name the submission, and the next command
+            # finds its jobs by that name instead of submitting them again
+            name = f"mnistlab-{self.directory.name}-{os.urandom(4).hex()}"
+            driver, specs, records = lease.process_identity(), [], []
+            for index, t in enumerate(claim):
                 with files.writing(t.run_dir):
                     t.run_dir.mkdir(parents=True, exist_ok=True)
                 # what the trial trains is this validated config, whatever happens to the base
                 # file while it waits in a queue
                 files.atomic_write_text(t.run_dir / PINNED, yaml_comment([
                     f"the config of trial {t.name} as sweep {self.sweep.name} validated it"]) + to_yaml(t.cfg))
+                records.append({"executor": self.executor.name, "job_id": None, "claim": name,
+                                "index": index, "driver": driver, "submitted": time.time()})
+                files.write_json(t.run_dir / "job.json", records[-1])
                 specs.append(TrialSpec(t.hash, t.name, train_command(self.sweep, t, self.until, executed=True), t.run_dir,
-                                       t.run_dir / "trial.log", self.threads))
+                                       t.run_dir / "trial.log", self.threads, claim=name))
             ids = self.executor.submit(specs) if specs else []
-            for t, job_id in zip(claim, ids):
-                files.write_json(t.run_dir / "job.json", {
-                    "executor": self.executor.name, "job_id": job_id,
-                    "driver": lease.process_identity(), "submitted": time.time()})
+            for t, job_id, record in zip(claim, ids, records):
+                files.write_json(t.run_dir / "job.json", {**record, "job_id": job_id})
                 self.attempts[t.hash] = self.attempts.get(t.hash, 0) + 1
                 self.jobs[job_id] = Job(t, job_id, self.attempts[t.hash],
                                         resumed=t.run_dir if now[t.hash].state != NEW else None)
@@ -257,7 +306,13 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     SweepInterrupted on Ctrl-C/SIGTERM after cancelling what this command submitted.
     """
     progress = progress or display.SweepLines(Console(quiet=True))
-    states = store.trial_states(trials, store.scan(directory), lambda jobs: jobs_alive(executor, jobs))
+    engines = Engines(executor)
+    states = store.trial_states(trials, store.scan(directory),
+                                lambda jobs: jobs_alive(executor, jobs, engines))
+    refuse_other_engine(sweep, executor, [states[t.hash] for t in trials])
+    if any(st.state == QUEUED and st.owner.get("adopted") for st in states.values()):
+        with store.locked(directory):
+            store.record_found(trials, states)
     todo = [t for t in trials if states[t.hash].state in (NEW, STOPPED)
             or (retry_failed and states[t.hash].state == FAILED)
             or (states[t.hash].state == PAUSED and (until is None or (
@@ -270,7 +325,8 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
         check_data(todo)  # a data problem said once, before any trial starts
     jobs = executor.jobs
     threads = executor.trial_threads(max(len(todo), 1))
-    runner = Runner(sweep, directory, trials, executor, progress, threads, lease_timeout, until)
+    runner = Runner(sweep, directory, trials, executor, progress, threads, lease_timeout, until,
+                    engines)
     runner.states = states
     runner.errors = {h: st.summary.get("error") for h, st in states.items()
                      if st.state == FAILED and st.summary}
@@ -322,6 +378,53 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
                   not_run=sum(runner.states[t.hash].state in (NEW, STOPPED) for t in runner.trials))
     counts["failed_total"] = sum(runner.states[t.hash].state == FAILED for t in runner.trials)
     return counts
+
+
+def job_of(st: TrialState) -> tuple[str | None, str | None]:
+    """(engine, job id) of a queued trial's job.json or a running trial's lease, as far as known."""
+    owner = st.owner or {}
+    if st.state == QUEUED:
+        name, job_id = owner.get("executor"), owner.get("job_id")
+    else:
+        job = owner.get("executor") if isinstance(owner.get("executor"), dict) else {}
+        name, job_id = job.get("name"), job.get("job_id")
+    return (name if isinstance(name, str) else None), (job_id if isinstance(job_id, str) else None)
+
+
+def cancel_hint(name: str, job_ids: list[str]) -> str:
+    """How to cancel these jobs of a detachable engine from a shell."""
+    try:
+        return executor_class(name).cancel_command(job_ids)
+    except (AttributeError, KeyError, ExecutorUnavailable):
+        return f"the {name} engine's own command"
+
+
+def refuse_other_engine(sweep: Sweep, executor: Executor, states: list[TrialState]) -> None:
+    """A driver runs nothing while trials of its sweep are queued or running as jobs of another
+    engine that outlives its driver (SLURM): it would run them a second time, beside them."""
+    other = [(st, *job_of(st)) for st in states if st.state in (QUEUED, RUNNING)]
+    other = [(st, name, job_id) for st, name, job_id in other
+             if name and name != executor.name and not attached(name)]
+    if not other:
+        return
+    name = other[0][1]
+    ids = sorted(job_id for _, n, job_id in other if n == name and job_id)
+    drivers = {json.dumps(st.owner["driver"], sort_keys=True) for st, n, _ in other
+               if n == name and st.state == QUEUED and isinstance(st.owner.get("driver"), dict)}
+    by = ""
+    if len(drivers) == 1:
+        driver = json.loads(drivers.pop())
+        alive = lease.process_alive(driver)
+        by = (f", submitted by the sweep command pid {driver.get('pid')} on host {driver.get('host')}"
+              + (", which still runs" if alive else ", which has ended (--detach, or it was stopped)"
+                 if alive is False else ""))
+    shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more" if len(ids) > 6 else "")
+    raise SweepError(
+        f"sweep {sweep.name}: {len(other)} of its trials are queued or running as {name} jobs "
+        f"({shown or 'ids not recorded'}){by}; a {executor.name} driver would run them a second "
+        f"time beside them, so it started nothing. Follow them with the same command and "
+        f"--executor {name} (it attaches to them and submits only what is missing), or cancel them "
+        f"with `{cancel_hint(name, ids)}` and run this command again.")
 
 
 def _raise_interrupt(signum, frame):

@@ -97,13 +97,16 @@ class SlurmExecutor:
             return []
         folder = Path(specs[0].run_dir).parent / ".slurm"  # a dot-folder: not a run directory
         cpus = self.options.get("cpus_per_trial") or max(spec.threads for spec in specs)
+        claim = specs[0].claim or f"mnistlab-{Path(specs[0].run_dir).parent.name}"
         executor = submitit.SlurmExecutor(folder=folder)
-        executor.update_parameters(**self._parameters(cpus, Path(specs[0].run_dir).parent.name))
+        executor.update_parameters(**self._parameters(cpus))
         ids: list[str] = []
         previous = None
         chunk = self.max_array  # array indices must stay below MaxArraySize
         for start in range(0, len(specs), chunk):
             part = specs[start:start + chunk]
+            # named after the claim and its first index, so that find() maps each task to its trial
+            executor.update_parameters(job_name=array_name(claim, start, chunk))
             if previous:  # one array at a time keeps the --jobs limit across arrays
                 executor.update_parameters(dependency=f"afterany:{previous}")
             try:
@@ -119,13 +122,13 @@ class SlurmExecutor:
             previous = ids[-1].split("_")[0]
         return ids
 
-    def _parameters(self, cpus: int, sweep: str) -> dict:
+    def _parameters(self, cpus: int) -> dict:
         o = self.options
         extra = {"requeue": True}
         for flag in o.get("sbatch") or []:
             key, _, value = flag[2:].partition("=")
             extra[key] = value if value else True
-        params = {"job_name": f"mnistlab-{sweep}", "cpus_per_task": cpus,
+        params = {"cpus_per_task": cpus,
                   "array_parallelism": self.jobs, "additional_parameters": extra,
                   "partition": o.get("partition"), "time": o.get("time"), "account": o.get("account"),
                   "qos": o.get("qos"), "gpus_per_node": o.get("gpus_per_trial"),
@@ -144,15 +147,40 @@ class SlurmExecutor:
                       "pending" if state in PENDING else "running")
         return out
 
+    def find(self, claims: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The jobs SLURM still lists of submissions whose ids were never recorded (the driver was
+        killed right after sbatch): (claim, index) -> job id, found by the arrays' names."""
+        names = {(c, i): array_name(c, i, self.max_array) for c, i in claims}
+        if not names:
+            return {}
+        answer = self._ask(["squeue", "--noheader", "--array", "--name", ",".join(set(names.values())),
+                            "--format", "%i|%j"])
+        tasks = {}
+        for line in answer.stdout.split():
+            job_id, _, name = line.partition("|")
+            task = int(job_id.split("_")[1]) if "_" in job_id else 0  # one trial: a plain job
+            tasks[name, task] = job_id
+        return {(c, i): tasks[names[c, i], i % self.max_array] for c, i in claims
+                if (names[c, i], i % self.max_array) in tasks}
+
+    @staticmethod
+    def cancel_command(job_ids: list[str]) -> str:
+        return "scancel " + " ".join(job_ids)
+
     def _squeue(self, array_ids: list[str]) -> dict[str, str]:
         """Job id -> squeue state of the jobs of these arrays that SLURM still lists."""
+        answer = self._ask(["squeue", "--noheader", "--array", "--jobs", ",".join(array_ids),
+                            "--format", "%i|%T"])
+        return dict(line.split("|", 1) for line in answer.stdout.split() if "|" in line)
+
+    def _ask(self, argv: list[str]) -> subprocess.CompletedProcess:
+        """squeue's answer, asked up to three times; SweepError when it keeps failing."""
         for attempt in range(3):
-            answer = _run(["squeue", "--noheader", "--array", "--jobs", ",".join(array_ids),
-                           "--format", "%i|%T"])
+            answer = _run(argv)
             if answer.returncode == 0:
-                return dict(line.split("|", 1) for line in answer.stdout.split() if "|" in line)
+                return answer
             if "Invalid job id" in answer.stderr:  # every one of them ended and was forgotten
-                return {}
+                return subprocess.CompletedProcess(argv, 0, "", "")
             time.sleep(2 * (attempt + 1))
         raise SweepError(f"--executor slurm: squeue failed ({first_line(answer.stderr)}); the "
                          "submitted trials keep running. Run the same sweep command again to "
@@ -179,6 +207,11 @@ def check_slurm_options(options: dict) -> dict:
     if problems:
         raise ConfigError(problems)
     return options
+
+
+def array_name(claim: str, index: int, chunk: int) -> str:
+    """The SLURM job name of the array holding trial index of a submission (chunk: MaxArraySize)."""
+    return f"{claim}-{index // chunk * chunk}"
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:

@@ -1,0 +1,90 @@
+"""SLURM sweeps under faults, against the one-node cluster of scripts/slurm-local.sh: a driver
+killed right after sbatch, a local driver beside SLURM jobs, jobs that can never start, Ctrl-C
+over a detached sweep, a trial stopped before it takes its lease."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from test_executors import data_dir, ran_once, slurm_cluster, sweep_file, trial_dirs  # noqa: F401
+
+# the driver, killed with SIGKILL the moment sbatch has accepted its job array: before it can
+# write a single job id
+KILLED_AFTER_SBATCH = """
+import os, signal, sys
+from mnistlab.sweep.executors import slurm
+submit = slurm.SlurmExecutor.submit
+def submit_then_die(self, specs):
+    ids = submit(self, specs)
+    print("submitted", *ids, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+slurm.SlurmExecutor.submit = submit_then_die
+from mnistlab.cli import main
+sys.argv = ["mnistlab", *sys.argv[1:]]
+main()
+"""
+
+
+def sweep(path: Path, *extra: str, code: str | None = None, timeout: float = 600):
+    prefix = ["-c", code] if code else ["-m", "mnistlab"]
+    return subprocess.run([sys.executable, *prefix, "sweep", str(path), "--executor", "slurm",
+                           *extra], capture_output=True, text=True, timeout=timeout)
+
+
+def arrays(directory: Path) -> set[str]:
+    """The job arrays submitit submitted for this sweep (its files in .slurm/ begin with the id)."""
+    return {m.group(1) for p in (directory / ".slurm").iterdir()
+            if (m := re.match(r"(\d+)_", p.name))}
+
+
+def test_a_driver_killed_right_after_sbatch_is_followed_not_submitted_again(
+        tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    path = sweep_file(tmp_path, data_dir, epochs=1, lrs=(0.01, 0.02, 0.03, 0.04))
+    directory = tmp_path / "runs" / "s"
+    killed = sweep(path, "--jobs", "2", code=KILLED_AFTER_SBATCH)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    [line] = [line for line in killed.stdout.splitlines() if line.startswith("submitted ")]
+    submitted = line.split()[1:]
+    assert len(submitted) == 4
+    again = sweep(path, "--jobs", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 running in another sweep" in again.stdout  # it follows the 4 jobs
+    dirs = trial_dirs(directory)
+    assert len(dirs) == 4
+    assert sorted(ran_once(d)["executor"]["job_id"] for d in dirs) == sorted(submitted)
+    assert arrays(directory) == {submitted[0].split("_")[0]}  # no second array
+    for d in dirs:  # the job ids the killed driver could not write are recorded now
+        assert json.loads((d / "job.json").read_text())["job_id"] in submitted
+
+
+def held(path: Path) -> Path:
+    """The sweep file with its jobs submitted held (sbatch --hold): they wait in the queue."""
+    definition = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**definition, "executor": {"slurm": {"sbatch": ["--hold"]}}}))
+    return path
+
+
+def test_a_local_driver_refuses_a_sweep_whose_trials_are_slurm_jobs(tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    path = held(sweep_file(tmp_path, data_dir, epochs=1))
+    directory = tmp_path / "runs" / "s"
+    detached = sweep(path, "--detach")
+    assert detached.returncode == 0, detached.stdout + detached.stderr
+    claims = {d: (d / "job.json").read_text() for d in trial_dirs(directory)}
+    ids = [json.loads(text)["job_id"] for text in claims.values()]
+    try:
+        local = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(path)],
+                               capture_output=True, text=True, timeout=300)
+        message = " ".join(local.stderr.split())
+        assert local.returncode == 2 and "Traceback" not in local.stderr, local.stdout + local.stderr
+        assert "2 of its trials are queued or running as slurm jobs" in message
+        assert "which has ended" in message  # the detached driver
+        assert "--executor slurm" in message and "scancel " + " ".join(sorted(ids)) in message
+        assert {d: (d / "job.json").read_text() for d in trial_dirs(directory)} == claims
+        assert not list(directory.glob("*/trial.log"))  # no local process started
+    finally:
+        subprocess.run(["scancel", *ids], check=True)
