@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -88,3 +90,58 @@ def test_a_local_driver_refuses_a_sweep_whose_trials_are_slurm_jobs(tmp_path, da
         assert not list(directory.glob("*/trial.log"))  # no local process started
     finally:
         subprocess.run(["scancel", *ids], check=True)
+
+
+def start(path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mnistlab", "sweep", str(path), "--executor",
+                             "slurm", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def interrupted(driver: subprocess.Popen) -> tuple[str, str]:
+    """Ctrl-C: (stdout, the error message on one line); the driver exits 130 without a traceback."""
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130 and "Traceback" not in err, out + err
+    return out, " ".join(err.split())
+
+
+def test_ctrl_c_of_a_driver_following_a_detached_sweep_says_which_jobs_still_run(
+        tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    path = held(sweep_file(tmp_path, data_dir, epochs=1))
+    assert sweep(path, "--detach").returncode == 0
+    directory = tmp_path / "runs" / "s"
+    ids = sorted(json.loads((d / "job.json").read_text())["job_id"] for d in trial_dirs(directory))
+    try:
+        driver = start(path)
+        assert "2 running in another sweep" in driver.stdout.readline()  # it follows them
+        _, message = interrupted(driver)
+        assert "this command had no trial of its own running" in message
+        assert (f"2 trials of this sweep still run as slurm jobs ({', '.join(ids)}) that another "
+                "command submitted; this command leaves them running, cancel them with "
+                f"`scancel {' '.join(ids)}`") in message
+        queue = subprocess.run(["squeue", "--noheader", "--array", "--jobs", ids[0].split("_")[0],
+                                "--format", "%i"], capture_output=True, text=True).stdout.split()
+        assert sorted(queue) == ids  # left as they were
+    finally:
+        subprocess.run(["scancel", *ids], check=True)
+
+
+def test_ctrl_c_counts_a_trial_that_completed_before_it_as_completed(tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    path = sweep_file(tmp_path, data_dir, epochs=1)
+    directory = tmp_path / "runs" / "s"
+    driver = start(path, "--jobs", "1")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # the first trial has written its result; its job may
+        done = [d for d in directory.glob("*/summary.json")  # not have ended yet
+                if json.loads(d.read_text() or "{}").get("status") == "completed"]
+        if done:
+            break
+        time.sleep(0.05)
+    out, message = interrupted(driver)
+    assert "1 trial had completed before the signal" in message
+    trial = done[0].parent.name.split("-")[:2]
+    assert f"interrupted {'-'.join(trial)}" not in out, out
+    started = re.search(r"stopped the (\d) trials? of this sweep that had started", message)
+    withdrawn = "1 queued trial had not started and was withdrawn" in message
+    assert (started is not None) + withdrawn == 1, message  # the other trial, either way

@@ -31,14 +31,20 @@ MAX_ATTEMPTS = 3  # submissions of one trial by one sweep command (a trial kille
 class SweepInterrupted(Interrupted):
     """Ctrl-C or SIGTERM stopped the sweep after cancelling the trials it had submitted."""
 
-    def __init__(self, cancelled: int, executor: str, not_started: int = 0):
+    def __init__(self, cancelled: int, executor: str, not_started: int = 0, completed: int = 0,
+                 elsewhere: str = ""):
         they = "they saved their state" if cancelled != 1 else "it saved its state"
         what = (f"stopped the {cancelled} trial{'s' if cancelled != 1 else ''} of this sweep that "
                 f"had started ({executor} executor); {they} as interrupted"
-                if cancelled else "no trial of this sweep was running")
+                if cancelled else "this command had no trial of its own running")
+        if completed:
+            what += (f"; {completed} trial{'s' if completed != 1 else ''} had completed before "
+                     "the signal")
         if not_started:
             what += (f"; {not_started} queued trial{'s' if not_started != 1 else ''} had not "
-                     "started and were withdrawn")
+                     f"started and {'were' if not_started != 1 else 'was'} withdrawn")
+        if elsewhere:
+            what += f"; {elsewhere}"
         super().__init__(f"sweep interrupted: {what}. Run the same command again to continue "
                          "where it stopped.")
 
@@ -51,6 +57,7 @@ class Job:
     running_since: float | None = None
     resumed: Path | None = None  # the run directory it continues, None for a new trial
     started: bool = False  # the executor has said it runs (before that it is queued)
+    before: dict | None = None  # the trial's summary.json when it was submitted
 
 
 def check_data(trials: list[Trial]) -> None:
@@ -186,7 +193,8 @@ class Runner:
                 files.write_json(t.run_dir / "job.json", {**record, "job_id": job_id})
                 self.attempts[t.hash] = self.attempts.get(t.hash, 0) + 1
                 self.jobs[job_id] = Job(t, job_id, self.attempts[t.hash],
-                                        resumed=t.run_dir if now[t.hash].state != NEW else None)
+                                        resumed=t.run_dir if now[t.hash].state != NEW else None,
+                                        before=now[t.hash].summary)
                 self.states[t.hash] = TrialState(QUEUED, t.run_dir, None, {"job_id": job_id})
                 self.progress.queued(t)
 
@@ -271,21 +279,54 @@ class Runner:
 
     def cancel(self) -> tuple[int, int]:
         """Cancel every job this command submitted: those that started save themselves as
-        interrupted, the queued ones are withdrawn. Returns (interrupted, not started)."""
-        ids = list(self.jobs)
-        if ids:
-            self.executor.cancel(ids)
-        interrupted = 0
-        for job in self.jobs.values():
-            st = self.states[job.trial.hash] = self.look([job.trial])[job.trial.hash]
+        interrupted, the queued ones are withdrawn; one that ended on its own before (completed,
+        failed, paused at its rung) counts as what it is. Returns (interrupted, not started)."""
+        jobs = list(self.jobs.values())
+        if jobs:
+            self.executor.cancel([job.job_id for job in jobs])
+        self.jobs.clear()
+        interrupted = withdrawn = 0
+        for job in jobs:
+            st = self.look([job.trial])[job.trial.hash]
+            ended = st.state == DONE or st.state == FAILED or (
+                st.state == PAUSED and self.until is not None
+                and (st.summary or {}).get("epochs_completed", 0) >= self.until)
+            if ended and st.summary != job.before:  # its own end, written before the cancel
+                self.ended(job.trial, mine=True, st=st)
             # one the executor started after the last look has written its summary by now
-            if job.started or (job.resumed is None and st.summary is not None):
+            elif job.started or (job.resumed is None and st.summary is not None):
+                self.states[job.trial.hash] = st
                 interrupted += 1
                 self.progress.finished(job.trial, "interrupted", None,
                                        "cancelled; the next run of the sweep continues it")
+            else:
+                self.states[job.trial.hash] = st
+                withdrawn += 1
         self.counts["interrupted"] += interrupted
-        self.jobs.clear()
-        return interrupted, len(ids) - interrupted
+        return interrupted, withdrawn
+
+    def elsewhere(self) -> str:
+        """What still runs of the trials this command watched (others submitted them), and how
+        to stop it: they go on after this command ends."""
+        now = self.look(list(self.watched.values()))
+        by: dict[str, list[str]] = {}
+        for st in now.values():
+            if st.state in (RUNNING, QUEUED):
+                name, job_id = job_of(st)
+                by.setdefault(name or "", []).append(job_id or "")
+        parts = []
+        for name, ids in sorted(by.items()):
+            n = f"{len(ids)} trial{'s' if len(ids) != 1 else ''} of this sweep"
+            known = sorted(i for i in ids if i)
+            if name and not attached(name):
+                shown = f" ({', '.join(known)})" if known else ""
+                parts.append(f"{n} still {'run' if len(ids) != 1 else 'runs'} as {name} jobs{shown} that "
+                             "another command submitted; this command leaves them running, "
+                             f"cancel them with `{cancel_hint(name, known)}`")
+            else:
+                parts.append(f"{n} still {'run' if len(ids) != 1 else 'runs'} in another command "
+                             f"({name or 'mnistlab train'}), which stops them when it is stopped")
+        return "; ".join(parts)
 
     def write_index(self) -> None:
         self.index_written = time.monotonic()
@@ -331,12 +372,12 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     runner.errors = {h: st.summary.get("error") for h, st in states.items()
                      if st.state == FAILED and st.summary}
     store.write_definition(sweep, directory)
-    progress.start(sweep.name, len(todo) + counts["elsewhere"] + planned, counts, executor.name, jobs,
-                   threads)
     t0 = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         runner.watched = {t.hash: t for t in trials if states[t.hash].state in (RUNNING, QUEUED)}
+        progress.start(sweep.name, len(todo) + counts["elsewhere"] + planned, counts, executor.name,
+                       jobs, threads)
         runner.submit(todo, retry_failed)
         if detach:  # the jobs run on without this command; the next one attaches to them
             counts["detached"] = len(runner.jobs)
@@ -364,7 +405,8 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     except KeyboardInterrupt:
         cancelled, not_started = runner.cancel()
         runner.write_index()
-        raise SweepInterrupted(cancelled, executor.name, not_started) from None
+        raise SweepInterrupted(cancelled, executor.name, not_started, runner.counts["completed"],
+                               runner.elsewhere()) from None
     except BaseException:
         runner.cancel()
         raise
