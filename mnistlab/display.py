@@ -246,6 +246,7 @@ class SweepLines:
         self.total = self.done = self.failed = 0
         self.counts: dict = {}
         self.best = best or Best()
+        self.waits: dict[str, int] = {}  # why queued trials wait, as last said
 
     def start(self, name: str, total: int, counts: dict, executor: str, jobs: int,
               threads: int) -> None:
@@ -270,8 +271,12 @@ class SweepLines:
         if status == "completed" and self.best.offer(trial, summary):
             self.console.print(f"best so far: {self.best.text()}")
 
-    def update(self, running: int, queued: int = 0) -> None:
-        pass
+    def update(self, running: int, queued: int = 0, waits: dict[str, int] | None = None) -> None:
+        """waits: how many queued trials wait for each reason the scheduler gives; a line when
+        the reasons change."""
+        if waits and set(waits) != set(self.waits):
+            self.console.print(f"queued trials wait: {waits_text(waits)}", markup=False)
+        self.waits = waits or {}
 
     def stop(self) -> None:
         pass
@@ -285,8 +290,8 @@ class SweepLive(SweepLines):
 
         super().__init__(console, best)
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("running {task.fields[running]}  queued {task.fields[queued]}  "
-                                  "failed {task.fields[failed]}"),
+                       TextColumn("running {task.fields[running]}  queued {task.fields[queued]}"
+                                  "{task.fields[waiting]}  failed {task.fields[failed]}"),
                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                        TextColumn("{task.fields[best]}"), console=console, transient=True)
         self.task = None
@@ -294,8 +299,8 @@ class SweepLive(SweepLines):
     def start(self, name, total, counts, executor, jobs, threads) -> None:
         super().start(name, total, counts, executor, jobs, threads)
         self.bar.start()
-        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, queued=0, failed=0,
-                                      best=self._best())
+        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, queued=0, waiting="",
+                                      failed=0, best=self._best())
 
     def _best(self) -> str:
         return f"best {self.best.text()}" if self.best.trial is not None else ""
@@ -311,11 +316,17 @@ class SweepLive(SweepLines):
             self.bar.console.print(f"best so far: {self.best.text()}")
         self.bar.update(self.task, completed=self.done, failed=self.failed, best=self._best())
 
-    def update(self, running: int, queued: int = 0) -> None:
-        self.bar.update(self.task, running=running, queued=queued)
+    def update(self, running: int, queued: int = 0, waits: dict[str, int] | None = None) -> None:
+        self.bar.update(self.task, running=running, queued=queued,
+                        waiting=f", waiting: {waits_text(waits)}" if waits else "")
 
     def stop(self) -> None:
         self.bar.stop()
+
+
+def waits_text(waits: dict[str, int]) -> str:
+    """'2 for Resources (free CPUs or memory), 1 for Priority (jobs ahead of it)'."""
+    return ", ".join(f"{n} for {reason}" for reason, n in sorted(waits.items()))
 
 
 def sweep_progress(console: Console, best: Best | None = None) -> SweepLines:

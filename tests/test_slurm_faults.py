@@ -5,10 +5,12 @@ over a detached sweep, a trial stopped before it takes its lease."""
 from __future__ import annotations
 
 import json
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -145,3 +147,68 @@ def test_ctrl_c_counts_a_trial_that_completed_before_it_as_completed(tmp_path, d
     started = re.search(r"stopped the (\d) trials? of this sweep that had started", message)
     withdrawn = "1 queued trial had not started and was withdrawn" in message
     assert (started is not None) + withdrawn == 1, message  # the other trial, either way
+
+
+def with_slurm(path: Path, **options) -> Path:
+    definition = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**definition, "executor": {"slurm": options}}))
+    return path
+
+
+def node_cpus() -> int:
+    return max(int(n) for n in subprocess.run(["sinfo", "--noheader", "--Node", "--format", "%c"],
+                                              capture_output=True, text=True).stdout.split())
+
+
+def test_a_trial_asking_more_cpus_than_any_node_is_refused_before_submitting(
+        tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    cpus = node_cpus()
+    path = with_slurm(sweep_file(tmp_path, data_dir, epochs=1), cpus_per_trial=cpus + 2)
+    done = sweep(path, timeout=120)
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert (f"executor.slurm.cpus_per_trial: each trial asks for {cpus + 2} CPUs, but the largest "
+            f"node of partition") in message and f"has {cpus} (sinfo)" in message
+    assert "wait in the queue forever" in message
+    assert not (tmp_path / "runs" / "s").exists()  # nothing submitted, nothing written
+
+
+def test_jobs_that_can_never_start_end_the_sweep_saying_why(tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    # two nodes of a one-node partition: SLURM accepts the jobs, which wait forever (the reason is
+    # PartitionConfig or PartitionNodeLimit)
+    path = with_slurm(sweep_file(tmp_path, data_dir, epochs=1), sbatch=["--nodes=2"])
+    done = sweep(path, timeout=120)
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    job = re.search(r"SLURM will never start jobs (\d+_\d+), \d+_\d+: they wait with the reason "
+                    r"Partition(Config|NodeLimit) \(each asks for more", message).group(1)
+    assert "sbatch:" in message and "which no wait meets, so they were cancelled" in message
+    assert f"scontrol show job {job}" in message
+    queue = subprocess.run(["squeue", "--noheader", "--jobs", job.split("_")[0], "--format", "%T"],
+                           capture_output=True, text=True).stdout.split()
+    assert set(queue) <= {"CANCELLED"}  # withdrawn, not left pending
+    assert not list((tmp_path / "runs" / "s").glob("*/summary.json"))
+
+
+def line_with(driver: subprocess.Popen, text: str, timeout: float = 120) -> str:
+    """The first line of the driver's output holding text ("" after timeout seconds)."""
+    found = queue.Queue()
+
+    def read():
+        for line in driver.stdout:
+            if text in line:
+                found.put(line)
+                return
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        return found.get(timeout=timeout)
+    except queue.Empty:
+        return ""
+
+
+def test_the_display_says_why_queued_trials_wait(tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    driver = start(held(sweep_file(tmp_path, data_dir, epochs=1)))
+    line = line_with(driver, "queued trials wait")
+    _, message = interrupted(driver)
+    assert "queued trials wait: 2 for JobHeldUser (held: scontrol release)" in line, line
+    assert "2 queued trials had not started and were withdrawn" in message

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from rich.console import Console
 
 from .. import display, files, lease
 from ..config import to_dict, to_yaml
-from ..errors import ExecutorUnavailable, Interrupted, MnistlabError, SweepError
+from ..errors import ExecutorUnavailable, Interrupted, MnistlabError, SweepError, some
 from ..run import yaml_comment
 from . import store
 from .executors import Executor, TrialSpec, executor_class
@@ -221,9 +222,18 @@ class Runner:
                     del self.watched[h]
                     self.ended(t, mine=False, st=now[h])
         running = sum(job.started for job in self.jobs.values())
-        self.progress.update(running, len(self.jobs) - running)
+        self.progress.update(running, len(self.jobs) - running, self.waiting())
         if time.monotonic() - self.index_written > INDEX_SECONDS:
             self.write_index()
+
+    def waiting(self) -> dict[str, int]:
+        """Why this command's queued jobs wait, as the engine says (SLURM's pending reasons): how
+        many wait for each reason."""
+        queued = [job_id for job_id, job in self.jobs.items() if not job.started]
+        describe = getattr(self.executor, "describe", None)
+        if not queued or describe is None:
+            return {}
+        return dict(Counter(i["reason"] for i in describe(queued).values() if i.get("reason")))
 
     def check_shared(self, job: Job) -> None:
         """A job the executor runs must show its lease (or its result) in the run directory."""
@@ -319,7 +329,7 @@ class Runner:
             n = f"{len(ids)} trial{'s' if len(ids) != 1 else ''} of this sweep"
             known = sorted(i for i in ids if i)
             if name and not attached(name):
-                shown = f" ({', '.join(known)})" if known else ""
+                shown = f" ({some(known)})" if known else ""
                 parts.append(f"{n} still {'run' if len(ids) != 1 else 'runs'} as {name} jobs{shown} that "
                              "another command submitted; this command leaves them running, "
                              f"cancel them with `{cancel_hint(name, known)}`")
@@ -460,10 +470,9 @@ def refuse_other_engine(sweep: Sweep, executor: Executor, states: list[TrialStat
         by = (f", submitted by the sweep command pid {driver.get('pid')} on host {driver.get('host')}"
               + (", which still runs" if alive else ", which has ended (--detach, or it was stopped)"
                  if alive is False else ""))
-    shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more" if len(ids) > 6 else "")
     raise SweepError(
         f"sweep {sweep.name}: {len(other)} of its trials are queued or running as {name} jobs "
-        f"({shown or 'ids not recorded'}){by}; a {executor.name} driver would run them a second "
+        f"({some(ids) or 'ids not recorded'}){by}; a {executor.name} driver would run them a second "
         f"time beside them, so it started nothing. Follow them with the same command and "
         f"--executor {name} (it attaches to them and submits only what is missing), or cancel them "
         f"with `{cancel_hint(name, ids)}` and run this command again.")

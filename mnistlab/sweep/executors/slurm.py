@@ -14,7 +14,7 @@ from pathlib import Path
 
 import submitit
 
-from ...errors import ConfigError, ExecutorUnavailable, SweepError, first_line
+from ...errors import ConfigError, ExecutorUnavailable, SweepError, first_line, some
 from .base import TrialSpec
 from .options import slurm_problems
 from .process import start_trial, stop_trial
@@ -25,6 +25,26 @@ PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", 
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"}
 JOB_ID = re.compile(r"\d+(_\d+)?")
+# squeue's pending reasons that no amount of waiting meets: the job asks for more than its
+# partition, QOS or account allows per job, or for what no node has; what each means
+NEVER = {
+    "PartitionConfig": "asks for more than partition {partition} allows a job: CPUs, memory or "
+                       "nodes, set by executor.slurm.cpus_per_trial, mem_gb, gpus_per_trial or sbatch:",
+    "PartitionNodeLimit": "asks for more nodes than partition {partition} has or allows "
+                          "(sbatch: --nodes), or every node it could use is down or drained",
+    "PartitionTimeLimit": "asks for a longer time than partition {partition} allows "
+                          "(executor.slurm.time)",
+    "BadConstraints": "asks for features no node has (sbatch: --constraint)",
+    "InvalidAccount": "names an account SLURM does not know (executor.slurm.account)",
+    "InvalidQOS": "names a QOS SLURM does not know or allow (executor.slurm.qos)",
+}
+# the common reasons a job waits, in words, for the live display
+WAITS = {"Resources": "free CPUs or memory", "Priority": "jobs ahead of it",
+         "JobArrayTaskLimit": "a free --jobs slot", "Dependency": "the job array before it",
+         "BeginTime": "its start time (a requeued job waits about two minutes)",
+         "JobHeldUser": "held: scontrol release", "JobHeldAdmin": "held by an admin",
+         "ReqNodeNotAvail": "nodes that are down, drained or reserved"}
+PER_JOB_LIMIT = re.compile(r"(QOS|Assoc)\w*PerJob\w*")  # e.g. QOSMaxCpuPerJobLimit
 
 
 class SlurmTrial(submitit.helpers.Checkpointable):
@@ -91,6 +111,33 @@ class SlurmExecutor:
                 "slurmctld runs (scontrol ping), or use --executor local or ray.")
         found = re.search(r"^MaxArraySize\s*=\s*(\d+)", answer.stdout, re.MULTILINE)
         self.max_array = int(found.group(1)) if found else 1001
+        self.seen: dict[str, dict[str, str]] = {}  # job id -> squeue's state, reason, host, partition
+        self._check_fits()
+
+    def _check_fits(self) -> None:
+        """A trial that asks for more CPUs or memory than any node of its partition has would wait
+        in the queue forever (SLURM accepts such a job): refused before anything is submitted."""
+        answer = _run(["sinfo", "--noheader", "--Node", "--format", "%P|%c|%m"])
+        nodes = [line.split("|") for line in answer.stdout.splitlines() if line.count("|") == 2]
+        want = self.options.get("partition")
+        nodes = [(p.rstrip("*"), c, m) for p, c, m in nodes
+                 if (p.rstrip("*") == want if want else p.endswith("*"))]
+        if answer.returncode != 0 or not nodes:
+            return  # no sinfo, or a partition it does not list: sbatch says what is wrong
+        partition = nodes[0][0]
+        asks = [("cpus_per_trial", self.options.get("cpus_per_trial"), 1, "CPUs", 1),
+                ("mem_gb", self.options.get("mem_gb"), 2, "MB of memory", 1024)]
+        problems = []
+        for key, value, column, what, scale in asks:
+            sizes = [int(n[column]) for n in nodes if n[column].isdigit()]
+            if value and sizes and value * scale > max(sizes):
+                problems.append(
+                    f"executor.slurm.{key}: each trial asks for {value * scale:g} {what}, but the "
+                    f"largest node of partition {partition} has {max(sizes)} (sinfo), so its jobs "
+                    f"would wait in the queue forever; ask for at most {max(sizes) / scale:g}, or "
+                    "choose a partition with larger nodes (executor.slurm.partition)")
+        if problems:
+            raise ConfigError(problems)
 
     def submit(self, specs: list[TrialSpec]) -> list[str]:
         if not specs:
@@ -136,15 +183,56 @@ class SlurmExecutor:
         return {k: v for k, v in params.items() if v is not None}
 
     def states(self, job_ids: list[str]) -> dict[str, str]:
+        """Each job's state; SweepError for jobs that can never start, after cancelling them."""
+        out = self._states(job_ids)
+        self._refuse_never([j for j, state in out.items() if state == "pending"])
+        return out
+
+    def _states(self, job_ids: list[str]) -> dict[str, str]:
         ours = [j for j in job_ids if JOB_ID.fullmatch(j)]
         out = {j: "unknown" for j in job_ids}
         if not ours:
             return out
         listed = self._squeue(sorted({j.split("_")[0] for j in ours}))
-        for j in ours:
-            state = listed.get(j)
-            out[j] = ("finished" if state is None or state in ENDED else
+        for j in ours:  # one squeue no longer lists has ended; where it ran is still worth saying
+            self.seen[j] = listed.get(j) or {"host": self.seen.get(j, {}).get("host", "")}
+            state = self.seen[j].get("state", "")
+            out[j] = ("finished" if not state or state in ENDED else
                       "pending" if state in PENDING else "running")
+        return out
+
+    def _refuse_never(self, pending: list[str]) -> None:
+        """Jobs whose pending reason no wait meets are cancelled, and the sweep stops saying why."""
+        never = [j for j in pending if self.seen[j]["reason"] in NEVER
+                 or PER_JOB_LIMIT.fullmatch(self.seen[j]["reason"])]
+        if not never:
+            return
+        _run(["scancel", *never])
+        first = self.seen[never[0]]
+        why = NEVER.get(first["reason"], "asks for more than a per-job limit of its QOS or account "
+                        "allows (executor.slurm.qos or account)").format(partition=first["partition"])
+        many = len(never) > 1
+        raise SweepError(
+            f"--executor slurm: SLURM will never start job{'s' if many else ''} {some(never)}: "
+            f"{'they wait' if many else 'it waits'} with the reason {first['reason']} (each "
+            f"{why}), which no wait meets, so {'they were' if many else 'it was'} cancelled. "
+            f"`scontrol show job {never[0]}` shows what it asked for; change those settings in "
+            "the executor: slurm: block of the sweep file (or ask your admin about the partition's "
+            "limits) and run the command again.")
+
+    def describe(self, job_ids: list[str]) -> dict[str, dict]:
+        """What squeue said at the last states(): why a pending job waits, where one runs."""
+        out = {}
+        for j in job_ids:
+            seen = self.seen.get(j, {})
+            state, reason, host = seen.get("state", ""), seen.get("reason", ""), seen.get("host", "")
+            info = {}
+            if state in PENDING and reason and reason != "None":
+                word = WAITS.get(reason.split(",")[0])
+                info["reason"] = f"{reason.split(',')[0]} ({word})" if word else reason
+            if host and host not in ("n/a", "(null)"):
+                info["host"] = host
+            out[j] = info
         return out
 
     def find(self, claims: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
@@ -156,10 +244,11 @@ class SlurmExecutor:
         answer = self._ask(["squeue", "--noheader", "--array", "--name", ",".join(set(names.values())),
                             "--format", "%i|%j"])
         tasks = {}
-        for line in answer.stdout.split():
-            job_id, _, name = line.partition("|")
-            task = int(job_id.split("_")[1]) if "_" in job_id else 0  # one trial: a plain job
-            tasks[name, task] = job_id
+        for line in answer.stdout.splitlines():
+            job_id, _, name = line.strip().partition("|")
+            task = job_id.split("_")[1] if "_" in job_id else "0"  # one trial: a plain job
+            if task.isdigit():
+                tasks[name, int(task)] = job_id
         return {(c, i): tasks[names[c, i], i % self.max_array] for c, i in claims
                 if (names[c, i], i % self.max_array) in tasks}
 
@@ -167,11 +256,14 @@ class SlurmExecutor:
     def cancel_command(job_ids: list[str]) -> str:
         return "scancel " + " ".join(job_ids)
 
-    def _squeue(self, array_ids: list[str]) -> dict[str, str]:
-        """Job id -> squeue state of the jobs of these arrays that SLURM still lists."""
+    def _squeue(self, array_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Job id -> squeue's state, pending reason, batch host and partition of the jobs of these
+        arrays that SLURM still lists."""
         answer = self._ask(["squeue", "--noheader", "--array", "--jobs", ",".join(array_ids),
-                            "--format", "%i|%T"])
-        return dict(line.split("|", 1) for line in answer.stdout.split() if "|" in line)
+                            "--format", "%i|%T|%r|%B|%P"])
+        rows = [line.strip().split("|") for line in answer.stdout.splitlines()]
+        return {row[0]: dict(zip(("state", "reason", "host", "partition"), row[1:]))
+                for row in rows if len(row) == 5}
 
     def _ask(self, argv: list[str]) -> subprocess.CompletedProcess:
         """squeue's answer, asked up to three times; SweepError when it keeps failing."""
@@ -193,7 +285,7 @@ class SlurmExecutor:
             _run(["scancel", *ours[start:start + 500]])
         deadline = time.monotonic() + timeout
         while ours and time.monotonic() < deadline:
-            if all(s == "finished" for s in self.states(ours).values()):
+            if all(s == "finished" for s in self._states(ours).values()):
                 return
             time.sleep(0.5)
 
