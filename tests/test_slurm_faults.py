@@ -4,7 +4,9 @@ over a detached sweep, a trial stopped before it takes its lease."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import re
 import signal
@@ -212,3 +214,105 @@ def test_the_display_says_why_queued_trials_wait(tmp_path, data_dir, slurm_clust
     _, message = interrupted(driver)
     assert "queued trials wait: 2 for JobHeldUser (held: scontrol release)" in line, line
     assert "2 queued trials had not started and were withdrawn" in message
+
+
+def trial_process(run_dir: Path, timeout: float = 120) -> int:
+    """The pid of the trial process training in run_dir, as soon as it has started (its imports
+    take seconds: long before it takes its lease)."""
+    wanted = str(run_dir.resolve()).encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"train" in argv and wanted in argv:
+                return int(proc.name)
+        time.sleep(0.02)
+    raise AssertionError(f"no trial process for {run_dir}")
+
+
+def one_trial(tmp_path: Path, data_dir: Path):  # noqa: F811
+    """(sweep, directory, trial) of a one-trial sweep; a second trial, slow to start on a loaded
+    machine, would also meet the short lease timeout of these tests."""
+    from mnistlab.sweep import build_trials, read_sweep
+
+    sweep_ = read_sweep(sweep_file(tmp_path, data_dir, epochs=1, lrs=(0.01,)))
+    directory, [trial] = build_trials(sweep_)
+    return sweep_, directory, trial
+
+
+def in_background(fault) -> threading.Thread:
+    """The fault runs beside the sweep, which needs the main thread (it handles SIGTERM)."""
+    thread = threading.Thread(target=fault, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_trial_requeued_before_its_lease_is_not_taken_for_an_unshared_disk(
+        tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    from mnistlab.sweep.executors import create_executor
+    from mnistlab.sweep.runner import run_sweep
+
+    sweep_, directory, trial = one_trial(tmp_path, data_dir)
+    timeout = 5.0
+
+    def requeue():  # preempted before its lease, held in the queue longer than the timeout
+        trial_process(trial.run_dir)
+        job = json.loads((trial.run_dir / "job.json").read_text())["job_id"]
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        time.sleep(timeout + 1)  # (SLURM holds a requeued job two minutes; it may go sooner)
+        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True)
+
+    fault = in_background(requeue)
+    executor = create_executor("slurm", {}, 1)
+    try:
+        counts = run_sweep(sweep_, directory, [trial], executor, lease_timeout=timeout)
+    finally:
+        executor.close()
+    fault.join()
+    assert counts["completed"] == 1, (trial.run_dir / "trial.log").read_text()
+    assert (trial.run_dir / "trial.log").read_text().count("starting the trial") == 2
+
+
+def test_a_trial_stopped_before_its_lease_fails_alone_and_says_so(tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    from mnistlab.sweep import read_index
+    from mnistlab.sweep.executors import create_executor
+    from mnistlab.sweep.runner import run_sweep
+
+    sweep_, directory, trial = one_trial(tmp_path, data_dir)
+    stopped = []
+    fault = in_background(lambda: stopped.append(os.kill(pid := trial_process(trial.run_dir),
+                                                        signal.SIGSTOP) or pid))
+    executor = create_executor("slurm", {}, 1)
+    try:
+        counts = run_sweep(sweep_, directory, [trial], executor, lease_timeout=5.0)
+    finally:
+        executor.close()
+        fault.join()
+        for pid in stopped:  # SLURM has ended it with its job; if not, no stopped process is left
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert stopped and counts["failed"] == 1
+    job = json.loads((trial.run_dir / "job.json").read_text())["job_id"]
+    error = read_index(directory)["trials"][trial.hash]["error"]
+    assert error.startswith(f"its slurm job {job} ran 5s on host ")
+    assert ("without the trial taking its lease (owner.json): the trial's process was stopped or "
+            "stuck before training, so the job was cancelled; trial.log ends: [slurm job "
+            f"{job} on host ") in error
+    assert "filesystem" not in error
+
+
+def test_a_trial_killed_before_its_lease_says_its_job_ended_and_how(tmp_path, data_dir, slurm_cluster):  # noqa: F811
+    _, _, trial = one_trial(tmp_path, data_dir)
+    driver = start(tmp_path / "sweep.yaml")
+    os.kill(trial_process(trial.run_dir), signal.SIGKILL)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1 and "Traceback" not in err, out + err
+    text = " ".join(out.split())
+    job = re.search(r"failed lr-0\.01: its slurm job (\d+) on host \S+ ended \(COMPLETED, exit code "
+                    r"0:0\) before the trial took its lease \(owner\.json\); trial\.log ends: "
+                    r"\[slurm job (\d+) on host \S+\] starting the trial \[slurm job \d+\] the "
+                    r"trial was killed by SIGKILL", text)
+    assert job is not None and job.group(1) == job.group(2), text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Job:
     resumed: Path | None = None  # the run directory it continues, None for a new trial
     started: bool = False  # the executor has said it runs (before that it is queued)
     before: dict | None = None  # the trial's summary.json when it was submitted
+    log_size: int | None = None  # the size of its trial.log then (None: there was none)
 
 
 def check_data(trials: list[Trial]) -> None:
@@ -195,7 +197,7 @@ class Runner:
                 self.attempts[t.hash] = self.attempts.get(t.hash, 0) + 1
                 self.jobs[job_id] = Job(t, job_id, self.attempts[t.hash],
                                         resumed=t.run_dir if now[t.hash].state != NEW else None,
-                                        before=now[t.hash].summary)
+                                        before=now[t.hash].summary, log_size=_size(t.run_dir / "trial.log"))
                 self.states[t.hash] = TrialState(QUEUED, t.run_dir, None, {"job_id": job_id})
                 self.progress.queued(t)
 
@@ -210,10 +212,12 @@ class Runner:
                 self.progress.started(job.trial, job.resumed)
             if state == "running":
                 self.check_shared(job)
+            elif state == "pending" and job.running_since != float("inf"):
+                job.running_since = None  # requeued before its lease: its clock starts again
             elif state in ("finished", "unknown"):
                 ended.append(self.jobs.pop(job_id))
         for job in ended:
-            self.ended(job.trial, mine=True)
+            self.ended(job.trial, mine=True, job=job)
         if self.watched and time.monotonic() - self.rechecked > RECHECK_SECONDS:
             self.rechecked = time.monotonic()
             now = self.look(list(self.watched.values()))
@@ -236,7 +240,9 @@ class Runner:
         return dict(Counter(i["reason"] for i in describe(queued).values() if i.get("reason")))
 
     def check_shared(self, job: Job) -> None:
-        """A job the executor runs must show its lease (or its result) in the run directory."""
+        """A job the executor runs must show its lease (or its result) in the run directory; one
+        that has not after lease_timeout seconds is stuck (its trial.log grew, or it runs on this
+        host: the disk is shared) and fails alone, or runs where the runs directory is not shared."""
         now = time.monotonic()
         job.running_since = job.running_since or now
         run_dir = job.trial.run_dir
@@ -245,14 +251,42 @@ class Runner:
         if (run_dir / "owner.json").exists() or (run_dir / "summary.json").exists():
             job.running_since = float("inf")  # seen once: the disk is shared
             return
-        raise SweepError(
-            f"trial {job.trial.name} has been running as {self.executor.name} job {job.job_id} "
-            f"for {self.lease_timeout:.0f}s, but its run directory {run_dir} never showed the "
-            f"trial's lease (owner.json): the runs directory {self.directory.resolve()} is not on a "
-            "filesystem the workers share. Set runs_dir to a directory every node mounts (e.g. "
-            "in your home or project space), or run the sweep with --executor local.")
+        host = self.describe(job.job_id).get("host")
+        wrote = (_size(run_dir / "trial.log") or 0) > (job.log_size or 0) or (
+            job.log_size is None and _size(run_dir / "trial.log") is not None)
+        if not wrote and host is not None and not lease.same_host(host):
+            raise SweepError(
+                f"trial {job.trial.name} has been running as {self.executor.name} job {job.job_id} "
+                f"on host {host} for {self.lease_timeout:.0f}s, but neither its lease (owner.json) "
+                f"nor a line of its trial.log appeared in {run_dir}: the runs directory "
+                f"{self.directory.resolve()} is not on a filesystem that {host} shares with this "
+                f"host ({socket.gethostname()}). Set runs_dir to a directory every node mounts "
+                "(e.g. in your home or project space), or run the sweep with --executor local.")
+        if not wrote and host is None:
+            raise SweepError(
+                f"trial {job.trial.name} has been running as {self.executor.name} job {job.job_id} "
+                f"for {self.lease_timeout:.0f}s, but neither its lease (owner.json) nor a line of "
+                f"its trial.log appeared in {run_dir}: the runs directory "
+                f"{self.directory.resolve()} is likely not on a filesystem the workers share. Set "
+                "runs_dir to a directory every node mounts (e.g. in your home or project space), or "
+                "run the sweep with --executor local.")
+        # the disk is shared: the trial's process is stopped or stuck before it took the lease
+        self.jobs.pop(job.job_id)
+        self.executor.cancel([job.job_id])
+        where = f" on host {host}" if host else ""
+        tail = _log_tail(run_dir / "trial.log")
+        self.fail(job.trial, self.look([job.trial])[job.trial.hash], (
+            f"its {self.executor.name} job {job.job_id} ran {self.lease_timeout:.0f}s{where} "
+            "without the trial taking its lease (owner.json): the trial's process was stopped or "
+            "stuck before training, so the job was cancelled" + (f"; trial.log ends: {tail}"
+                                                                  if tail else "")))
 
-    def ended(self, trial: Trial, mine: bool, st: TrialState | None = None) -> None:
+    def describe(self, job_id: str) -> dict:
+        """What the engine knows of a job (where it runs or ran, how it ended), if it says."""
+        describe = getattr(self.executor, "describe", None)
+        return (describe([job_id]) if describe else {}).get(job_id) or {}
+
+    def ended(self, trial: Trial, mine: bool, st: TrialState | None = None, job: Job | None = None) -> None:
         """A trial's job ended (or another command's trial changed): read its run directory."""
         st = st or self.look([trial])[trial.hash]
         self.states[trial.hash] = st
@@ -277,11 +311,26 @@ class Runner:
                 self.submit([trial])
                 return
         error = (st.summary or {}).get("error") if st.state == FAILED else None
-        if error is None:
-            tail = _log_tail(trial.run_dir / "trial.log")
-            what = "stopped without completing" + (
-                f" {self.attempts[trial.hash]} times" if self.attempts.get(trial.hash, 0) > 1 else "")
-            error = f"the trial {what}" + (f": {tail}" if tail else "")
+        self.fail(trial, st, error or self.why_stopped(trial, st, job))
+
+    def why_stopped(self, trial: Trial, st: TrialState, job: Job | None) -> str:
+        """Why a trial's job ended without a result: how the job ended, where, and trial.log's end."""
+        times = self.attempts.get(trial.hash, 0)
+        what = "the trial stopped without completing" + (f" {times} times" if times > 1 else "")
+        if job is not None:
+            info = self.describe(job.job_id)
+            where = f" on host {info['host']}" if info.get("host") else ""
+            how = f" ({info['end']})" if info.get("end") else ""
+            if st.summary == job.before:  # its run never changed: the trial never got going
+                what = (f"its {self.executor.name} job {job.job_id}{where} ended{how} before the "
+                        "trial took its lease (owner.json)")
+            else:
+                what += f"; its {self.executor.name} job {job.job_id}{where} ended{how}"
+        tail = _log_tail(trial.run_dir / "trial.log")
+        return what + (f"; trial.log ends: {tail}" if tail else "")
+
+    def fail(self, trial: Trial, st: TrialState, error: str) -> None:
+        if st.state != FAILED:
             self.states[trial.hash] = TrialState(FAILED, trial.run_dir, st.summary)
         self.errors[trial.hash] = error
         self.counts["failed"] += 1
@@ -480,6 +529,13 @@ def refuse_other_engine(sweep: Sweep, executor: Executor, states: list[TrialStat
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _log_tail(path: Path) -> str:

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -57,6 +58,9 @@ class SlurmTrial(submitit.helpers.Checkpointable):
 
     def __call__(self, argv: list[str], env: dict[str, str], log: str) -> int:
         job_id = slurm_job_id(os.environ)
+        # a first line from the node: the driver sees that the runs directory is shared, and a
+        # trial that never gets going leaves where and how in its log
+        note(log, f"[slurm job {job_id} on host {socket.gethostname()}] starting the trial")
         proc = start_trial(argv, {**env, "MNISTLAB_EXECUTOR": "slurm", "MNISTLAB_JOB_ID": job_id},
                            log)
         warned = threading.Event()
@@ -71,9 +75,19 @@ class SlurmTrial(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGUSR2, on_warning)
         code = proc.wait()
+        if code != 0:
+            how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in
+                   signal.valid_signals() else f"exited with code {code}")
+            note(log, f"[slurm job {job_id}] the trial {how}")
         if warned.is_set() and code != 0:
             subprocess.run(["scontrol", "requeue", job_id], check=False)
         return code
+
+
+def note(log: str, line: str) -> None:
+    """A line of the job's own in the trial's log."""
+    with open(log, "a") as out:
+        out.write(line + "\n")
 
 
 def slurm_job_id(environ) -> str:
@@ -232,8 +246,27 @@ class SlurmExecutor:
                 info["reason"] = f"{reason.split(',')[0]} ({word})" if word else reason
             if host and host not in ("n/a", "(null)"):
                 info["host"] = host
+            if not state or state in ENDED:
+                info.update(self._ended(j))
             out[j] = info
         return out
+
+    def _ended(self, job_id: str) -> dict[str, str]:
+        """How an ended job ended and where, from scontrol (jobs ended in the last MinJobAge) or
+        sacct (when the cluster keeps accounting)."""
+        answer = _run(["scontrol", "show", "job", "--oneliner", job_id])
+        found = dict(re.findall(r"\b(JobState|ExitCode|BatchHost)=(\S+)", answer.stdout))
+        if answer.returncode != 0 or "JobState" not in found:
+            answer = _run(["sacct", "--allocations", "--noheader", "--parsable2", "--jobs", job_id,
+                           "--format", "State,ExitCode,NodeList"])
+            row = answer.stdout.strip().splitlines()[0].split("|") if answer.stdout.strip() else []
+            if answer.returncode != 0 or len(row) != 3:
+                return {}
+            found = {"JobState": row[0], "ExitCode": row[1], "BatchHost": row[2]}
+        info = {"end": f"{found['JobState']}, exit code {found.get('ExitCode', '?')}"}
+        if found.get("BatchHost") not in (None, "", "(null)", "None assigned"):
+            info["host"] = found["BatchHost"]
+        return info
 
     def find(self, claims: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
         """The jobs SLURM still lists of submissions whose ids were never recorded (the driver was
