@@ -1,4 +1,5 @@
-"""SLURM sweeps under faults, against the one-node cluster of scripts/slurm-local.sh: a driver
+"""SLURM sweeps under faults, against the one-node cluster of scripts/slurm-local.sh (and the local
+executor where the fault is the same): a driver
 killed right after sbatch, a local driver beside SLURM jobs, jobs that can never start, Ctrl-C
 over a detached sweep, a trial stopped before it takes its lease."""
 
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from test_executors import data_dir, ran_once, slurm_cluster, sweep_file, trial_dirs  # noqa: F401
 
@@ -304,13 +306,22 @@ def test_a_trial_stopped_before_its_lease_fails_alone_and_says_so(tmp_path, data
     assert "filesystem" not in error
 
 
-def test_a_trial_killed_before_its_lease_says_its_job_ended_and_how(tmp_path, data_dir, slurm_cluster):  # noqa: F811
+@pytest.mark.parametrize("engine", ["local", "slurm"])
+def test_a_trial_killed_before_its_lease_says_its_job_ended_and_how(tmp_path, data_dir, engine, request):  # noqa: F811
+    if engine == "slurm":
+        request.getfixturevalue("slurm_cluster")
     _, _, trial = one_trial(tmp_path, data_dir)
-    driver = start(tmp_path / "sweep.yaml")
+    driver = subprocess.Popen([sys.executable, "-m", "mnistlab", "sweep", str(tmp_path / "sweep.yaml"),
+                               "--executor", engine], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
     os.kill(trial_process(trial.run_dir), signal.SIGKILL)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 1 and "Traceback" not in err, out + err
     text = " ".join(out.split())
+    if engine == "local":
+        assert re.search(r"failed lr-0\.01: its local job \S+ on host \S+ ended \(killed by SIGKILL\) "
+                         r"before the trial took its lease \(owner\.json\)", text), text
+        return
     job = re.search(r"failed lr-0\.01: its slurm job (\d+) on host \S+ ended \(COMPLETED, exit code "
                     r"0:0\) before the trial took its lease \(owner\.json\); trial\.log ends: "
                     r"\[slurm job (\d+) on host \S+\] starting the trial \[slurm job \d+\] the "
