@@ -154,7 +154,10 @@ class Runner:
         self.attempts: dict[str, int] = {}
         self.states: dict[str, TrialState] = {}
         self.errors: dict[str, str] = {}
+        # trial_seconds: the time the trials this command ran spent in their own runs during it
+        # (a resumed run's earlier sessions and other commands' trials left out); own: how many
         self.counts = {"completed": 0, "failed": 0, "interrupted": 0, "paused": 0, "trial_seconds": 0.0}
+        self.own: set[str] = set()  # the trials this command ran (at least one of its jobs ended)
         self.index_written = self.rechecked = 0.0
 
     def alive(self, jobs: list[dict]) -> set[str]:
@@ -272,6 +275,7 @@ class Runner:
                 "run the sweep with --executor local.")
         # the disk is shared: the trial's process is stopped or stuck before it took the lease
         self.jobs.pop(job.job_id)
+        self.own.add(job.trial.hash)
         self.executor.cancel([job.job_id])
         where = f" on host {host}" if host else ""
         tail = _log_tail(run_dir / "trial.log")
@@ -290,17 +294,18 @@ class Runner:
         """A trial's job ended (or another command's trial changed): read its run directory."""
         st = st or self.look([trial])[trial.hash]
         self.states[trial.hash] = st
+        if job is not None:  # this command's session of the trial: what it added to wall_seconds
+            self.own.add(trial.hash)
+            self.counts["trial_seconds"] += _wall(st.summary) - _wall(job.before) if st.summary else 0.0
         if st.state in (RUNNING, QUEUED):  # another command's process or job holds it now
             self.watched[trial.hash] = trial
             return
         if st.state == DONE:
             self.counts["completed"] += 1
-            self.counts["trial_seconds"] += (st.summary or {}).get("wall_seconds") or 0.0
             self.progress.finished(trial, "completed", st.summary, None if mine else "another sweep ran it")
             return
         if st.state == PAUSED and (st.summary or {}).get("epochs_completed", 0) >= (self.until or 0):
             self.counts["paused"] += 1
-            self.counts["trial_seconds"] += (st.summary or {}).get("wall_seconds") or 0.0
             self.progress.finished(trial, "paused", st.summary, None)
             return
         if st.state in (STOPPED, PAUSED) and self.attempts.get(trial.hash, 0) < MAX_ATTEMPTS:
@@ -351,7 +356,7 @@ class Runner:
                 st.state == PAUSED and self.until is not None
                 and (st.summary or {}).get("epochs_completed", 0) >= self.until)
             if ended and st.summary != job.before:  # its own end, written before the cancel
-                self.ended(job.trial, mine=True, st=st)
+                self.ended(job.trial, mine=True, st=st, job=job)
             # one the executor started after the last look has written its summary by now
             elif job.started or (job.resumed is None and st.summary is not None):
                 self.states[job.trial.hash] = st
@@ -475,7 +480,8 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
     runner.write_index()
     c = runner.counts
     ran = c["completed"] + c["failed"] + c["interrupted"] + c["paused"]
-    counts.update(c, ran=ran, seconds=time.perf_counter() - t0, jobs=min(jobs, max(ran, 1)),
+    counts.update(c, ran=ran, seconds=time.perf_counter() - t0, own=len(runner.own),
+                  jobs=min(jobs, max(len(runner.own), 1)),
                   not_run=sum(runner.states[t.hash].state in (NEW, STOPPED) for t in runner.trials))
     counts["failed_total"] = sum(runner.states[t.hash].state == FAILED for t in runner.trials)
     return counts
@@ -529,6 +535,12 @@ def refuse_other_engine(sweep: Sweep, executor: Executor, states: list[TrialStat
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _wall(summary: dict | None) -> float:
+    """A run's wall_seconds (every session so far), 0 when it has none."""
+    value = (summary or {}).get("wall_seconds")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _size(path: Path) -> int | None:
