@@ -1,7 +1,7 @@
 """SLURM sweeps under faults, against the one-node cluster of scripts/slurm-local.sh (and the local
-executor where the fault is the same): a driver
-killed right after sbatch, a local driver beside SLURM jobs, jobs that can never start, Ctrl-C
-over a detached sweep, a trial stopped before it takes its lease."""
+executor where the fault is the same): a driver killed right after sbatch, a local driver beside
+SLURM jobs, jobs that can never start, Ctrl-C over a detached sweep, a trial stopped, requeued or
+killed before it takes its lease."""
 
 from __future__ import annotations
 

@@ -257,22 +257,17 @@ class Runner:
         host = self.describe(job.job_id).get("host")
         wrote = (_size(run_dir / "trial.log") or 0) > (job.log_size or 0) or (
             job.log_size is None and _size(run_dir / "trial.log") is not None)
-        if not wrote and host is not None and not lease.same_host(host):
+        if not wrote and (host is None or not lease.same_host(host)):
+            on = f" on host {host}" if host else ""
+            sharing = (f"that {host} shares with this host ({socket.gethostname()})" if host
+                       else "the workers share")
             raise SweepError(
-                f"trial {job.trial.name} has been running as {self.executor.name} job {job.job_id} "
-                f"on host {host} for {self.lease_timeout:.0f}s, but neither its lease (owner.json) "
-                f"nor a line of its trial.log appeared in {run_dir}: the runs directory "
-                f"{self.directory.resolve()} is not on a filesystem that {host} shares with this "
-                f"host ({socket.gethostname()}). Set runs_dir to a directory every node mounts "
-                "(e.g. in your home or project space), or run the sweep with --executor local.")
-        if not wrote and host is None:
-            raise SweepError(
-                f"trial {job.trial.name} has been running as {self.executor.name} job {job.job_id} "
-                f"for {self.lease_timeout:.0f}s, but neither its lease (owner.json) nor a line of "
-                f"its trial.log appeared in {run_dir}: the runs directory "
-                f"{self.directory.resolve()} is likely not on a filesystem the workers share. Set "
-                "runs_dir to a directory every node mounts (e.g. in your home or project space), or "
-                "run the sweep with --executor local.")
+                f"trial {job.trial.name} has been running as {self.executor.name} job {job.job_id}"
+                f"{on} for {self.lease_timeout:.0f}s, but neither its lease (owner.json) nor a line "
+                f"of its trial.log appeared in {run_dir}: the runs directory "
+                f"{self.directory.resolve()} is not on a filesystem {sharing}. Set runs_dir to a "
+                "directory every node mounts (e.g. in your home or project space), or run the "
+                "sweep with --executor local.")
         # the disk is shared: the trial's process is stopped or stuck before it took the lease
         self.jobs.pop(job.job_id)
         self.own.add(job.trial.hash)

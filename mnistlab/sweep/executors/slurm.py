@@ -160,7 +160,7 @@ class SlurmExecutor:
         cpus = self.options.get("cpus_per_trial") or max(spec.threads for spec in specs)
         claim = specs[0].claim or f"mnistlab-{Path(specs[0].run_dir).parent.name}"
         executor = submitit.SlurmExecutor(folder=folder)
-        executor.update_parameters(**self._parameters(cpus))
+        executor.update_parameters(**self._parameters(cpus, array_name(claim, 0, self.max_array)))
         ids: list[str] = []
         previous = None
         chunk = self.max_array  # array indices must stay below MaxArraySize
@@ -183,13 +183,13 @@ class SlurmExecutor:
             previous = ids[-1].split("_")[0]
         return ids
 
-    def _parameters(self, cpus: int) -> dict:
+    def _parameters(self, cpus: int, job_name: str) -> dict:
         o = self.options
         extra = {"requeue": True}
         for flag in o.get("sbatch") or []:
             key, _, value = flag[2:].partition("=")
             extra[key] = value if value else True
-        params = {"cpus_per_task": cpus,
+        params = {"job_name": job_name, "cpus_per_task": cpus,
                   "array_parallelism": self.jobs, "additional_parameters": extra,
                   "partition": o.get("partition"), "time": o.get("time"), "account": o.get("account"),
                   "qos": o.get("qos"), "gpus_per_node": o.get("gpus_per_trial"),
