@@ -112,18 +112,24 @@ def overhead(out: str) -> float | None:
 
 
 def test_a_trial_another_driver_started_is_no_overhead_of_the_one_that_follows_it(tmp_path, tiny_config):
-    # long enough (about 15 s) to outlast the next driver's start
+    # half of its 150 epochs (a second or two) trained before the next driver starts
     command = [sys.executable, "-m", "mnistlab", "sweep", str(tiny_config), "--grid", "optim.lr=0.01",
-               "train.epochs=400", "train.log_every=0"]
+               "train.epochs=150", "train.log_every=0"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: live_trial(tmp_path / "runs" / "tiny-lr", 1))
+    pid, _ = wait_for(lambda: live_trial(tmp_path / "runs" / "tiny-lr", 75))
     first.kill()  # its trial trains on; the next driver follows it to its end
     first.wait()
-    follower = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert follower.returncode == 0, follower.stdout + follower.stderr
-    assert "1 trials in" in follower.stdout and "1 completed" in follower.stdout
+    os.kill(pid, signal.SIGSTOP)  # until the next driver has started: it must find the trial running
+    follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "1 running in another sweep" in follower.stdout.readline()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, err = follower.communicate(timeout=900)
+    assert follower.returncode == 0, out + err
+    assert "1 trials in" in out and "1 completed" in out
     # it ran no trial of its own: the trial's wall time began before it did
-    assert overhead(follower.stdout) is None, follower.stdout
+    assert overhead(out) is None, out
 
 
 def test_the_overhead_of_a_resumed_trial_counts_only_its_session_in_this_sweep(tmp_path, tiny_config):
