@@ -296,6 +296,7 @@ class SweepLines:
         self.total = self.done = self.failed = 0
         self.counts: dict = {}
         self.best = best or Best()
+        self.waits: dict[str, int] = {}  # why queued trials wait, as last said
 
     def start(self, name: str, total: int, counts: dict, executor: str, jobs: int,
               threads: int) -> None:
@@ -320,8 +321,12 @@ class SweepLines:
         if status == "completed" and self.best.offer(trial, summary):
             self.console.print(f"best so far: {self.best.text()}")
 
-    def update(self, running: int, queued: int = 0) -> None:
-        pass
+    def update(self, running: int, queued: int = 0, waits: dict[str, int] | None = None) -> None:
+        """waits: how many queued trials wait for each reason the scheduler gives; a line when
+        the reasons change."""
+        if waits and set(waits) != set(self.waits):
+            self.console.print(f"queued trials wait: {waits_text(waits)}", markup=False)
+        self.waits = waits or {}
 
     def stop(self) -> None:
         pass
@@ -335,7 +340,8 @@ class SweepBar(Progress):
         yield self.make_tasks_table(self.tasks)
         for task in self.tasks:
             f = task.fields
-            yield Text(f"running {f['running']}  queued {f['queued']}  failed {f['failed']}"
+            yield Text(f"running {f['running']}  queued {f['queued']}{f['waiting']}  "
+                       f"failed {f['failed']}"
                        + (f"  best {f['best']}" if f["best"] else ""))
 
 
@@ -354,8 +360,8 @@ class SweepLive(SweepLines):
     def start(self, name, total, counts, executor, jobs, threads) -> None:
         super().start(name, total, counts, executor, jobs, threads)
         self.bar.start()
-        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, queued=0, failed=0,
-                                      best=self._best())
+        self.task = self.bar.add_task(f"sweep {name}", total=total, running=0, queued=0, waiting="",
+                                      failed=0, best=self._best())
 
     def _best(self) -> str:
         return self.best.text() if self.best.trial is not None else ""
@@ -371,11 +377,17 @@ class SweepLive(SweepLines):
             self.bar.console.print(f"best so far: {self.best.text()}")
         self.bar.update(self.task, completed=self.done, failed=self.failed, best=self._best())
 
-    def update(self, running: int, queued: int = 0) -> None:
-        self.bar.update(self.task, running=running, queued=queued)
+    def update(self, running: int, queued: int = 0, waits: dict[str, int] | None = None) -> None:
+        self.bar.update(self.task, running=running, queued=queued,
+                        waiting=f", waiting: {waits_text(waits)}" if waits else "")
 
     def stop(self) -> None:
         self.bar.stop()
+
+
+def waits_text(waits: dict[str, int]) -> str:
+    """'2 for Resources (free CPUs or memory), 1 for Priority (jobs ahead of it)'."""
+    return ", ".join(f"{n} for {reason}" for reason, n in sorted(waits.items()))
 
 
 def sweep_progress(console: Console, best: Best | None = None) -> SweepLines:

@@ -119,3 +119,8 @@ def first_line(text: str | None) -> str:
     """The first non-blank line of a tool's output, for a one-paragraph error."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[0] if lines else ""
+
+
+def some(items: list[str], most: int = 6) -> str:
+    """'a, b, c and 4 more': a list in an error, cut to its first few."""
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")

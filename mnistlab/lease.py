@@ -30,6 +30,12 @@ def process_identity() -> dict:
     return {"pid": pid, "host": socket.gethostname(), "pid_started": _start_time(pid)}
 
 
+def same_host(host: str) -> bool:
+    """Whether a host name (a scheduler's node name, short or full) is this machine."""
+    short = socket.gethostname().split(".")[0]
+    return host.split(".")[0] in (short, "localhost")
+
+
 def process_alive(owner: dict) -> bool | None:
     """Is the recorded process still running? None when it ran on another host."""
     if owner.get("host") != socket.gethostname() or not owner.get("pid"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,3 +104,49 @@ def test_second_writer_of_a_live_run_is_refused(tmp_path, tiny_config):
     taker = lease.Lease()
     taker.acquire(run_dir)  # so the next writer may take it over
     taker.release()
+
+
+def overhead(out: str) -> float | None:
+    found = re.search(r"sweep overhead (-?[\d.]+)s per trial", out)
+    return None if found is None else float(found.group(1))
+
+
+def test_a_trial_another_driver_started_is_no_overhead_of_the_one_that_follows_it(tmp_path, tiny_config):
+    # half of its 150 epochs (a second or two) trained before the next driver starts
+    command = [sys.executable, "-m", "mnistlab", "sweep", str(tiny_config), "--grid", "optim.lr=0.01",
+               "train.epochs=150", "train.log_every=0"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid, _ = wait_for(lambda: live_trial(tmp_path / "runs" / "tiny-lr", 75))
+    first.kill()  # its trial trains on; the next driver follows it to its end
+    first.wait()
+    os.kill(pid, signal.SIGSTOP)  # until the next driver has started: it must find the trial running
+    follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "1 running in another sweep" in follower.stdout.readline()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, err = follower.communicate(timeout=900)
+    assert follower.returncode == 0, out + err
+    assert "1 trials in" in out and "1 completed" in out
+    # it ran no trial of its own: the trial's wall time began before it did
+    assert overhead(out) is None, out
+
+
+def test_the_overhead_of_a_resumed_trial_counts_only_its_session_in_this_sweep(tmp_path, tiny_config):
+    command = [sys.executable, "-m", "mnistlab", "sweep", str(tiny_config), "--grid", "optim.lr=0.01",
+               "train.epochs=40", "train.log_every=0"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, run_dir = wait_for(lambda: live_trial(tmp_path / "runs" / "tiny-lr", 1))
+    first.send_signal(signal.SIGTERM)  # the trial saves and records itself interrupted
+    assert first.wait(timeout=300) == 130
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    # as if its first session had lasted 1000 s longer: the wall time of a resumed run sums its sessions
+    summary["wall_seconds"] += 1000
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    done = json.loads((run_dir / "summary.json").read_text())
+    assert done["status"] == "completed" and done["wall_seconds"] > 1000
+    seconds = float(re.search(r"1 trials in ([\d.]+)s", again.stdout).group(1))
+    assert 0 <= overhead(again.stdout) <= seconds, again.stdout  # this sweep's time, not 1000 s before it

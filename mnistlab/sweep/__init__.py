@@ -133,10 +133,13 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
         out.print(epochs_line(counts), markup=False)
         missed = counts["failed"] + counts["interrupted"] + counts["undecided"]
     elif counts["ran"]:
-        overhead = (counts["seconds"] * counts["jobs"] - counts["trial_seconds"]) / counts["ran"]
+        # the job slots' time that the trials of this command did not spend in their own runs:
+        # each trial process's start-up, and slots left idle
+        overhead = (f"; sweep overhead {(counts['seconds'] * counts['jobs'] - counts['trial_seconds']) / counts['own']:.1f}s "
+                    "per trial beyond its own run" if counts["own"] else "")
         out.print(f"{counts['ran']} trials in {counts['seconds']:.1f}s: {counts['completed']} "
-                  f"completed, {counts['failed']} failed, {counts['interrupted']} interrupted; "
-                  f"sweep overhead {overhead:.1f}s per trial beyond its own run", markup=False)
+                  f"completed, {counts['failed']} failed, {counts['interrupted']} interrupted"
+                  f"{overhead}", markup=False)
     else:
         failed = (f", {counts['failed_before']} failed before (--retry-failed runs them again)"
                   if counts["failed_before"] else "")

@@ -52,12 +52,35 @@ def scan(directory: Path) -> dict[str, list[dict]]:
 
 
 def read_job(run_dir: Path) -> dict | None:
-    """job.json: the driver's claim of a queued trial (executor, job id, driver, submitted)."""
+    """job.json: the driver's claim of a queued trial (executor, job id, driver, submitted; and the
+    submission's name and the trial's index in it, claim and index, written before its job id)."""
     try:
         job = files.read_json(run_dir / "job.json")
     except (OSError, ValueError):
         return None
     return job if isinstance(job, dict) else None
+
+
+def job_key(job: dict) -> str:
+    """What names a job.json record's job: its job id, or for a claim whose driver has not yet
+    written the id (or died first), the claim's submission name and index."""
+    job_id = job.get("job_id")
+    if isinstance(job_id, str) and job_id:
+        return job_id
+    return f"claim {job.get('claim')} {job.get('index')}"
+
+
+def record_found(trials: list[Trial], states: dict[str, TrialState]) -> None:
+    """Write into job.json the job id that jobs_alive found for a claim by its name (under the
+    sweep's lock; only where job.json still holds that claim)."""
+    for t in trials:
+        st = states[t.hash]
+        if st.state != QUEUED or not st.owner.pop("adopted", False):
+            continue
+        now = read_job(t.run_dir) or {}
+        if (now.get("claim"), now.get("index"), job_key(now)) == (
+                st.owner.get("claim"), st.owner.get("index"), job_key({**st.owner, "job_id": None})):
+            files.write_json(t.run_dir / "job.json", st.owner)
 
 
 def scan_trials(trials: list[Trial]) -> dict[str, list[dict]]:
@@ -77,7 +100,7 @@ def scan_trials(trials: list[Trial]) -> dict[str, list[dict]]:
 def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) -> dict[str, TrialState]:
     """Each trial: done, running (a live lease), queued (a live job), failed, stopped, paused or new.
 
-    found is scan()'s result; jobs_alive(job.json records) -> ids of the jobs that still exist,
+    found is scan()'s result; jobs_alive(job.json records) -> job_key of the jobs that still exist,
     asked once for all trials (one call to the scheduler).
     """
     states: dict[str, TrialState] = {}
@@ -107,7 +130,7 @@ def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) 
             states[t.hash] = TrialState(NEW, t.run_dir)
     alive = jobs_alive(list(jobs.values())) if jobs else set()
     for h, job in jobs.items():
-        if job.get("job_id") in alive:
+        if job_key(job) in alive:
             states[h] = TrialState(QUEUED, states[h].run_dir, None, job)
     return states
 

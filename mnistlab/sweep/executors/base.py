@@ -20,6 +20,10 @@ class TrialSpec:
     log: Path  # stdout and stderr of the trial: run_dir / "trial.log"
     threads: int  # CPU threads of the trial (cpus per trial on a cluster)
     env: dict[str, str] = field(default_factory=dict)  # extra environment of the trial process
+    # the name of the submission this spec is part of, written in each trial's job.json before the
+    # engine is asked: an engine that names its jobs after it finds them again (find) when the
+    # driver died before it could write their ids
+    claim: str = ""
 
 
 class Executor(Protocol):
@@ -54,3 +58,10 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release the engine's resources; running trials of a detached sweep keep running."""
+
+    # optional, for engines whose jobs outlive the driver (the runner asks with getattr):
+    # find(claims) -> {(claim, index): job id} of the live jobs of submissions (TrialSpec.claim,
+    #   the spec's index in that submit call) whose ids were never recorded;
+    # describe(job_ids) -> {id: {"reason": why a pending job waits, "host": where it runs or ran,
+    #   "end": how an ended job ended}}, each key when the engine knows it;
+    # cancel_command(job_ids) -> the shell command that cancels these jobs.

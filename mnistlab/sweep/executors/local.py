@@ -67,6 +67,17 @@ class LocalExecutor:
         proc = self.procs.get(job_id)
         return None if proc is None else proc.poll()
 
+    def describe(self, job_ids: list[str]) -> dict[str, dict]:
+        """Where each trial runs (this host) and, once it ended, how."""
+        out = {}
+        for job_id in job_ids:
+            out[job_id] = {"host": socket.gethostname()}
+            code = self.returncode(job_id)
+            if code is not None:
+                out[job_id]["end"] = (f"killed by {signal.Signals(-code).name}" if code < 0
+                                      else f"exit code {code}")
+        return out
+
     def cancel(self, job_ids: list[str], timeout: float = 60.0) -> None:
         """SIGTERM each trial (it saves itself as interrupted), wait, then kill what still runs."""
         wanted = set(job_ids)

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import submitit
 
-from ...errors import ConfigError, ExecutorUnavailable, SweepError, first_line
+from ...errors import ConfigError, ExecutorUnavailable, SweepError, first_line, some
 from .base import TrialSpec
 from .options import slurm_problems
 from .process import start_trial, stop_trial
@@ -25,6 +26,26 @@ PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", 
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"}
 JOB_ID = re.compile(r"\d+(_\d+)?")
+# squeue's pending reasons that no amount of waiting meets: the job asks for more than its
+# partition, QOS or account allows per job, or for what no node has; what each means
+NEVER = {
+    "PartitionConfig": "asks for more than partition {partition} allows a job: CPUs, memory or "
+                       "nodes, set by executor.slurm.cpus_per_trial, mem_gb, gpus_per_trial or sbatch:",
+    "PartitionNodeLimit": "asks for more nodes than partition {partition} has or allows "
+                          "(sbatch: --nodes), or every node it could use is down or drained",
+    "PartitionTimeLimit": "asks for a longer time than partition {partition} allows "
+                          "(executor.slurm.time)",
+    "BadConstraints": "asks for features no node has (sbatch: --constraint)",
+    "InvalidAccount": "names an account SLURM does not know (executor.slurm.account)",
+    "InvalidQOS": "names a QOS SLURM does not know or allow (executor.slurm.qos)",
+}
+# the common reasons a job waits, in words, for the live display
+WAITS = {"Resources": "free CPUs or memory", "Priority": "jobs ahead of it",
+         "JobArrayTaskLimit": "a free --jobs slot", "Dependency": "the job array before it",
+         "BeginTime": "its start time (a requeued job waits about two minutes)",
+         "JobHeldUser": "held: scontrol release", "JobHeldAdmin": "held by an admin",
+         "ReqNodeNotAvail": "nodes that are down, drained or reserved"}
+PER_JOB_LIMIT = re.compile(r"(QOS|Assoc)\w*PerJob\w*")  # e.g. QOSMaxCpuPerJobLimit
 
 
 class SlurmTrial(submitit.helpers.Checkpointable):
@@ -37,6 +58,9 @@ class SlurmTrial(submitit.helpers.Checkpointable):
 
     def __call__(self, argv: list[str], env: dict[str, str], log: str) -> int:
         job_id = slurm_job_id(os.environ)
+        # a first line from the node: the driver sees that the runs directory is shared, and a
+        # trial that never gets going leaves where and how in its log
+        note(log, f"[slurm job {job_id} on host {socket.gethostname()}] starting the trial")
         proc = start_trial(argv, {**env, "MNISTLAB_EXECUTOR": "slurm", "MNISTLAB_JOB_ID": job_id},
                            log)
         warned = threading.Event()
@@ -51,9 +75,19 @@ class SlurmTrial(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGUSR2, on_warning)
         code = proc.wait()
+        if code != 0:
+            how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in
+                   signal.valid_signals() else f"exited with code {code}")
+            note(log, f"[slurm job {job_id}] the trial {how}")
         if warned.is_set() and code != 0:
             subprocess.run(["scontrol", "requeue", job_id], check=False)
         return code
+
+
+def note(log: str, line: str) -> None:
+    """A line of the job's own in the trial's log."""
+    with open(log, "a") as out:
+        out.write(line + "\n")
 
 
 def slurm_job_id(environ) -> str:
@@ -91,19 +125,49 @@ class SlurmExecutor:
                 "slurmctld runs (scontrol ping), or use --executor local or ray.")
         found = re.search(r"^MaxArraySize\s*=\s*(\d+)", answer.stdout, re.MULTILINE)
         self.max_array = int(found.group(1)) if found else 1001
+        self.seen: dict[str, dict[str, str]] = {}  # job id -> squeue's state, reason, host, partition
+        self._check_fits()
+
+    def _check_fits(self) -> None:
+        """A trial that asks for more CPUs or memory than any node of its partition has would wait
+        in the queue forever (SLURM accepts such a job): refused before anything is submitted."""
+        answer = _run(["sinfo", "--noheader", "--Node", "--format", "%P|%c|%m"])
+        nodes = [line.split("|") for line in answer.stdout.splitlines() if line.count("|") == 2]
+        want = self.options.get("partition")
+        nodes = [(p.rstrip("*"), c, m) for p, c, m in nodes
+                 if (p.rstrip("*") == want if want else p.endswith("*"))]
+        if answer.returncode != 0 or not nodes:
+            return  # no sinfo, or a partition it does not list: sbatch says what is wrong
+        partition = nodes[0][0]
+        asks = [("cpus_per_trial", self.options.get("cpus_per_trial"), 1, "CPUs", 1),
+                ("mem_gb", self.options.get("mem_gb"), 2, "MB of memory", 1024)]
+        problems = []
+        for key, value, column, what, scale in asks:
+            sizes = [int(n[column]) for n in nodes if n[column].isdigit()]
+            if value and sizes and value * scale > max(sizes):
+                problems.append(
+                    f"executor.slurm.{key}: each trial asks for {value * scale:g} {what}, but the "
+                    f"largest node of partition {partition} has {max(sizes)} (sinfo), so its jobs "
+                    f"would wait in the queue forever; ask for at most {max(sizes) / scale:g}, or "
+                    "choose a partition with larger nodes (executor.slurm.partition)")
+        if problems:
+            raise ConfigError(problems)
 
     def submit(self, specs: list[TrialSpec]) -> list[str]:
         if not specs:
             return []
         folder = Path(specs[0].run_dir).parent / ".slurm"  # a dot-folder: not a run directory
         cpus = self.options.get("cpus_per_trial") or max(spec.threads for spec in specs)
+        claim = specs[0].claim or f"mnistlab-{Path(specs[0].run_dir).parent.name}"
         executor = submitit.SlurmExecutor(folder=folder)
-        executor.update_parameters(**self._parameters(cpus, Path(specs[0].run_dir).parent.name))
+        executor.update_parameters(**self._parameters(cpus, array_name(claim, 0, self.max_array)))
         ids: list[str] = []
         previous = None
         chunk = self.max_array  # array indices must stay below MaxArraySize
         for start in range(0, len(specs), chunk):
             part = specs[start:start + chunk]
+            # named after the claim and its first index, so that find() maps each task to its trial
+            executor.update_parameters(job_name=array_name(claim, start, chunk))
             if previous:  # one array at a time keeps the --jobs limit across arrays
                 executor.update_parameters(dependency=f"afterany:{previous}")
             try:
@@ -119,13 +183,13 @@ class SlurmExecutor:
             previous = ids[-1].split("_")[0]
         return ids
 
-    def _parameters(self, cpus: int, sweep: str) -> dict:
+    def _parameters(self, cpus: int, job_name: str) -> dict:
         o = self.options
         extra = {"requeue": True}
         for flag in o.get("sbatch") or []:
             key, _, value = flag[2:].partition("=")
             extra[key] = value if value else True
-        params = {"job_name": f"mnistlab-{sweep}", "cpus_per_task": cpus,
+        params = {"job_name": job_name, "cpus_per_task": cpus,
                   "array_parallelism": self.jobs, "additional_parameters": extra,
                   "partition": o.get("partition"), "time": o.get("time"), "account": o.get("account"),
                   "qos": o.get("qos"), "gpus_per_node": o.get("gpus_per_trial"),
@@ -133,26 +197,115 @@ class SlurmExecutor:
         return {k: v for k, v in params.items() if v is not None}
 
     def states(self, job_ids: list[str]) -> dict[str, str]:
+        """Each job's state; SweepError for jobs that can never start, after cancelling them."""
+        out = self._states(job_ids)
+        self._refuse_never([j for j, state in out.items() if state == "pending"])
+        return out
+
+    def _states(self, job_ids: list[str]) -> dict[str, str]:
         ours = [j for j in job_ids if JOB_ID.fullmatch(j)]
         out = {j: "unknown" for j in job_ids}
         if not ours:
             return out
         listed = self._squeue(sorted({j.split("_")[0] for j in ours}))
-        for j in ours:
-            state = listed.get(j)
-            out[j] = ("finished" if state is None or state in ENDED else
+        for j in ours:  # one squeue no longer lists has ended; where it ran is still worth saying
+            self.seen[j] = listed.get(j) or {"host": self.seen.get(j, {}).get("host", "")}
+            state = self.seen[j].get("state", "")
+            out[j] = ("finished" if not state or state in ENDED else
                       "pending" if state in PENDING else "running")
         return out
 
-    def _squeue(self, array_ids: list[str]) -> dict[str, str]:
-        """Job id -> squeue state of the jobs of these arrays that SLURM still lists."""
-        for attempt in range(3):
-            answer = _run(["squeue", "--noheader", "--array", "--jobs", ",".join(array_ids),
-                           "--format", "%i|%T"])
-            if answer.returncode == 0:
-                return dict(line.split("|", 1) for line in answer.stdout.split() if "|" in line)
-            if "Invalid job id" in answer.stderr:  # every one of them ended and was forgotten
+    def _refuse_never(self, pending: list[str]) -> None:
+        """Jobs whose pending reason no wait meets are cancelled, and the sweep stops saying why."""
+        never = [j for j in pending if self.seen[j]["reason"] in NEVER
+                 or PER_JOB_LIMIT.fullmatch(self.seen[j]["reason"])]
+        if not never:
+            return
+        _run(["scancel", *never])
+        first = self.seen[never[0]]
+        why = NEVER.get(first["reason"], "asks for more than a per-job limit of its QOS or account "
+                        "allows (executor.slurm.qos or account)").format(partition=first["partition"])
+        many = len(never) > 1
+        raise SweepError(
+            f"--executor slurm: SLURM will never start job{'s' if many else ''} {some(never)}: "
+            f"{'they wait' if many else 'it waits'} with the reason {first['reason']} (each "
+            f"{why}), which no wait meets, so {'they were' if many else 'it was'} cancelled. "
+            f"`scontrol show job {never[0]}` shows what it asked for; change those settings in "
+            "the executor: slurm: block of the sweep file (or ask your admin about the partition's "
+            "limits) and run the command again.")
+
+    def describe(self, job_ids: list[str]) -> dict[str, dict]:
+        """What squeue said at the last states(): why a pending job waits, where one runs."""
+        out = {}
+        for j in job_ids:
+            seen = self.seen.get(j, {})
+            state, reason, host = seen.get("state", ""), seen.get("reason", ""), seen.get("host", "")
+            info = {}
+            if state in PENDING and reason and reason != "None":
+                word = WAITS.get(reason.split(",")[0])
+                info["reason"] = f"{reason.split(',')[0]} ({word})" if word else reason
+            if host and host not in ("n/a", "(null)"):
+                info["host"] = host
+            if not state or state in ENDED:
+                info.update(self._ended(j))
+            out[j] = info
+        return out
+
+    def _ended(self, job_id: str) -> dict[str, str]:
+        """How an ended job ended and where, from scontrol (jobs ended in the last MinJobAge) or
+        sacct (when the cluster keeps accounting)."""
+        answer = _run(["scontrol", "show", "job", "--oneliner", job_id])
+        found = dict(re.findall(r"\b(JobState|ExitCode|BatchHost)=(\S+)", answer.stdout))
+        if answer.returncode != 0 or "JobState" not in found:
+            answer = _run(["sacct", "--allocations", "--noheader", "--parsable2", "--jobs", job_id,
+                           "--format", "State,ExitCode,NodeList"])
+            row = answer.stdout.strip().splitlines()[0].split("|") if answer.stdout.strip() else []
+            if answer.returncode != 0 or len(row) != 3:
                 return {}
+            found = {"JobState": row[0], "ExitCode": row[1], "BatchHost": row[2]}
+        info = {"end": f"{found['JobState']}, exit code {found.get('ExitCode', '?')}"}
+        if found.get("BatchHost") not in (None, "", "(null)", "None assigned"):
+            info["host"] = found["BatchHost"]
+        return info
+
+    def find(self, claims: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The jobs SLURM still lists of submissions whose ids were never recorded (the driver was
+        killed right after sbatch): (claim, index) -> job id, found by the arrays' names."""
+        names = {(c, i): array_name(c, i, self.max_array) for c, i in claims}
+        if not names:
+            return {}
+        answer = self._ask(["squeue", "--noheader", "--array", "--name", ",".join(set(names.values())),
+                            "--format", "%i|%j"])
+        tasks = {}
+        for line in answer.stdout.splitlines():
+            job_id, _, name = line.strip().partition("|")
+            task = job_id.split("_")[1] if "_" in job_id else "0"  # one trial: a plain job
+            if task.isdigit():
+                tasks[name, int(task)] = job_id
+        return {(c, i): tasks[names[c, i], i % self.max_array] for c, i in claims
+                if (names[c, i], i % self.max_array) in tasks}
+
+    @staticmethod
+    def cancel_command(job_ids: list[str]) -> str:
+        return "scancel " + " ".join(job_ids)
+
+    def _squeue(self, array_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Job id -> squeue's state, pending reason, batch host and partition of the jobs of these
+        arrays that SLURM still lists."""
+        answer = self._ask(["squeue", "--noheader", "--array", "--jobs", ",".join(array_ids),
+                            "--format", "%i|%T|%r|%B|%P"])
+        rows = [line.strip().split("|") for line in answer.stdout.splitlines()]
+        return {row[0]: dict(zip(("state", "reason", "host", "partition"), row[1:]))
+                for row in rows if len(row) == 5}
+
+    def _ask(self, argv: list[str]) -> subprocess.CompletedProcess:
+        """squeue's answer, asked up to three times; SweepError when it keeps failing."""
+        for attempt in range(3):
+            answer = _run(argv)
+            if answer.returncode == 0:
+                return answer
+            if "Invalid job id" in answer.stderr:  # every one of them ended and was forgotten
+                return subprocess.CompletedProcess(argv, 0, "", "")
             time.sleep(2 * (attempt + 1))
         raise SweepError(f"--executor slurm: squeue failed ({first_line(answer.stderr)}); the "
                          "submitted trials keep running. Run the same sweep command again to "
@@ -165,7 +318,7 @@ class SlurmExecutor:
             _run(["scancel", *ours[start:start + 500]])
         deadline = time.monotonic() + timeout
         while ours and time.monotonic() < deadline:
-            if all(s == "finished" for s in self.states(ours).values()):
+            if all(s == "finished" for s in self._states(ours).values()):
                 return
             time.sleep(0.5)
 
@@ -179,6 +332,11 @@ def check_slurm_options(options: dict) -> dict:
     if problems:
         raise ConfigError(problems)
     return options
+
+
+def array_name(claim: str, index: int, chunk: int) -> str:
+    """The SLURM job name of the array holding trial index of a submission (chunk: MaxArraySize)."""
+    return f"{claim}-{index // chunk * chunk}"
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
