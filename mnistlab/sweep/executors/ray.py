@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import ray
 
+from ... import files
 from ...errors import ConfigError, ExecutorUnavailable, first_line
 from .base import TrialSpec
 from .options import ray_problems
@@ -41,6 +47,8 @@ class RayExecutor:
 
     Ray tasks belong to this driver: when it ends, Ray stops them and each trial saves itself
     (it gets SIGTERM when its worker dies); the next sweep command continues them from last.pt.
+    When this executor connects to Ray, Ray's own messages go to .ray/driver.log in the sweep's
+    folder, not between its lines.
     """
 
     name = "ray"
@@ -56,16 +64,21 @@ class RayExecutor:
         self.jobs = max(1, jobs)
         address = self.options.get("address") or os.environ.get("RAY_ADDRESS") or None
         self.owner = not ray.is_initialized()
+        self.output = RayOutput() if self.owner else None
         if self.owner:
             extra = {} if address else {"include_dashboard": False}
             try:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **extra)
             except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError here
+                said = self.output.said()
+                self.output.end()
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise ExecutorUnavailable(
-                    f"--executor ray: cannot connect to {where} ({first_line(str(e))}). Start the "
-                    "cluster (ray start --head), fix the address (executor: ray: address in the sweep "
-                    "file, or RAY_ADDRESS), or leave both unset for a local instance.") from None
+                    f"--executor ray: cannot connect to {where} ({first_line(str(e))}"
+                    f"{'; Ray said: ' + said if said else ''}). Start the cluster (ray start --head), "
+                    "fix the address (executor: ray: address in the sweep file, or RAY_ADDRESS), or "
+                    "leave both unset for a local instance.") from None
+            ray._private.worker._worker_logs_enabled = False  # its "(raylet) ..." lines on stdout
         if self.owner and not address:  # a local instance: this machine is all it will ever have
             why = unplaceable(self.options)
             if why:
@@ -82,6 +95,8 @@ class RayExecutor:
         self.done: set[str] = set()
 
     def submit(self, specs: list[TrialSpec]) -> list[str]:
+        if specs and self.output is not None:  # the sweep's folder is known from here on
+            self.output.keep(Path(specs[0].run_dir).parent / ".ray")
         ids = []
         for spec in specs:
             self.count += 1
@@ -132,6 +147,64 @@ class RayExecutor:
         self.queue = []
         if self.owner and ray.is_initialized():
             ray.shutdown()
+            ray._private.worker._worker_logs_enabled = True
+        if self.output is not None:
+            self.output.end()
+            self.output = None
+
+
+class RayOutput:
+    """Ray's own messages, kept out of the sweep's output: its C++ core writes them to file
+    descriptor 2 and its logger to sys.stderr, so while this command is connected that descriptor
+    is a file: a temporary one until the sweep's folder is known, then .ray/driver.log there."""
+
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile()
+        self.path: Path | None = None
+        self.terminal = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+
+    def keep(self, folder: Path) -> None:
+        """Go on in folder/driver.log, starting with what Ray said so far."""
+        if self.path is not None:
+            return
+        with files.writing(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / "driver.log", "ab") as out:
+                self.file.seek(0)
+                shutil.copyfileobj(self.file, out)
+                out.flush()
+                os.dup2(out.fileno(), 2)
+        self.file.close()
+        self.path = folder / "driver.log"
+
+    def said(self) -> str:
+        """Ray's last message, without its time stamp and source line."""
+        try:
+            if self.path is not None:
+                text = self.path.read_bytes()[-8192:]
+            else:
+                self.file.seek(0)
+                text = self.file.read()[-8192:]
+        except (OSError, ValueError):
+            return ""
+        lines = [RAY_PREFIX.sub("", line).strip() for line in
+                 text.decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:300] if lines else ""
+
+    def end(self) -> None:
+        """Give the terminal back."""
+        sys.stderr.flush()
+        os.dup2(self.terminal, 2)
+        os.close(self.terminal)
+        if self.path is None:
+            self.file.close()
+
+
+# "[2026-12-04 18:36:13,364 W 6946 6946] gcs_client.cc:210: " of Ray's C++ lines, and
+# "2026-12-04 18:37:17,327\tERROR worker.py:1841 -- " of its Python ones
+RAY_PREFIX = re.compile(r"^(\[[^\]]*\]\s*[\w./-]+:\d+:|\S+ \S+\s+[A-Z]+ [\w./-]+:\d+ --)\s*")
 
 
 def check_ray_options(options: dict) -> dict:
