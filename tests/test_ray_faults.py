@@ -1,4 +1,5 @@
-"""The Ray executor under faults, against real Ray: a Ray worker killed under a trial.
+"""The Ray executor under faults, against real Ray: a Ray worker killed under a trial, a head
+that dies mid-sweep.
 
 The tests start a head of their own (ray start, on free ports, in a temporary directory), so
 that what they do to it touches no other Ray on this machine.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
-from test_executors import LONG, data_dir, engine_module, summary, sweep_file  # noqa: F401
+from test_executors import LONG, data_dir, engine_module, summary, sweep_file, trial_dirs  # noqa: F401
 
 # the head's own ports; left to Ray, some of them are fixed and collide with another Ray here
 PORTS = ("port", "ray-client-server-port", "dashboard-port", "dashboard-agent-listen-port",
@@ -144,7 +145,7 @@ def parent(pid: int) -> int:
     return processes()[pid][0]
 
 
-def test_a_killed_ray_worker_keeps_the_output_clean_and_its_trial_continues(
+def test_a_killed_ray_worker_keeps_the_output_clean_and_its_trial_saves_then_continues(
         tmp_path, data_dir, head):
     path = sweep_file(tmp_path, data_dir, epochs=LONG, lrs=(0.01,))
     directory = tmp_path / "runs" / "s"
@@ -156,5 +157,34 @@ def test_a_killed_ray_worker_keeps_the_output_clean_and_its_trial_continues(
     # Ray prints "(raylet) A worker died ..." in yellow between the sweep's lines unless told not to
     assert "(raylet)" not in out and "\x1b[" not in out and err == "", out + err
     log = (run_dir / "trial.log").read_text()
+    assert "interrupted:" in log, log  # SIGTERM when its worker died: it saved, not SIGKILLed
     assert log.count("completed:") == 1 and summary(run_dir)["epochs_completed"] == LONG
     assert (directory / ".ray" / "driver.log").is_file()  # Ray's own messages, apart
+
+
+def test_the_trials_of_a_head_that_dies_save_and_the_same_command_continues_them(
+        tmp_path, data_dir, head):
+    path = sweep_file(tmp_path, data_dir, epochs=LONG)
+    directory = tmp_path / "runs" / "s"
+    driver = sweep(path, {**head.env, "RAY_ADDRESS": head.address})
+    trials = wait_for(lambda: len(live_trials(directory, 1)) == 2 and live_trials(directory, 1), 600)
+    (saved, _), (killed, pid) = sorted(trials.items())
+    # one trial is lost without a word, with its worker, as on a node that dies; then the head
+    # dies, and the other workers end with its raylet
+    kill([pid, parent(pid)])
+    head.kill()
+    wait_for(lambda: summary(saved)["status"] != "running", 120)
+    assert summary(saved)["status"] == "interrupted"  # SIGTERM as its worker ended: it saved
+    assert summary(killed)["status"] == "running"  # kill -9: nothing could save it
+    driver.kill()  # it would wait for its tasks until Ray ends it, a minute later
+    driver.communicate()
+
+    env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}  # the same command, another Ray
+    again = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(path), "--executor", "ray",
+                            "--jobs", "2"], capture_output=True, text=True, env=env, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert trial_dirs(directory) == sorted([saved, killed])
+    for run_dir in (saved, killed):
+        done = summary(run_dir)
+        assert done["status"] == "completed" and done["epochs_completed"] == LONG
+        assert (run_dir / "trial.log").read_text().count("completed:") == 1

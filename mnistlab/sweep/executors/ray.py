@@ -21,6 +21,10 @@ from .base import TrialSpec
 from .options import ray_problems
 from .process import start_trial, stop_trial
 
+# by default a Ray worker SIGKILLs its child processes as it exits (e.g. when its raylet dies);
+# the trial has to outlive it to get SIGTERM (PR_SET_PDEATHSIG) and save its state
+TASK_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
+
 
 def run_trial(argv: list[str], env: dict[str, str], log: str) -> int:
     """The Ray task of one trial: run its command; a cancelled task stops the trial with SIGTERM."""
@@ -29,7 +33,7 @@ def run_trial(argv: list[str], env: dict[str, str], log: str) -> int:
         # which does nothing where SIGINT is ignored: in the workers of a Ray started in the
         # background (nohup, or a job of a non-interactive shell)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    proc = start_trial(argv, env, log)
+    proc = start_trial(argv, env, log, own_session=True)  # Ray kills its worker's process group
     try:
         while True:
             try:
@@ -113,7 +117,8 @@ class RayExecutor:
             env = {"OMP_NUM_THREADS": str(cpus), **spec.env, "MNISTLAB_EXECUTOR": self.name,
                    "MNISTLAB_JOB_ID": job_id}
             task = ray.remote(run_trial).options(num_cpus=cpus,
-                                                 num_gpus=self.options.get("gpus_per_trial") or 0)
+                                                 num_gpus=self.options.get("gpus_per_trial") or 0,
+                                                 runtime_env={"env_vars": TASK_ENV})
             self.refs[job_id] = task.remote(list(spec.argv), env, str(spec.log))
 
     def _collect(self) -> None:
