@@ -1,5 +1,5 @@
-"""The Ray executor under faults, against real Ray: a Ray worker killed under a trial, a head
-that dies mid-sweep.
+"""The Ray executor under faults, against real Ray: a head that nothing listens at, a head that
+does not answer (SIGSTOP), a Ray worker killed under a trial, a head that dies mid-sweep.
 
 The tests start a head of their own (ray start, on free ports, in a temporary directory), so
 that what they do to it touches no other Ray on this machine.
@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import wait_for
 from test_executors import LONG, data_dir, engine_module, summary, sweep_file, trial_dirs  # noqa: F401
 
@@ -121,10 +123,34 @@ def head():
     shutil.rmtree(started.temp_dir, ignore_errors=True)
 
 
+def with_executor(path: Path, **ray_options) -> Path:
+    definition = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**definition, "executor": {"ray": ray_options}}))
+    return path
+
+
 def sweep(path: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mnistlab", "sweep", str(path), "--executor",
                              "ray", "--jobs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
+
+
+def paragraph(text: str) -> str:
+    return " ".join(text.split())
+
+
+def connects_to(pid: int, port: int) -> bool:
+    """Whether process pid holds a TCP connection to port (Linux)."""
+    try:
+        mine = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port and f"socket:[{fields[9]}]" in mine:
+                return True
+    return False
 
 
 def live_trials(directory: Path, min_epochs: int) -> dict[Path, int]:
@@ -143,6 +169,49 @@ def live_trials(directory: Path, min_epochs: int) -> dict[Path, int]:
 
 def parent(pid: int) -> int:
     return processes()[pid][0]
+
+
+def test_an_address_where_nothing_listens_is_refused_at_once(tmp_path, data_dir):
+    engine_module("ray")
+    [port] = free_ports(1)
+    path = with_executor(sweep_file(tmp_path, data_dir, epochs=1), address=f"127.0.0.1:{port}")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(path), "--executor", "ray"],
+                          capture_output=True, text=True, env=env, timeout=120)  # Ray alone: minutes
+    assert done.returncode == 2, done.stdout + done.stderr
+    error = paragraph(done.stderr)
+    assert f"cannot connect to the Ray cluster at 127.0.0.1:{port} (nothing listens there" in error
+    assert "ray start --head" in error and "Traceback" not in error
+    assert not (tmp_path / "runs" / "s").exists()
+
+
+def test_a_head_that_does_not_answer_is_given_up_and_sigterm_ends_the_wait(tmp_path, data_dir, head):
+    path = with_executor(sweep_file(tmp_path, data_dir, epochs=1), address=head.address,
+                         connect_timeout=3)
+    gcs = head.gcs()
+    os.kill(gcs, signal.SIGSTOP)  # it still accepts connections, and never answers
+    try:
+        done = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(path), "--executor",
+                               "ray"], capture_output=True, text=True, env=head.env, timeout=120)
+        assert done.returncode == 2, done.stdout + done.stderr
+        error = paragraph(done.stderr)
+        assert f"cannot connect to the Ray cluster at {head.address} (no answer within 3s" in error
+        assert "connect_timeout, now 3s" in error and "Traceback" not in error
+        assert done.stdout == ""
+
+        waiting = sweep(with_executor(path, address=head.address), head.env)  # Ray's 60 s default
+        wait_for(lambda: connects_to(waiting.pid, head.port) or waiting.poll() is not None, 120)
+        signalled = time.monotonic()
+        waiting.send_signal(signal.SIGTERM)
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 130, out + err
+        assert time.monotonic() - signalled < 30  # Ray alone: 16 s, then exit code 15
+        assert (f"interrupted while waiting for the Ray cluster at {head.address} to answer; "
+                "nothing was submitted or written") in paragraph(err)
+        assert "Traceback" not in err and out == ""
+    finally:
+        os.kill(gcs, signal.SIGCONT)
+    assert not (tmp_path / "runs" / "s").exists()
 
 
 def test_a_killed_ray_worker_keeps_the_output_clean_and_its_trial_saves_then_continues(

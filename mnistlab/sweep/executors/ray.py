@@ -7,20 +7,25 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import ray
 
 from ... import files
-from ...errors import ConfigError, ExecutorUnavailable, first_line
+from ...errors import ConfigError, ExecutorUnavailable, Interrupted, first_line
 from .base import TrialSpec
 from .options import ray_problems
 from .process import start_trial, stop_trial
 
+CONNECT_TIMEOUT = 60.0  # seconds a cluster has to answer ray.init (executor.ray.connect_timeout)
+REFUSED_SECONDS = 3.0  # an address that refuses connections this long while ray.init waits: nobody there
+PROBE_SECONDS = 1.0  # how often the address is tried while ray.init waits
 # by default a Ray worker SIGKILLs its child processes as it exits (e.g. when its raylet dies);
 # the trial has to outlive it to get SIGTERM (PR_SET_PDEATHSIG) and save its state
 TASK_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
@@ -66,24 +71,14 @@ class RayExecutor:
     def __init__(self, options: dict, jobs: int) -> None:
         self.options = check_ray_options(options or {})
         self.jobs = max(1, jobs)
-        address = self.options.get("address") or os.environ.get("RAY_ADDRESS") or None
+        self.address = self.options.get("address") or os.environ.get("RAY_ADDRESS") or None
         self.owner = not ray.is_initialized()
         self.output = RayOutput() if self.owner else None
         if self.owner:
-            extra = {} if address else {"include_dashboard": False}
-            try:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **extra)
-            except Exception as e:  # ray raises ConnectionError, RuntimeError, ValueError here
-                said = self.output.said()
-                self.output.end()
-                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-                raise ExecutorUnavailable(
-                    f"--executor ray: cannot connect to {where} ({first_line(str(e))}"
-                    f"{'; Ray said: ' + said if said else ''}). Start the cluster (ray start --head), "
-                    "fix the address (executor: ray: address in the sweep file, or RAY_ADDRESS), or "
-                    "leave both unset for a local instance.") from None
+            connect(self.address, float(self.options.get("connect_timeout") or CONNECT_TIMEOUT),
+                    self.output)
             ray._private.worker._worker_logs_enabled = False  # its "(raylet) ..." lines on stdout
-        if self.owner and not address:  # a local instance: this machine is all it will ever have
+        if self.owner and not self.address:  # a local instance: this machine is all it will ever have
             why = unplaceable(self.options)
             if why:
                 self.close()
@@ -198,9 +193,13 @@ class RayOutput:
                  text.decode(errors="replace").splitlines() if line.strip()]
         return lines[-1][:300] if lines else ""
 
-    def end(self) -> None:
-        """Give the terminal back."""
+    def end(self, abandon: bool = False) -> None:
+        """Give the terminal back. abandon: Ray still runs in this process (a thread blocked in
+        ray.init), so its descriptor stays on the file and only sys.stderr returns."""
         sys.stderr.flush()
+        if abandon:
+            sys.stderr = open(self.terminal, "w", buffering=1, errors="backslashreplace")
+            return
         os.dup2(self.terminal, 2)
         os.close(self.terminal)
         if self.path is None:
@@ -210,6 +209,84 @@ class RayOutput:
 # "[2026-12-04 18:36:13,364 W 6946 6946] gcs_client.cc:210: " of Ray's C++ lines, and
 # "2026-12-04 18:37:17,327\tERROR worker.py:1841 -- " of its Python ones
 RAY_PREFIX = re.compile(r"^(\[[^\]]*\]\s*[\w./-]+:\d+:|\S+ \S+\s+[A-Z]+ [\w./-]+:\d+ --)\s*")
+
+
+def connect(address: str | None, timeout: float, output: RayOutput) -> None:
+    """ray.init, given up after timeout when the cluster at address does not answer: Ray would wait
+    for minutes, blocked in C++ where Ctrl-C and SIGTERM do not reach it, so it runs in a thread
+    this command can leave behind. A local instance (no address) starts in this thread, as its
+    processes die with the thread that started them (PR_SET_PDEATHSIG); Ray's deadlines bound it."""
+    outcome: dict = {}
+
+    def init() -> None:
+        extra = {} if address else {"include_dashboard": False}
+        try:  # "local", not a cluster that `ray start` left on this machine, which Ray would find
+            ray.init(address=address or "local", log_to_driver=False,
+                     logging_level=logging.ERROR, **extra)
+        except Exception as e:  # ConnectionError, RuntimeError, ValueError, ...
+            outcome["error"] = e
+
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+    thread = threading.Thread(target=init, name="mnistlab-ray-init", daemon=True) if address else None
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    start = probed = time.monotonic()
+    refused: float | None = None  # since when the address has refused connections
+    why = None
+    try:
+        if thread is None:
+            init()
+        else:
+            thread.start()
+        while thread is not None and thread.is_alive() and why is None:
+            thread.join(0.2)  # short waits: Ctrl-C and SIGTERM land at once
+            now = time.monotonic()
+            if now - start > timeout:
+                why = f"no answer within {timeout:g}s"
+            elif thread.is_alive() and now - probed >= PROBE_SECONDS:
+                probed = now
+                refused = (refused or now) if unreachable(address) == "connection refused" else None
+                if refused is not None and now - refused >= REFUSED_SECONDS:
+                    why = "nothing listens there: connection refused"
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: Ray's own SIGTERM handler, in ray.init
+        output.end(abandon=thread is not None and thread.is_alive())
+        raise Interrupted(f"interrupted while waiting for {where} to answer; nothing was "
+                          "submitted or written.") from None
+    finally:
+        if main:  # also instead of the handler that ray.init sets in the main thread
+            signal.signal(signal.SIGTERM, previous)
+    if why is None and ray.is_initialized():
+        return
+    said = output.said()
+    output.end(abandon=thread is not None and thread.is_alive())
+    why = why or first_line(str(outcome.get("error") or "")) or "ray.init gave no reason"
+    if said and said not in why:
+        why += f"; Ray said: {said}"
+    fix = ("Start the cluster (ray start --head)" if not why.startswith("no answer") else
+           "Check that its head is running and reachable from here (a stopped or overloaded head "
+           f"does not answer), or give it longer (executor: ray: connect_timeout, now {timeout:g}s)")
+    raise ExecutorUnavailable(
+        f"--executor ray: cannot connect to {where} ({why}). {fix}, fix the address (executor: "
+        "ray: address in the sweep file, or RAY_ADDRESS), or leave both unset for a local "
+        "instance. Nothing was submitted.")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def unreachable(address: str, timeout: float = 1.0) -> str | None:
+    """Why nothing answers a TCP connection at host:port, or None when something does."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return None  # not host:port (ray://..., auto): Ray's own errors tell
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return "connection refused"
+    except OSError as e:
+        return str(e) or type(e).__name__
+    return None
 
 
 def check_ray_options(options: dict) -> dict:
