@@ -89,6 +89,12 @@ class ExecutorUnavailable(SweepError):
     """An executor whose package or scheduler is missing: says what to install."""
 
 
+class ExecutorLost(SweepError):
+    """The engine stopped answering while trials ran: says which, and how to continue them."""
+
+    exit_code = 1
+
+
 class ModelCodeError(MnistlabError):
     """Your own model class (model.kind: module) failed, or its code cannot be trusted."""
 

@@ -231,8 +231,7 @@ def test_a_killed_ray_worker_keeps_the_output_clean_and_its_trial_saves_then_con
     assert (directory / ".ray" / "driver.log").is_file()  # Ray's own messages, apart
 
 
-def test_the_trials_of_a_head_that_dies_save_and_the_same_command_continues_them(
-        tmp_path, data_dir, head):
+def test_a_head_that_dies_mid_sweep_is_named_and_the_same_command_continues(tmp_path, data_dir, head):
     path = sweep_file(tmp_path, data_dir, epochs=LONG)
     directory = tmp_path / "runs" / "s"
     driver = sweep(path, {**head.env, "RAY_ADDRESS": head.address})
@@ -242,11 +241,17 @@ def test_the_trials_of_a_head_that_dies_save_and_the_same_command_continues_them
     # dies, and the other workers end with its raylet
     kill([pid, parent(pid)])
     head.kill()
+    out, err = driver.communicate(timeout=300)  # Ray alone: exit 1 after 60 s, its own message
+    assert driver.returncode == 1, out + err
+    error = paragraph(err)
+    assert f"lost the Ray cluster at {head.address}: its head has not answered" in error, error
+    assert all(d.name.rsplit("-", 1)[0] in error for d in (saved, killed)), error  # lr-0.01, ...
+    assert "run the same command again: it continues each trial" in error
+    assert f"{directory / '.ray' / 'driver.log'}" in error and "Traceback" not in error
+    assert "(raylet)" not in out and "\x1b[" not in out
     wait_for(lambda: summary(saved)["status"] != "running", 120)
     assert summary(saved)["status"] == "interrupted"  # SIGTERM as its worker ended: it saved
     assert summary(killed)["status"] == "running"  # kill -9: nothing could save it
-    driver.kill()  # it would wait for its tasks until Ray ends it, a minute later
-    driver.communicate()
 
     env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}  # the same command, another Ray
     again = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(path), "--executor", "ray",

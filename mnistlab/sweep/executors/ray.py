@@ -18,14 +18,15 @@ from pathlib import Path
 import ray
 
 from ... import files
-from ...errors import ConfigError, ExecutorUnavailable, Interrupted, first_line
+from ...errors import ConfigError, ExecutorLost, ExecutorUnavailable, Interrupted, first_line
 from .base import TrialSpec
 from .options import ray_problems
 from .process import start_trial, stop_trial
 
 CONNECT_TIMEOUT = 60.0  # seconds a cluster has to answer ray.init (executor.ray.connect_timeout)
-REFUSED_SECONDS = 3.0  # an address that refuses connections this long while ray.init waits: nobody there
-PROBE_SECONDS = 1.0  # how often the address is tried while ray.init waits
+REFUSED_SECONDS = 3.0  # connections refused this long while ray.init waits: nothing listens there
+HEAD_GRACE = 10.0  # a head unreachable this long mid-sweep is lost (Ray ends the driver after 60 s)
+PROBE_SECONDS = 1.0  # how often the head's port is tried, while ray.init waits and mid-sweep
 # by default a Ray worker SIGKILLs its child processes as it exits (e.g. when its raylet dies);
 # the trial has to outlive it to get SIGTERM (PR_SET_PDEATHSIG) and save its state
 TASK_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
@@ -56,8 +57,9 @@ class RayExecutor:
 
     Ray tasks belong to this driver: when it ends, Ray stops them and each trial saves itself
     (it gets SIGTERM when its worker dies); the next sweep command continues them from last.pt.
-    When this executor connects to Ray, Ray's own messages go to .ray/driver.log in the sweep's
-    folder, not between its lines.
+    A head whose port no longer takes connections (it died, or its machine did) ends the sweep
+    with ExecutorLost. When this executor connects to Ray, Ray's own messages go to .ray/driver.log
+    in the sweep's folder, not between its lines.
     """
 
     name = "ray"
@@ -87,10 +89,15 @@ class RayExecutor:
                     "trials would wait forever. Lower executor.ray.gpus_per_trial or cpus_per_trial "
                     "in the sweep file, or connect to a cluster that has such a node (executor: ray: "
                     "address, or RAY_ADDRESS).")
+        self.head = ray.get_runtime_context().gcs_address
+        self.probed = 0.0
+        self.failing: float | None = None  # since when the head has not answered
+        self.lost = False
         self.prefix = f"ray-{os.urandom(4).hex()}"
         self.count = 0
         self.queue: list[tuple[str, TrialSpec]] = []
         self.refs: dict[str, ray.ObjectRef] = {}
+        self.names: dict[str, str] = {}
         self.done: set[str] = set()
 
     def submit(self, specs: list[TrialSpec]) -> list[str]:
@@ -100,13 +107,14 @@ class RayExecutor:
         for spec in specs:
             self.count += 1
             ids.append(f"{self.prefix}-{self.count}")
+            self.names[ids[-1]] = spec.name
         self.queue += zip(ids, specs)
         self._start()
         return ids
 
     def _start(self) -> None:
         self._collect()
-        while self.queue and len(self.refs) - len(self.done) < self.jobs:
+        while self.queue and not self.lost and len(self.refs) - len(self.done) < self.jobs:
             job_id, spec = self.queue.pop(0)
             cpus = self.options.get("cpus_per_trial") or spec.threads
             env = {"OMP_NUM_THREADS": str(cpus), **spec.env, "MNISTLAB_EXECUTOR": self.name,
@@ -118,21 +126,56 @@ class RayExecutor:
 
     def _collect(self) -> None:
         running = {ref: job_id for job_id, ref in self.refs.items() if job_id not in self.done}
-        if running:
+        if running and not self.lost:
             ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
             self.done.update(running[ref] for ref in ready)
 
     def states(self, job_ids: list[str]) -> dict[str, str]:
+        self._check_head()
         self._start()
         queued = {job_id for job_id, _ in self.queue}
         return {job_id: ("pending" if job_id in queued else
-                         "finished" if job_id in self.done else
+                         "finished" if job_id in self.done or job_id in self.refs and self.lost else
                          "running" if job_id in self.refs else "unknown") for job_id in job_ids}
+
+    def _check_head(self) -> None:
+        """ExecutorLost once the head has not answered for HEAD_GRACE seconds: its tasks would
+        never end in this driver's view, and Ray ends this process a minute after losing it."""
+        now = time.monotonic()
+        if self.lost or now - self.probed < PROBE_SECONDS:
+            return
+        self.probed = now
+        why = unreachable(self.head)
+        if why is None:
+            self.failing = None
+            return
+        self.failing = self.failing or now
+        if now - self.failing < HEAD_GRACE:
+            return
+        self._collect()  # a task that ended before the head is not one it ran
+        self.lost = True
+        running = [self.names[j] for j in self.refs if j not in self.done]
+        queued, self.queue = len(self.queue), []
+        what = (f"The {len(running)} trial{'s' if len(running) != 1 else ''} it ran "
+                f"({', '.join(running)}) stop as their Ray workers end: each gets SIGTERM and "
+                "saves its state" if running else "No trial of this command was running")
+        if queued:
+            what += f"; {queued} queued trial{'s' if queued != 1 else ''} had not started"
+        path = self.output.path if self.output else None
+        log = f" Ray's own messages are in {path}." if path else ""
+        raise ExecutorLost(
+            f"--executor ray: lost the Ray cluster at {self.address or self.head}: its head has not "
+            f"answered for {now - self.failing:.0f}s ({why}). {what}. Once the cluster is back "
+            "(ray start --head) or with the address of another (executor: ray: address in the sweep "
+            "file, or RAY_ADDRESS), run the same command again: it continues each trial from its "
+            f"last checkpoint.{log}")
 
     def cancel(self, job_ids: list[str], timeout: float = 60.0) -> None:
         """Each running task gets KeyboardInterrupt and stops its trial with SIGTERM; wait for them."""
         wanted = set(job_ids)
         self.queue = [(j, s) for j, s in self.queue if j not in wanted]
+        if self.lost:  # nothing left to reach: the tasks ended with the head
+            return
         self._collect()
         refs = [ref for j, ref in self.refs.items() if j in wanted and j not in self.done]
         for ref in refs:
