@@ -97,6 +97,12 @@ class ExportError(MnistlabError):
     """Runs that cannot be exported: a missing extra, or a target that is not for the tool."""
 
 
+class ExecutorLost(SweepError):
+    """The engine stopped answering while trials ran: says which, and how to continue them."""
+
+    exit_code = 1
+
+
 class ModelCodeError(MnistlabError):
     """Your own model class (model.kind: module) failed, or its code cannot be trusted."""
 

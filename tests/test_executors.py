@@ -267,6 +267,7 @@ def test_a_missing_engine_package_says_which_extra_to_install(monkeypatch, name,
     ("slurm", {"sbatch": ["-C avx512"]}, "not a long sbatch flag"),
     ("ray", {"cpus_per_trial": 0}, "executor.ray.cpus_per_trial"),
     ("ray", {"gpus_per_trial": "one"}, "executor.ray.gpus_per_trial"),
+    ("ray", {"connect_timeout": 0}, "executor.ray.connect_timeout"),
 ])
 def test_bad_executor_settings_are_config_errors(name, options, problem):
     module = engine_module(f"mnistlab.sweep.executors.{name}")

@@ -169,7 +169,7 @@ SWEEPS = st.fixed_dictionaries({"base": st.just("base.yaml") | SCALARS}, optiona
     "overrides": PLAIN, "prune": PLAIN,
     "executor": st.dictionaries(st.sampled_from(["local", "slurm", "ray", "sge"]), st.dictionaries(
         st.sampled_from(["partition", "time", "cpus_per_trial", "mem_gb", "gpus_per_trial",
-                         "account", "qos", "sbatch", "address", "x"]),
+                         "account", "qos", "sbatch", "address", "connect_timeout", "x"]),
         SCALARS | st.lists(st.sampled_from(["--array=0-3", "--arr=1", "--output=x", "--job-name=j",
                                             "--constraint=avx", "--exclusive", "-C x", "--wrap=ls",
                                             "--parsable"]), max_size=3)), max_size=2) | PLAIN})

@@ -11,7 +11,7 @@ OPTIONS = {
     "local": (),
     "slurm": ("partition", "time", "cpus_per_trial", "mem_gb", "gpus_per_trial", "account", "qos",
               "sbatch"),
-    "ray": ("address", "cpus_per_trial", "gpus_per_trial"),
+    "ray": ("address", "cpus_per_trial", "gpus_per_trial", "connect_timeout"),
 }
 
 # sbatch flags that submitit or mnistlab set for each job array; given again in sbatch: they would
@@ -87,6 +87,11 @@ def ray_problems(options: dict, where: str = "executor.ray") -> list[str]:
                              or not 0 <= gpus < math.inf):
         problems.append(f"{where}.gpus_per_trial: give a number of GPUs (fractions allowed), "
                         f"not {gpus!r}")
+    wait = options.get("connect_timeout")
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float))
+                             or not 0 < wait < math.inf):
+        problems.append(f"{where}.connect_timeout: give the seconds to wait for the cluster to "
+                        f"answer, e.g. 60, not {wait!r}")
     return problems
 
 

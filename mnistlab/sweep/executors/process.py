@@ -11,13 +11,16 @@ import sys
 PR_SET_PDEATHSIG = 1
 
 
-def start_trial(argv: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
+def start_trial(argv: list[str], env: dict[str, str], log: str,
+                own_session: bool = False) -> subprocess.Popen:
     """Start the trial command with its output appended to log.
 
     On Linux the trial gets SIGTERM when the job process that started it dies (a killed Ray worker,
     a SLURM job step killed outright), so it saves its state instead of running on as an orphan.
     It ignores SIGUSR2, which SLURM sends to every process of a job as the time-limit warning:
     the job process answers it by stopping the trial with SIGTERM and asking for a requeue.
+    own_session: the trial leaves the job's process group, which an engine may kill whole when the
+    job process ends (Ray's raylet sends it SIGTERM, then SIGKILL 200 ms later: too soon to save).
     """
     setup = None
     if sys.platform.startswith("linux"):
@@ -28,7 +31,8 @@ def start_trial(argv: list[str], env: dict[str, str], log: str) -> subprocess.Po
             libc.signal(int(signal.SIGUSR2), 1)  # SIG_IGN
     with open(log, "a") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **env}, preexec_fn=setup)
+                                env={**os.environ, **env}, preexec_fn=setup,
+                                start_new_session=own_session)
 
 
 def stop_trial(proc: subprocess.Popen) -> None:
