@@ -8,7 +8,7 @@ import re
 
 # the keys of each engine in a sweep file's executor: block
 OPTIONS = {
-    "local": (),
+    "local": ("warm",),
     "slurm": ("partition", "time", "cpus_per_trial", "mem_gb", "gpus_per_trial", "account", "qos",
               "sbatch"),
     "ray": ("address", "cpus_per_trial", "gpus_per_trial"),
@@ -72,6 +72,15 @@ def sbatch_problem(flag: str, where: str) -> str | None:
     return None
 
 
+def local_problems(options: dict, where: str = "executor.local") -> list[str]:
+    """The problems of the executor: local: settings, each naming its key."""
+    warm = options.get("warm")
+    if warm is not None and not isinstance(warm, bool):
+        return [f"{where}.warm: give true (trials forked from one process that has imported torch "
+                f"and read the data) or false (each trial a fresh Python), not {warm!r}"]
+    return []
+
+
 def ray_problems(options: dict, where: str = "executor.ray") -> list[str]:
     """The problems of the executor: ray: settings, each naming its key."""
     problems = []
@@ -90,4 +99,4 @@ def ray_problems(options: dict, where: str = "executor.ray") -> list[str]:
     return problems
 
 
-VALUES = {"slurm": slurm_problems, "ray": ray_problems}
+VALUES = {"local": local_problems, "slurm": slurm_problems, "ray": ray_problems}
