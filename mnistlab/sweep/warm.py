@@ -63,7 +63,8 @@ def warm_data(argv: list[str]) -> None:
             prepare(cfg.data, cfg.train.val_split, cfg.train.seed)
 
 
-def _child(argv: list[str], env: dict[str, str], log: str, threads: int, death_signal) -> int:
+def _child(argv: list[str], env: dict[str, str], log: str, threads: int, death_signal,
+           held: set) -> int:
     """In the forked trial: a session and signals of its own, output to its log, then the command."""
     os.setsid()  # Ctrl-C in the terminal reaches the sweep command, which stops each trial once
     if death_signal is not None:
@@ -72,6 +73,7 @@ def _child(argv: list[str], env: dict[str, str], log: str, threads: int, death_s
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # SLURM's time-limit warning is for its job
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a SIGTERM that came meanwhile ends it now
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -80,6 +82,7 @@ def _child(argv: list[str], env: dict[str, str], log: str, threads: int, death_s
     os.close(fd)
     os.close(null)
     os.environ.update(env)
+    os.environ["MNISTLAB_WARM"] = str(os.getppid())  # the run says it was forked warm, and from what
     if tuple(argv[1:3]) != MNISTLAB:
         os.execvpe(argv[0], argv, os.environ)
     import torch
@@ -107,11 +110,16 @@ def fork_trial(argv: list[str], env: dict[str, str], log: str, threads: int, dea
     """Start one trial as a child of this process; its pid."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # a signal for the trial that comes before it has its own handlers must not run the server's
+    # handlers in it (the server's SIGTERM handler stops every trial)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     pid = os.fork()
-    if pid == 0:  # the trial: never return into the server's loop
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    else:  # the trial: never return into the server's loop
         code = 1
         try:
-            code = _child(argv, env, log, threads, death_signal)
+            code = _child(argv, env, log, threads, death_signal, held)
         finally:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()
@@ -178,6 +186,12 @@ def serve() -> None:
             *lines, pending = (pending + chunk).split(b"\n")
             for line in filter(bytes.strip, lines):
                 ask = json.loads(line)
+                if "signal" in ask:  # for a trial not reaped yet: its pid cannot be another's
+                    for pid, job in children.items():
+                        if job == ask["job"]:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, ask["signal"])
+                    continue
                 if broken:
                     with open(ask["log"], "a") as log:
                         log.write(broken)
@@ -206,9 +220,8 @@ class WarmTrial:
         return self.server.exit_of(self.job)
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None and self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+        if self.poll() is None:
+            self.server.signal(self.job, sig)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
@@ -248,14 +261,28 @@ class WarmServer:
               threads: int) -> WarmTrial:
         if self.proc is None:
             self._start()
-        ask = {"job": job, "argv": list(argv), "env": env, "log": str(log), "threads": threads}
-        try:
-            self.proc.stdin.write((json.dumps(ask) + "\n").encode())
-            self.proc.stdin.flush()
-        except OSError:  # the server died just now: this trial never started
-            self.exits[job] = -signal.SIGKILL
+        if not self._send({"job": job, "argv": list(argv), "env": env, "log": str(log),
+                           "threads": threads}):
+            self.exits[job] = -signal.SIGKILL  # never started
         self.asked.add(job)
         return WarmTrial(self, job)
+
+    def signal(self, job: str, sig: int) -> None:
+        """Signal a trial through its server, which has started it by the time it reads this (or
+        directly, a trial whose server died)."""
+        if job in self.orphans:
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(self.pids.get(job), sig)
+            return
+        self._send({"job": job, "signal": int(sig)})
+
+    def _send(self, message: dict) -> bool:
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
+            return True
+        except (OSError, AttributeError):  # the server died (or was closed) just now
+            return False
 
     def read(self, timeout: float = 0.0) -> None:
         """Take in the server's events, waiting up to timeout for the first."""
