@@ -132,7 +132,7 @@ def serve() -> None:
     """The server's loop: start each trial asked for, report starts and exits, until stdin ends."""
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but events goes to the client
-    children: dict[int, str] = {}
+    children: dict[int, tuple[str, str]] = {}  # pid -> (job, log)
     stopping = []
 
     def on_term(signum, frame):
@@ -170,9 +170,13 @@ def serve() -> None:
                 continue
             if pid == 0:
                 return
-            job = children.pop(pid, None)
+            job, log = children.pop(pid, (None, None))
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:  # what the trial could not write itself, for the sweep's error message
+                with contextlib.suppress(OSError, ValueError), open(log, "a") as out:
+                    out.write(f"\nthe trial process was killed by {signal.Signals(-code).name}\n")
             if job is not None:
-                send({"job": job, "exit": os.waitstatus_to_exitcode(status)})
+                send({"job": job, "exit": code})
 
     send({"ready": os.getpid()})
     sel = selectors.DefaultSelector()
@@ -187,7 +191,7 @@ def serve() -> None:
             for line in filter(bytes.strip, lines):
                 ask = json.loads(line)
                 if "signal" in ask:  # for a trial not reaped yet: its pid cannot be another's
-                    for pid, job in children.items():
+                    for pid, (job, _) in children.items():
                         if job == ask["job"]:
                             with contextlib.suppress(ProcessLookupError):
                                 os.kill(pid, ask["signal"])
@@ -199,7 +203,7 @@ def serve() -> None:
                     continue
                 warm_data(ask["argv"])
                 pid = fork_trial(ask["argv"], ask["env"], ask["log"], ask["threads"], death_signal)
-                children[pid] = ask["job"]
+                children[pid] = (ask["job"], ask["log"])
                 send({"job": ask["job"], "pid": pid})
         reap(block=False)
     reap(block=True)
@@ -337,11 +341,15 @@ class WarmServer:
         self.exits[job] = -signal.SIGKILL
         return self.exits[job]
 
-    def close(self) -> None:
-        """No more trials: the server waits for the running ones, then exits by itself."""
-        if self.proc is not None and self.proc.stdin and not self.proc.stdin.closed:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
+    def close(self, wait: float = 10.0) -> None:
+        """No more trials: the server waits for the running ones, then exits by itself; wait up
+        to `wait` seconds for that."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(wait)
 
 
 if __name__ == "__main__":
