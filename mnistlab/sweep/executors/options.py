@@ -11,7 +11,7 @@ OPTIONS = {
     "local": ("warm",),
     "slurm": ("partition", "time", "cpus_per_trial", "mem_gb", "gpus_per_trial", "account", "qos",
               "sbatch"),
-    "ray": ("address", "cpus_per_trial", "gpus_per_trial"),
+    "ray": ("address", "cpus_per_trial", "gpus_per_trial", "warm"),
 }
 
 # sbatch flags that submitit or mnistlab set for each job array; given again in sbatch: they would
@@ -74,6 +74,10 @@ def sbatch_problem(flag: str, where: str) -> str | None:
 
 def local_problems(options: dict, where: str = "executor.local") -> list[str]:
     """The problems of the executor: local: settings, each naming its key."""
+    return warm_problems(options, where)
+
+
+def warm_problems(options: dict, where: str) -> list[str]:
     warm = options.get("warm")
     if warm is not None and not isinstance(warm, bool):
         return [f"{where}.warm: give true (trials forked from one process that has imported torch "
@@ -83,7 +87,7 @@ def local_problems(options: dict, where: str = "executor.local") -> list[str]:
 
 def ray_problems(options: dict, where: str = "executor.ray") -> list[str]:
     """The problems of the executor: ray: settings, each naming its key."""
-    problems = []
+    problems = warm_problems(options, where)
     address = options.get("address")
     if address is not None and not isinstance(address, str):
         problems.append(f"{where}.address: give the cluster's address, e.g. 10.0.0.5:6379 or "
