@@ -69,7 +69,10 @@ def executor_identity() -> dict | None:
     if not job_id and name == "slurm":
         array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
         job_id = f"{array}_{task}" if array and task else env.get("SLURM_JOB_ID")
-    return {"name": name, "job_id": job_id}
+    out = {"name": name, "job_id": job_id}
+    if env.get("MNISTLAB_WARM", "").isdigit():  # forked from a warm sweep process (sweep/warm.py)
+        out["forked_from"] = int(env["MNISTLAB_WARM"])
+    return out
 
 
 def owner_alive(owner: dict, now: float | None = None, written: float | None = None) -> bool:

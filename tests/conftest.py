@@ -86,7 +86,10 @@ def tiny_config_dict(data_dir: Path, runs_dir: Path, **sections) -> dict:
         "runs_dir": str(runs_dir),
         "model": {"kind": "conv", "channels": [4, 8], "kernel_size": 3},
         "optim": {"name": "adam", "lr": 0.01, "schedule": "none"},
-        "train": {"epochs": 2, "batch_size": 32, "seed": 0, "threads": 1, "log_every": 2},
+        # fp32: precision auto times fp32 against bf16 on a bf16 CPU, and under load two processes
+        # (a trial and the test's own reference run) may choose differently
+        "train": {"epochs": 2, "batch_size": 32, "seed": 0, "threads": 1, "log_every": 2,
+                  "precision": "fp32"},
         "data": {"name": "idx", "root": str(data_dir)},
     }
     for key, value in sections.items():

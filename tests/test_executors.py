@@ -149,10 +149,26 @@ def test_trials_run_and_record_their_executor_and_job_id(tmp_path, data_dir, eng
     for spec, job_id in zip(specs, ids):
         done = summary(spec.run_dir)
         assert done["status"] == "completed", spec.log.read_text()
-        assert done["executor"] == {"name": engine, "job_id": job_id}
+        assert {k: done["executor"][k] for k in ("name", "job_id")} == {"name": engine, "job_id": job_id}
+        assert ("forked_from" in done["executor"]) == (engine == "ray")  # a warm Ray worker
         assert not (spec.run_dir / "owner.json").exists()  # the lease ends with the trial
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [".slurm", "t0", "t1"][
         engine != "slurm":]  # submitit's own files stay in a dot-folder, apart from the runs
+
+
+def test_ray_workers_keep_a_warm_process_for_their_later_trials(tmp_path, data_dir, ray_cluster):
+    executor = create_executor("ray", {}, 1)
+    try:
+        specs = [trial(data_dir, tmp_path / "sweep", f"t{i}", epochs=1) for i in range(4)]
+        ids = executor.submit(specs)
+        wait_finished(executor, ids)
+    finally:
+        executor.close()
+    done = [summary(spec.run_dir) for spec in specs]
+    assert [d["status"] for d in done] == ["completed"] * 4
+    # one trial at a time on a 2-CPU Ray: at most two workers, each forking from its warm process
+    assert len({d["executor"]["forked_from"] for d in done}) <= 2
+    assert len({d["pid"] for d in done}) == 4
 
 
 def test_a_trial_stopped_with_sigterm_resumes_to_the_exact_metrics(tmp_path, data_dir, engine):
@@ -319,7 +335,8 @@ def test_sweep_completes_then_a_rerun_submits_nothing(tmp_path, data_dir, engine
     assert len(dirs) == 2
     jobs = {d: json.loads((d / "job.json").read_text()) for d in dirs}
     for d in dirs:
-        assert ran_once(d)["executor"] == {"name": engine, "job_id": jobs[d]["job_id"]}
+        ran = ran_once(d)["executor"]
+        assert (ran["name"], ran["job_id"]) == (engine, jobs[d]["job_id"])
     again = start_sweep(path, engine)
     out = again.communicate(timeout=900)[0]
     assert again.returncode == 0, out

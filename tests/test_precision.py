@@ -79,7 +79,7 @@ def test_measurement_is_cached_per_model_shape_and_leaves_the_rng_alone(monkeypa
 
 def test_a_run_records_its_precision_and_why(tiny_config, monkeypatch):
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: [])
-    summary = fit(load_config(tiny_config, ["train.epochs=1"]))
+    summary = fit(load_config(tiny_config, ["train.epochs=1", "train.precision=auto"]))
     assert summary["precision"] == "fp32" and "no native bf16" in summary["precision_reason"]
     ckpt = torch.load(f"{summary['run_dir']}/checkpoints/last.pt", weights_only=True)
     assert ckpt["precision"] == "fp32"
@@ -110,7 +110,7 @@ def test_auto_times_the_layers_the_training_steps_run(tiny_config, monkeypatch, 
         return {"fp32": 0.010, "bf16": 0.020}
 
     monkeypatch.setattr(precision, "measure_both", measure_both)
-    fit(load_config(tiny_config, ["train.epochs=1", *overrides]))  # 12x12 images, channels 4, 8
+    fit(load_config(tiny_config, ["train.epochs=1", "train.precision=auto", *overrides]))  # 12x12, 4, 8
     ((model, shape),) = timed
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     if times_from == "conv 2":

@@ -237,7 +237,7 @@ def test_a_bad_learning_rate_is_pruned_at_the_first_rung_and_finished_later_with
     assert "rungs at epochs 1, 2, 3" in result.output
     assert "rung epoch 1: 2 configurations, 2 trials to train" in result.output
     assert "rung epoch 2: 1 configuration, 1 trial to train" in result.output
-    assert "epochs trained: 4 of the 6 the full grid trains (67%)" in result.output
+    assert "epochs trained: 4 of the 6 that training each configuration to the end takes (67%)" in result.output
     assert "1 of 2 configurations pruned (1 at epoch 1)" in result.output
     md = (directory / "summary.md").read_text()
     assert "pruned at epoch 1" in md and "| **0.01** |" in md

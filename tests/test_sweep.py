@@ -204,12 +204,14 @@ def test_sweep_runs_in_parallel_resumes_and_extends(tmp_path, tiny_config):
 
 def test_failing_trial_is_recorded_and_the_others_complete(tmp_path, tiny_config):
     base = ["sweep", str(tiny_config), "--grid", "optim.lr=1e12,0.01", "optim.name=sgd",
-            "train.epochs=1", "--name", "diverge"]
+            "train.epochs=20", "--name", "diverge"]
     directory = tmp_path / "runs" / "diverge"
     first = runner.invoke(app, base + ["--fail-fast"])
     assert first.exit_code == 1
     trials = list(index(directory).values())
-    assert [t["status"] for t in trials] == ["failed", "new"]  # fail-fast: the second never started
+    # fail-fast: the second trial did not run on (a warm trial starts within the poll after the
+    # first ended, so it may have started; then it was stopped at once)
+    assert trials[0]["status"] == "failed" and trials[1]["status"] in ("new", "interrupted")
     assert "learning rate" in trials[0]["error"]  # the Diverged message of fit
 
     result = runner.invoke(app, base + ["--jobs", "2"])

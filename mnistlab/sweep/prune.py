@@ -130,11 +130,13 @@ def run_pruned(sweep: Sweep, directory: Path, trials: list[Trial], plan: Plan, e
 
 
 def epochs_line(counts: dict) -> str:
-    """What pruning saved: epochs trained against those of the full grid, pruned configurations by rung."""
+    """What pruning saved: epochs trained against those that training every configuration tried
+    to its last epoch takes (a grid's, or a search's proposals), pruned configurations by rung."""
     spent, full = counts["epochs_spent"], counts["epochs_full"]
     pruned = counts["decision"].pruned
     at = ", ".join(f"{sum(r == rung for r in pruned.values())} at epoch {rung}"
                    for rung in counts["rungs"] if rung in pruned.values())
-    return (f"epochs trained: {spent} of the {full} the full grid trains ({100 * spent / max(full, 1):.0f}%); "
+    return (f"epochs trained: {spent} of the {full} that training each configuration to the end takes "
+            f"({100 * spent / max(full, 1):.0f}%); "
             f"{len(pruned)} of {counts['configurations']} configurations pruned"
             + (f" ({at})" if at else ""))

@@ -1,4 +1,5 @@
-"""Trials as subprocesses of this machine, jobs at a time."""
+"""Trials as processes of this machine, jobs at a time: forked from a warm process (the default,
+sweep/warm.py) or started cold (executor: {local: {warm: false}})."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import subprocess
 import time
 
 from ... import files
+from ...errors import ConfigError
+from ..warm import WarmServer, WarmTrial
 from .base import TrialSpec
+from .options import local_problems
 
 
 class LocalExecutor:
@@ -21,11 +25,15 @@ class LocalExecutor:
     attached_because = "local trials are processes of this command"
 
     def __init__(self, options: dict, jobs: int) -> None:
+        problems = local_problems(options or {})
+        if problems:
+            raise ConfigError(problems)
         self.jobs = max(1, jobs)
+        self.warm = WarmServer() if (options or {}).get("warm", True) else None
         self.prefix = f"local-{socket.gethostname()}-{os.getpid()}"
         self.ids = itertools.count(1)
         self.queue: list[tuple[str, TrialSpec]] = []
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen | WarmTrial] = {}
 
     def trial_threads(self, running: int) -> int:
         """This machine's cores shared among the trials that run at once (at least one each)."""
@@ -41,10 +49,16 @@ class LocalExecutor:
     def _start(self) -> None:
         while self.queue and sum(p.poll() is None for p in self.procs.values()) < self.jobs:
             job_id, spec = self.queue.pop(0)
-            env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads), **spec.env,
+            env = {"OMP_NUM_THREADS": str(spec.threads), **spec.env,
                    "MNISTLAB_EXECUTOR": self.name, "MNISTLAB_JOB_ID": job_id}
-            with files.writing(spec.log):
+            with files.writing(spec.log):  # a disk problem is said here, not lost in a trial
                 out = open(spec.log, "a")
+            if self.warm is not None:
+                out.close()
+                self.procs[job_id] = self.warm.start(job_id, spec.argv, env, str(spec.log),
+                                                     spec.threads)
+                continue
+            env = {**os.environ, **env}
             with out:
                 # a session of its own: Ctrl-C reaches only the sweep, which stops each trial once
                 self.procs[job_id] = subprocess.Popen(
@@ -97,3 +111,5 @@ class LocalExecutor:
 
     def close(self) -> None:
         self.queue = []
+        if self.warm is not None:
+            self.warm.close()

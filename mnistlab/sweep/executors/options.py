@@ -8,10 +8,10 @@ import re
 
 # the keys of each engine in a sweep file's executor: block
 OPTIONS = {
-    "local": (),
+    "local": ("warm",),
     "slurm": ("partition", "time", "cpus_per_trial", "mem_gb", "gpus_per_trial", "account", "qos",
               "sbatch"),
-    "ray": ("address", "cpus_per_trial", "gpus_per_trial", "connect_timeout"),
+    "ray": ("address", "cpus_per_trial", "gpus_per_trial", "connect_timeout", "warm"),
 }
 
 # sbatch flags that submitit or mnistlab set for each job array; given again in sbatch: they would
@@ -72,9 +72,22 @@ def sbatch_problem(flag: str, where: str) -> str | None:
     return None
 
 
+def local_problems(options: dict, where: str = "executor.local") -> list[str]:
+    """The problems of the executor: local: settings, each naming its key."""
+    return warm_problems(options, where)
+
+
+def warm_problems(options: dict, where: str) -> list[str]:
+    warm = options.get("warm")
+    if warm is not None and not isinstance(warm, bool):
+        return [f"{where}.warm: give true (trials forked from one process that has imported torch "
+                f"and read the data) or false (each trial a fresh Python), not {warm!r}"]
+    return []
+
+
 def ray_problems(options: dict, where: str = "executor.ray") -> list[str]:
     """The problems of the executor: ray: settings, each naming its key."""
-    problems = []
+    problems = warm_problems(options, where)
     address = options.get("address")
     if address is not None and not isinstance(address, str):
         problems.append(f"{where}.address: give the cluster's address, e.g. 10.0.0.5:6379 or "
@@ -95,4 +108,4 @@ def ray_problems(options: dict, where: str = "executor.ray") -> list[str]:
     return problems
 
 
-VALUES = {"slurm": slurm_problems, "ray": ray_problems}
+VALUES = {"local": local_problems, "slurm": slurm_problems, "ray": ray_problems}

@@ -22,17 +22,24 @@ def start_trial(argv: list[str], env: dict[str, str], log: str,
     own_session: the trial leaves the job's process group, which an engine may kill whole when the
     job process ends (Ray's raylet sends it SIGTERM, then SIGKILL 200 ms later: too soon to save).
     """
-    setup = None
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, only called after it
-
-        def setup():
-            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
-            libc.signal(int(signal.SIGUSR2), 1)  # SIG_IGN
     with open(log, "a") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **env}, preexec_fn=setup,
+                                env={**os.environ, **env}, preexec_fn=death_signal_setup(),
                                 start_new_session=own_session)
+
+
+def death_signal_setup():
+    """A function for a forked child (Linux; None elsewhere): SIGTERM to it when its parent dies,
+    and SIGUSR2 ignored."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, only called after it
+
+    def setup():
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        libc.signal(int(signal.SIGUSR2), 1)  # SIG_IGN
+
+    return setup
 
 
 def stop_trial(proc: subprocess.Popen) -> None:

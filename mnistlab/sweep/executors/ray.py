@@ -21,6 +21,7 @@ from ... import files
 from ...errors import ConfigError, ExecutorLost, ExecutorUnavailable, Interrupted, first_line
 from .base import TrialSpec
 from .options import ray_problems
+from ..warm import WarmServer
 from .process import start_trial, stop_trial
 
 CONNECT_TIMEOUT = 60.0  # seconds a cluster has to answer ray.init (executor.ray.connect_timeout)
@@ -32,14 +33,27 @@ PROBE_SECONDS = 1.0  # how often the head's port is tried, while ray.init waits 
 TASK_ENV = {"RAY_kill_child_processes_on_worker_exit": "false"}
 
 
-def run_trial(argv: list[str], env: dict[str, str], log: str) -> int:
-    """The Ray task of one trial: run its command; a cancelled task stops the trial with SIGTERM."""
+_WARM: WarmServer | None = None  # this Ray worker's warm process, started by its first trial
+
+
+def run_trial(argv: list[str], env: dict[str, str], log: str, warm: bool = True) -> int:
+    """The Ray task of one trial: run its command; a cancelled task stops the trial with SIGTERM.
+
+    Warm (the default), the trial is forked from a warm process that this Ray worker keeps for
+    the trials it runs after the first (Ray reuses a worker for the tasks of one driver); the
+    warm process and its trials get SIGTERM when the worker dies."""
+    global _WARM
     if threading.current_thread() is threading.main_thread():
         # ray.cancel raises KeyboardInterrupt through SIGINT's handler (_thread.interrupt_main),
         # which does nothing where SIGINT is ignored: in the workers of a Ray started in the
         # background (nohup, or a job of a non-interactive shell)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    proc = start_trial(argv, env, log, own_session=True)  # Ray kills its worker's process group
+    if warm:  # the warm process and its trials have sessions of their own
+        _WARM = _WARM or WarmServer(death_signal=True)
+        proc = _WARM.start(env.get("MNISTLAB_JOB_ID", "trial"), argv, env, log,
+                           int(env.get("OMP_NUM_THREADS", "1")))
+    else:
+        proc = start_trial(argv, env, log, own_session=True)  # Ray kills its worker's process group
     try:
         while True:
             try:
@@ -122,7 +136,8 @@ class RayExecutor:
             task = ray.remote(run_trial).options(num_cpus=cpus,
                                                  num_gpus=self.options.get("gpus_per_trial") or 0,
                                                  runtime_env={"env_vars": TASK_ENV})
-            self.refs[job_id] = task.remote(list(spec.argv), env, str(spec.log))
+            self.refs[job_id] = task.remote(list(spec.argv), env, str(spec.log),
+                                            self.options.get("warm", True))
 
     def _collect(self) -> None:
         running = {ref: job_id for job_id, ref in self.refs.items() if job_id not in self.done}
