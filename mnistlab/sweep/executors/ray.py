@@ -113,6 +113,10 @@ class RayExecutor:
         self.refs: dict[str, ray.ObjectRef] = {}
         self.names: dict[str, str] = {}
         self.done: set[str] = set()
+        # one remote function for the whole sweep: Ray exports it to the head once, at the first
+        # trial; a new one per trial would be exported again, and an export blocks, with no
+        # timeout, once the head is gone
+        self.task = ray.remote(run_trial)
 
     def submit(self, specs: list[TrialSpec]) -> list[str]:
         if specs and self.output is not None:  # the sweep's folder is known from here on
@@ -128,12 +132,15 @@ class RayExecutor:
 
     def _start(self) -> None:
         self._collect()
+        room = self.queue and not self.lost and len(self.refs) - len(self.done) < self.jobs
+        if room and self.refs and unreachable(self.head) is not None:
+            return  # the head is gone: its trials wait until states() says so (ExecutorLost)
         while self.queue and not self.lost and len(self.refs) - len(self.done) < self.jobs:
             job_id, spec = self.queue.pop(0)
             cpus = self.options.get("cpus_per_trial") or spec.threads
             env = {"OMP_NUM_THREADS": str(cpus), **spec.env, "MNISTLAB_EXECUTOR": self.name,
                    "MNISTLAB_JOB_ID": job_id}
-            task = ray.remote(run_trial).options(num_cpus=cpus,
+            task = self.task.options(num_cpus=cpus,
                                                  num_gpus=self.options.get("gpus_per_trial") or 0,
                                                  runtime_env={"env_vars": TASK_ENV})
             self.refs[job_id] = task.remote(list(spec.argv), env, str(spec.log),
@@ -170,12 +177,17 @@ class RayExecutor:
         self._collect()  # a task that ended before the head is not one it ran
         self.lost = True
         running = [self.names[j] for j in self.refs if j not in self.done]
-        queued, self.queue = len(self.queue), []
-        what = (f"The {len(running)} trial{'s' if len(running) != 1 else ''} it ran "
-                f"({', '.join(running)}) stop as their Ray workers end: each gets SIGTERM and "
-                "saves its state" if running else "No trial of this command was running")
+        queued, self.queue = [self.names[j] for j, _ in self.queue], []
+        if len(running) == 1:
+            what = (f"The trial it ran ({running[0]}) stops as its Ray worker ends: it gets SIGTERM "
+                    "and saves its state")
+        elif running:
+            what = (f"The {len(running)} trials it ran ({', '.join(running)}) stop as their Ray "
+                    "workers end: each gets SIGTERM and saves its state")
+        else:
+            what = "No trial of this command was running"
         if queued:
-            what += f"; {queued} queued trial{'s' if queued != 1 else ''} had not started"
+            what += f"; {', '.join(queued)} waited to start (again) and did not"
         path = self.output.path if self.output else None
         log = f" Ray's own messages are in {path}." if path else ""
         raise ExecutorLost(
