@@ -312,22 +312,26 @@ def read_all(name: str, directory: Path) -> dict:
     """
     files = [_find_file(directory, stem) for stem in ALL_FILES]
     stamp = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    if not _READ:  # an ordinary process reads once; only a warm one (prepare) keeps what it read
+        return _read_all(name, directory, stamp)
     key = json.dumps([name, stamp])
-    if key in _READ:  # read before in this process (a warm sweep process reads once for all trials)
-        return _READ[key]
-    entry = _read_all(name, directory, stamp)
-    _READ.clear()  # one data set kept: the one a sweep's trials read
-    _READ[key] = entry
-    return entry
+    if key not in _READ[0]:  # not read before by this warm process, which reads once for its trials
+        _READ[0].clear()  # one data set kept: the one a sweep's trials read
+        _READ[0][key] = _read_all(name, directory, stamp)
+    return _READ[0][key]
 
 
-_READ: dict[str, dict] = {}  # callers slice and copy the tensors of an entry, never change them
+# in a warm process (after prepare): [{key: entry}]; callers slice and copy the tensors of an
+# entry, never change them
+_READ: list[dict[str, dict]] = []
 
 
 def prepare(cfg: DataConfig, val_split: float, seed: int) -> None:
     """Load the data as a run of these settings will, when its files are on disk (never
     downloads), and keep it: a warm sweep process does this once for the trials it forks, which
     then find their data ready. An ordinary process never calls it."""
+    if not _READ:
+        _READ.append({})
     for d in _candidate_dirs(cfg):
         if all(_find_file(d, stem) for stem in ALL_FILES):
             key = _prepared_key(read_all(cfg.name, d), cfg, val_split, seed)

@@ -92,7 +92,8 @@ def test_the_readme_tour_in_an_80_column_terminal(tmp_path):
         if any(word.startswith("platform=") for word in command):
             continue  # Keras, TensorFlow and JAX: their imports would double the tour's time, and
             # tests/test_platforms.py trains each of them (the display is the same code)
-        command = [{"runs/20261129-101500-cnn": paused}.get(word, word) for word in command]
+        command = [{"runs/20261129-101500-cnn": paused, "runs/SWEEP": "runs"}.get(word, word)
+                   for word in command]  # SWEEP: the README's placeholder for a sweep's folder
         if "runs/A" in command or "runs/B" in command:
             command = [{"runs/A": run_dir("cnn"), "runs/B": run_dir("dense")}.get(word, word)
                        for word in command]

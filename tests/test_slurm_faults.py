@@ -311,6 +311,11 @@ def test_a_trial_killed_before_its_lease_says_its_job_ended_and_how(tmp_path, da
     if engine == "slurm":
         request.getfixturevalue("slurm_cluster")
     _, _, trial = one_trial(tmp_path, data_dir)
+    if engine == "local":  # cold: a trial process of its own to find and kill before its lease
+        # (a warm trial, forked, takes its lease within milliseconds; tests/test_warm.py kills it)
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()),
+                                        "executor": {"local": {"warm": False}}}))
     driver = subprocess.Popen([sys.executable, "-m", "mnistlab", "sweep", str(tmp_path / "sweep.yaml"),
                                "--executor", engine], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
