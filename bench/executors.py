@@ -7,7 +7,8 @@ real sweep's wall time that trains.
 Part 1: each repeat runs N tiny trials (20 gradient steps of the quadratic task) one at a time
 through the executor's own interface (submit, poll states, as the sweep runner does), with warm
 trials (forked from a process that has imported torch and mnistlab, the default) and cold ones
-(each a fresh Python: executor option warm: false). The overhead of a trial is (wall time of the
+(each a fresh Python: executor option warm: false); on SLURM, warm is one shared job of the N
+trials (trials_per_job: N), cold a job per trial. The overhead of a trial is (wall time of the
 N trials - the sum of their training seconds) / N: everything but training, from the engine's
 scheduling to the trial's start-up, data and files. "Beyond its own run" leaves out what the
 trial's own run records besides training (its start, data and final evaluation). The medians of
@@ -123,7 +124,9 @@ def main() -> None:
                     executor.close()
                 overhead, beyond, training = (statistics.median(r[i] for r in results)
                                               for i in range(3))
-                print(f"| {name} | {'warm' if warm else 'cold'} | {overhead:.2f} | {beyond:.2f} | "
+                how = "cold" if not warm else (f"warm, {args.trials} per job (trials_per_job)"
+                                               if name == "slurm" else "warm")
+                print(f"| {name} | {how} | {overhead:.2f} | {beyond:.2f} | "
                       f"{training:.2f} | {start:.1f} |", flush=True)
         if not args.no_sweep:
             print("\nsweep-dense.yaml on Fashion-MNIST, --jobs 1, local executor\n")

@@ -252,6 +252,79 @@ def test_slurm_cancel_stops_running_and_queued_trials(tmp_path, data_dir, slurm_
     assert not (specs[1].run_dir / "summary.json").exists()  # never started
 
 
+def test_slurm_shared_jobs_run_their_trials_in_turn_from_one_warm_process(
+        tmp_path, data_dir, slurm_cluster):
+    executor = create_executor("slurm", {"trials_per_job": 3}, 1)
+    specs = [trial(data_dir, tmp_path / "sweep", f"t{i}", epochs=2) for i in range(4)]
+    ids = executor.submit(specs)
+    jobs = [job_id.partition("+")[0] for job_id in ids]
+    assert [job_id.partition("+")[2] for job_id in ids] == ["0", "1", "2", "0"]
+    assert jobs[0] == jobs[1] == jobs[2] != jobs[3]  # two tasks of one array: 3 trials and 1
+    seen, most = [], 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        states = executor.states(ids)
+        running = [i for i, job_id in enumerate(ids) if states[job_id] == "running"]
+        most = max(most, len(running))
+        seen += [r for r in running if r not in seen]
+        if all(s == "finished" for s in states.values()):
+            break
+        time.sleep(0.1)
+    assert most == 1 and seen == sorted(seen)  # one at a time (--jobs 1), in their order
+    done = [summary(spec.run_dir) for spec in specs]
+    assert [d["status"] for d in done] == ["completed"] * 4, specs[0].log.read_text()
+    assert [d["executor"]["job_id"] for d in done] == ids  # each trial its own id and lease
+    assert len({d["executor"]["forked_from"] for d in done[:3]}) == 1  # one warm process per job
+    assert len({d["pid"] for d in done}) == 4
+    assert "starting the trial" in specs[2].log.read_text()
+    waiting = executor.describe(ids)
+    assert all("reason" not in info for info in waiting.values())
+
+
+def test_a_shared_slurm_job_stopped_saves_its_trial_and_starts_no_other(
+        tmp_path, data_dir, slurm_cluster):
+    executor = create_executor("slurm", {"trials_per_job": 2}, 1)
+    specs = [trial(data_dir, tmp_path / "sweep", f"t{i}", epochs=LONG) for i in range(2)]
+    ids = executor.submit(specs)
+    wait_steps(specs[0].run_dir, 20)
+    assert executor.states(ids) == {ids[0]: "running", ids[1]: "pending"}
+    assert executor.describe([ids[1]])[ids[1]]["reason"].startswith("SharedJob")
+    # what preemption and the time limit do: SIGTERM to the job
+    subprocess.run(["scancel", "--signal=TERM", ids[0].partition("+")[0]], check=True)
+    wait_finished(executor, ids)
+    assert summary(specs[0].run_dir)["status"] == "interrupted", specs[0].log.read_text()
+    assert not (specs[1].run_dir / "summary.json").exists()  # never started
+    again = executor.submit(specs)  # the same command again: continues t0, then runs t1
+    wait_finished(executor, again)
+    done = [summary(spec.run_dir) for spec in specs]
+    assert [(d["status"], d["epochs_completed"]) for d in done] == [("completed", LONG)] * 2, \
+        specs[0].log.read_text()
+
+
+def test_a_shared_slurm_job_warned_of_its_time_limit_requeues_and_continues(
+        tmp_path, data_dir, slurm_cluster):
+    executor = create_executor("slurm", {"trials_per_job": 2}, 1)
+    specs = [trial(data_dir, tmp_path / "sweep", "t0", epochs=1),
+             trial(data_dir, tmp_path / "sweep", "t1", epochs=LONG)]
+    ids = executor.submit(specs)
+    wait_steps(specs[1].run_dir, 20)
+    assert executor.states(ids) == {ids[0]: "finished", ids[1]: "running"}
+    subprocess.run(["scancel", "--signal=USR2", ids[0].partition("+")[0]], check=True)
+    deadline = time.monotonic() + 120
+    while executor.states(ids)[ids[1]] != "pending" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert executor.states(ids)[ids[1]] == "pending"  # the job requeued, its trial saved
+    assert summary(specs[1].run_dir)["status"] == "interrupted"
+    time.sleep(3)  # as in the unshared test: slurmd refuses a job it killed a moment ago
+    subprocess.run(["scontrol", "update", f"jobid={ids[0].partition('+')[0]}", "starttime=now"],
+                   check=True)
+    wait_finished(executor, ids)
+    first, second = summary(specs[0].run_dir), summary(specs[1].run_dir)
+    assert first["status"] == "completed" and first["epochs_completed"] == 1
+    assert specs[0].log.read_text().count("completed:") == 1  # the re-run job did not train it again
+    assert second["status"] == "completed" and second["epochs_completed"] == LONG, specs[1].log.read_text()
+
+
 def engine_module(name: str):
     """Import a module of an optional engine: skipped on a laptop without it, a failure in CI."""
     try:
@@ -281,6 +354,8 @@ def test_a_missing_engine_package_says_which_extra_to_install(monkeypatch, name,
     ("slurm", {"time": "1h"}, "executor.slurm.time: give a whole number"),
     ("slurm", {"mem_gb": -1}, "executor.slurm.mem_gb"),
     ("slurm", {"sbatch": ["-C avx512"]}, "not a long sbatch flag"),
+    ("slurm", {"trials_per_job": 0}, "executor.slurm.trials_per_job: give how many trials one job"),
+    ("slurm", {"trials_per_job": True}, "executor.slurm.trials_per_job: give how many"),
     ("ray", {"cpus_per_trial": 0}, "executor.ray.cpus_per_trial"),
     ("ray", {"gpus_per_trial": "one"}, "executor.ray.gpus_per_trial"),
     ("ray", {"connect_timeout": 0}, "executor.ray.connect_timeout"),
@@ -364,6 +439,27 @@ def test_driver_killed_mid_sweep_then_started_again_completes_each_trial_once(
         done = summary(d)
         assert done["status"] == "completed" and done["epochs_completed"] == 4, out
         assert (d / "trial.log").read_text().count("completed:") == 1
+
+
+def test_a_sweep_of_shared_slurm_jobs_survives_its_driver_killed(tmp_path, data_dir, slurm_cluster):
+    path = sweep_file(tmp_path, data_dir, epochs=4, lrs=(0.01, 0.02, 0.03))
+    spec = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**spec, "executor": {"slurm": {"trials_per_job": 2}}}))
+    directory = tmp_path / "runs" / "s"
+    driver = start_sweep(path, "slurm")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list(directory.glob("*/metrics.jsonl")):
+        time.sleep(0.1)
+    os.kill(driver.pid, 9)
+    driver.communicate()
+    again = start_sweep(path, "slurm")
+    out = again.communicate(timeout=900)[0]
+    assert again.returncode == 0, out
+    dirs = trial_dirs(directory)
+    jobs = [json.loads((d / "job.json").read_text())["job_id"] for d in dirs]
+    assert sorted(j.partition("+")[2] for j in jobs) == ["0", "0", "1"], jobs  # 2 + 1 per job
+    for d, job_id in zip(dirs, jobs):
+        assert ran_once(d)["executor"]["job_id"] == job_id
 
 
 def test_two_drivers_started_at_once_run_each_trial_once(tmp_path, data_dir, engine):

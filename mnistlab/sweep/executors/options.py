@@ -10,7 +10,7 @@ import re
 OPTIONS = {
     "local": ("warm",),
     "slurm": ("partition", "time", "cpus_per_trial", "mem_gb", "gpus_per_trial", "account", "qos",
-              "sbatch"),
+              "sbatch", "trials_per_job"),
     "ray": ("address", "cpus_per_trial", "gpus_per_trial", "connect_timeout", "warm"),
 }
 
@@ -35,6 +35,10 @@ def slurm_problems(options: dict, where: str = "executor.slurm") -> list[str]:
         value = options.get(key)
         if value is not None and not _count(value):
             problems.append(f"{where}.{key}: give a whole number of at least 1, not {value!r}")
+    shared = options.get("trials_per_job")
+    if shared is not None and not _count(shared):
+        problems.append(f"{where}.trials_per_job: give how many trials one job runs, one after "
+                        f"another from one warm process, e.g. 4 (1: a job per trial), not {shared!r}")
     mem = options.get("mem_gb")
     if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float))
                             or not MIN_MEM_GB <= mem <= MAX_MEM_GB):

@@ -25,7 +25,9 @@ PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", 
            "SUSPENDED", "STOPPED"}
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"}
-JOB_ID = re.compile(r"\d+(_\d+)?")
+# a job's id in squeue (ARRAY_TASK), with +K for the K-th trial of a shared job (trials_per_job)
+JOB_ID = re.compile(r"\d+(_\d+)?(\+\d+)?")
+SHARED = "mnistlab-trial:"  # a shared job's Comment: the index of the trial it runs now
 # squeue's pending reasons that no amount of waiting meets: the job asks for more than its
 # partition, QOS or account allows per job, or for what no node has; what each means
 NEVER = {
@@ -44,7 +46,8 @@ WAITS = {"Resources": "free CPUs or memory", "Priority": "jobs ahead of it",
          "JobArrayTaskLimit": "a free --jobs slot", "Dependency": "the job array before it",
          "BeginTime": "its start time (a requeued job waits about two minutes)",
          "JobHeldUser": "held: scontrol release", "JobHeldAdmin": "held by an admin",
-         "ReqNodeNotAvail": "nodes that are down, drained or reserved"}
+         "ReqNodeNotAvail": "nodes that are down, drained or reserved",
+         "SharedJob": "the trials before it in its job (trials_per_job)"}
 PER_JOB_LIMIT = re.compile(r"(QOS|Assoc)\w*PerJob\w*")  # e.g. QOSMaxCpuPerJobLimit
 
 
@@ -76,12 +79,69 @@ class SlurmTrial(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGUSR2, on_warning)
         code = proc.wait()
         if code != 0:
-            how = (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in
-                   signal.valid_signals() else f"exited with code {code}")
-            note(log, f"[slurm job {job_id}] the trial {how}")
+            note(log, f"[slurm job {job_id}] the trial {how_ended(code)}")
         if warned.is_set() and code != 0:
             subprocess.run(["scontrol", "requeue", job_id], check=False)
         return code
+
+
+class SlurmTrials(submitit.helpers.Checkpointable):
+    """The SLURM job of several trials (executor.slurm.trials_per_job): runs them one after another,
+    each forked from one warm process that imports torch and mnistlab once (sweep/warm.py).
+
+    Each trial keeps its own run directory, lease and log, and its id is the job's with +K (K-th
+    trial of the job), which the job writes in its Comment as it starts each one, so that squeue
+    tells which trial runs. SIGTERM stops the running trial (it saves) and starts no other;
+    SIGUSR2 does the same and requeues the job, which runs its trials again: a completed one ends
+    at once, the stopped one continues from its last.pt.
+    """
+
+    def __call__(self, trials: list[tuple[list[str], dict[str, str], str]]) -> int:
+        from ..warm import WarmServer
+
+        base, host = slurm_job_id(os.environ), socket.gethostname()
+        stop, warned = threading.Event(), threading.Event()
+
+        def on_term(signum, frame):
+            stop.set()
+
+        def on_warning(signum, frame):
+            warned.set()
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGUSR2, on_warning)
+        server, worst = WarmServer(death_signal=True), 0
+        try:
+            for k, (argv, env, log) in enumerate(trials):
+                if stop.is_set():
+                    break
+                job_id = f"{base}+{k}"
+                _run(["scontrol", "update", f"JobId={base}", f"Comment={SHARED}{k}"])
+                note(log, f"[slurm job {job_id} on host {host}] starting the trial")
+                env = {**env, "MNISTLAB_EXECUTOR": "slurm", "MNISTLAB_JOB_ID": job_id}
+                proc = server.start(job_id, argv, env, log, int(env.get("OMP_NUM_THREADS", "1")))
+                stopped = False
+                while proc.poll() is None:  # the signal handlers only set flags: one reader here
+                    if stop.is_set() and not stopped:
+                        proc.send_signal(signal.SIGTERM)
+                        stopped = True
+                    server.read(0.2)
+                code = proc.poll()
+                if code != 0:
+                    note(log, f"[slurm job {job_id}] the trial {how_ended(code)}")
+                worst = worst or code
+        finally:
+            server.close()
+        if warned.is_set():  # run again from its first trial: a completed one ends at once
+            _run(["scontrol", "update", f"JobId={base}", f"Comment={SHARED}0"])
+            subprocess.run(["scontrol", "requeue", base], check=False)
+        return worst
+
+
+def how_ended(code: int) -> str:
+    return (f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in
+            signal.valid_signals() else f"exited with code {code}")
 
 
 def note(log: str, line: str) -> None:
@@ -126,6 +186,7 @@ class SlurmExecutor:
         found = re.search(r"^MaxArraySize\s*=\s*(\d+)", answer.stdout, re.MULTILINE)
         self.max_array = int(found.group(1)) if found else 1001
         self.seen: dict[str, dict[str, str]] = {}  # job id -> squeue's state, reason, host, partition
+        self.shared = int(self.options.get("trials_per_job") or 1)  # trials per job
         self._check_fits()
 
     def _check_fits(self) -> None:
@@ -159,29 +220,39 @@ class SlurmExecutor:
         folder = Path(specs[0].run_dir).parent / ".slurm"  # a dot-folder: not a run directory
         cpus = self.options.get("cpus_per_trial") or max(spec.threads for spec in specs)
         claim = specs[0].claim or f"mnistlab-{Path(specs[0].run_dir).parent.name}"
+        shared = self.shared
+        # a job per trial, or per `shared` trials (its tasks); trial i is in task i // shared
+        tasks = [specs[i:i + shared] for i in range(0, len(specs), shared)]
         executor = submitit.SlurmExecutor(folder=folder)
         executor.update_parameters(**self._parameters(cpus, array_name(claim, 0, self.max_array)))
         ids: list[str] = []
         previous = None
         chunk = self.max_array  # array indices must stay below MaxArraySize
-        for start in range(0, len(specs), chunk):
-            part = specs[start:start + chunk]
-            # named after the claim and its first index, so that find() maps each task to its trial
+        for start in range(0, len(tasks), chunk):
+            part = tasks[start:start + chunk]
+            # named after the claim and its first index, so that find() maps each task to its trials
             executor.update_parameters(job_name=array_name(claim, start, chunk))
             if previous:  # one array at a time keeps the --jobs limit across arrays
                 executor.update_parameters(dependency=f"afterany:{previous}")
             try:
                 with executor.batch():
-                    jobs = [executor.submit(SlurmTrial(), list(spec.argv),
-                                            {"OMP_NUM_THREADS": str(cpus), **spec.env},
-                                            str(spec.log)) for spec in part]
+                    jobs = [self._submit_task(executor, task, cpus) for task in part]
             except Exception as e:  # submitit raises what sbatch said, as several exception types
                 raise SweepError(f"--executor slurm: sbatch refused the trials: {first_line(str(e))}. "
                                  "Check the executor: slurm: settings of the sweep file (partition, "
                                  "time, account, qos, sbatch).") from None
-            ids += [str(job.job_id) for job in jobs]
-            previous = ids[-1].split("_")[0]
+            for job, task in zip(jobs, part):
+                ids += ([str(job.job_id)] if shared == 1 else
+                        [f"{job.job_id}+{k}" for k in range(len(task))])
+            previous = str(jobs[-1].job_id).split("_")[0]
         return ids
+
+    def _submit_task(self, executor, task: list[TrialSpec], cpus: int):
+        env = [{"OMP_NUM_THREADS": str(cpus), **spec.env} for spec in task]
+        if self.shared == 1:
+            return executor.submit(SlurmTrial(), list(task[0].argv), env[0], str(task[0].log))
+        return executor.submit(SlurmTrials(), [(list(spec.argv), e, str(spec.log))
+                                               for spec, e in zip(task, env)])
 
     def _parameters(self, cpus: int, job_name: str) -> dict:
         o = self.options
@@ -207,18 +278,35 @@ class SlurmExecutor:
         out = {j: "unknown" for j in job_ids}
         if not ours:
             return out
-        listed = self._squeue(sorted({j.split("_")[0] for j in ours}))
-        for j in ours:  # one squeue no longer lists has ended; where it ran is still worth saying
+        jobs = {job_of(j) for j in ours}
+        listed = self._squeue(sorted({j.split("_")[0] for j in jobs}))
+        for j in jobs:  # one squeue no longer lists has ended; where it ran is still worth saying
             self.seen[j] = listed.get(j) or {"host": self.seen.get(j, {}).get("host", "")}
-            state = self.seen[j].get("state", "")
-            out[j] = ("finished" if not state or state in ENDED else
-                      "pending" if state in PENDING else "running")
+        for j in ours:
+            out[j] = self._trial_state(j)
         return out
+
+    def _trial_state(self, job_id: str) -> str:
+        """finished, pending or running, from what squeue said last of the trial's job; the trials
+        of a shared job run one after another, in the order of their +K."""
+        state = self.seen.get(job_of(job_id), {}).get("state", "")
+        if not state or state in ENDED:
+            return "finished"
+        if state in PENDING:
+            return "pending"
+        if "+" not in job_id:
+            return "running"
+        comment = self.seen[job_of(job_id)].get("comment", "")
+        now = comment[len(SHARED):] if comment.startswith(SHARED) else ""
+        now = int(now) if now.isdigit() else 0  # no Comment yet: the job starts its first trial
+        k = int(job_id.partition("+")[2])
+        return "finished" if k < now else "running" if k == now else "pending"
 
     def _refuse_never(self, pending: list[str]) -> None:
         """Jobs whose pending reason no wait meets are cancelled, and the sweep stops saying why."""
-        never = [j for j in pending if self.seen[j]["reason"] in NEVER
-                 or PER_JOB_LIMIT.fullmatch(self.seen[j]["reason"])]
+        never = sorted({job_of(j) for j in pending
+                        if self.seen[job_of(j)].get("reason", "") in NEVER
+                        or PER_JOB_LIMIT.fullmatch(self.seen[job_of(j)].get("reason", ""))})
         if not never:
             return
         _run(["scancel", *never])
@@ -238,8 +326,11 @@ class SlurmExecutor:
         """What squeue said at the last states(): why a pending job waits, where one runs."""
         out = {}
         for j in job_ids:
-            seen = self.seen.get(j, {})
+            seen = self.seen.get(job_of(j), {})
             state, reason, host = seen.get("state", ""), seen.get("reason", ""), seen.get("host", "")
+            if "+" in j and state and state not in PENDING | ENDED and \
+                    self._trial_state(j) == "pending":  # its job runs the trials before it first
+                state, reason = "PENDING", "SharedJob"
             info = {}
             if state in PENDING and reason and reason != "None":
                 word = WAITS.get(reason.split(",")[0])
@@ -247,7 +338,7 @@ class SlurmExecutor:
             if host and host not in ("n/a", "(null)"):
                 info["host"] = host
             if not state or state in ENDED:
-                info.update(self._ended(j))
+                info.update(self._ended(job_of(j)))
             out[j] = info
         return out
 
@@ -271,7 +362,8 @@ class SlurmExecutor:
     def find(self, claims: list[tuple[str, int]]) -> dict[tuple[str, int], str]:
         """The jobs SLURM still lists of submissions whose ids were never recorded (the driver was
         killed right after sbatch): (claim, index) -> job id, found by the arrays' names."""
-        names = {(c, i): array_name(c, i, self.max_array) for c, i in claims}
+        n = self.shared
+        names = {(c, i): array_name(c, i // n, self.max_array) for c, i in claims}
         if not names:
             return {}
         answer = self._ask(["squeue", "--noheader", "--array", "--name", ",".join(set(names.values())),
@@ -279,24 +371,28 @@ class SlurmExecutor:
         tasks = {}
         for line in answer.stdout.splitlines():
             job_id, _, name = line.strip().partition("|")
-            task = job_id.split("_")[1] if "_" in job_id else "0"  # one trial: a plain job
+            task = job_id.split("_")[1] if "_" in job_id else "0"  # one task: a plain job
             if task.isdigit():
                 tasks[name, int(task)] = job_id
-        return {(c, i): tasks[names[c, i], i % self.max_array] for c, i in claims
-                if (names[c, i], i % self.max_array) in tasks}
+        found = {}
+        for c, i in claims:
+            job = tasks.get((names[c, i], i // n % self.max_array))
+            if job:
+                found[c, i] = job if n == 1 else f"{job}+{i % n}"
+        return found
 
     @staticmethod
     def cancel_command(job_ids: list[str]) -> str:
-        return "scancel " + " ".join(job_ids)
+        return "scancel " + " ".join(sorted({job_of(j) for j in job_ids}))
 
     def _squeue(self, array_ids: list[str]) -> dict[str, dict[str, str]]:
         """Job id -> squeue's state, pending reason, batch host and partition of the jobs of these
         arrays that SLURM still lists."""
         answer = self._ask(["squeue", "--noheader", "--array", "--jobs", ",".join(array_ids),
-                            "--format", "%i|%T|%r|%B|%P"])
-        rows = [line.strip().split("|") for line in answer.stdout.splitlines()]
-        return {row[0]: dict(zip(("state", "reason", "host", "partition"), row[1:]))
-                for row in rows if len(row) == 5}
+                            "--format", "%i|%T|%r|%B|%P|%k"])
+        rows = [line.strip().split("|", 5) for line in answer.stdout.splitlines()]
+        return {row[0]: dict(zip(("state", "reason", "host", "partition", "comment"), row[1:]))
+                for row in rows if len(row) == 6}
 
     def _ask(self, argv: list[str]) -> subprocess.CompletedProcess:
         """squeue's answer, asked up to three times; SweepError when it keeps failing."""
@@ -313,7 +409,7 @@ class SlurmExecutor:
 
     def cancel(self, job_ids: list[str], timeout: float = 120.0) -> None:
         """scancel: SLURM sends SIGTERM (the trial saves) and SIGKILL after its KillWait."""
-        ours = [j for j in job_ids if JOB_ID.fullmatch(j)]
+        ours = sorted({job_of(j) for j in job_ids if JOB_ID.fullmatch(j)})  # a shared job once
         for start in range(0, len(ours), 500):
             _run(["scancel", *ours[start:start + 500]])
         deadline = time.monotonic() + timeout
@@ -332,6 +428,11 @@ def check_slurm_options(options: dict) -> dict:
     if problems:
         raise ConfigError(problems)
     return options
+
+
+def job_of(job_id: str) -> str:
+    """The SLURM job of a trial's id: 1234_5 of 1234_5+2 (the third trial of a shared job)."""
+    return job_id.partition("+")[0]
 
 
 def array_name(claim: str, index: int, chunk: int) -> str:
