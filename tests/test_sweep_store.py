@@ -4,7 +4,11 @@ cache, claims, the trial limit, executor options, and the shared-filesystem chec
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from mnistlab.config import HASH_VERSION, ConfigError, config_hash, load_config
 from mnistlab.errors import ExecutorUnavailable, RunBusy, SweepError
 from mnistlab.sweep import build_trials, executors, read_sweep
 from mnistlab.sweep.runner import run_sweep
-from mnistlab.sweep.store import read_index, scan, trial_states
+from mnistlab.sweep.store import locked, read_index, scan, trial_states
 
 runner = CliRunner()
 
@@ -274,3 +278,31 @@ def test_a_trial_trains_the_config_its_sweep_validated_even_if_the_base_changes(
     result = CliRunner().invoke(app, ["train", str(pinned), "--run-dir", str(t.run_dir),
                                       "--config-hash", "0" * 12])
     assert result.exit_code == 2 and "not the 000000000000 its sweep validated" in result.output
+
+
+def test_a_lock_whose_release_a_ctrl_c_skipped_does_not_block_the_same_process(tmp_path):
+    """Ctrl-C between taking the sweep lock and entering its block skips the release (contextlib's
+    __enter__); the interrupted sweep then writes its index under the lock. Before, it waited on
+    its own lock forever (seen once in 15 Ctrl-Cs of a SLURM sweep)."""
+    directory = tmp_path / "s"
+    skipped = locked(directory)
+    skipped.__enter__()  # the block never entered, so never left
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+             "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n"
+             "    sys.exit(3)")
+    other = [sys.executable, "-c", probe, str(directory / ".sweep.lock")]
+    assert subprocess.run(other).returncode == 3  # another process still waits for it
+    done = threading.Event()
+
+    def again():
+        with locked(directory):
+            done.set()
+
+    thread = threading.Thread(target=again, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert done.is_set()  # this process takes it again
+    assert subprocess.run(other).returncode == 0  # and releases it at the end of that block
+    shutil.rmtree(directory)  # a sweep folder removed and made again gets a lock file anew
+    with locked(directory):
+        assert subprocess.run(other).returncode == 3

@@ -137,13 +137,38 @@ def trial_states(trials: list[Trial], found: dict[str, list[dict]], jobs_alive) 
 
 @contextlib.contextmanager
 def locked(directory: Path):
-    """An exclusive lock on the sweep directory: claims and index updates happen one at a time."""
-    with files.writing(directory / ".sweep.lock"):
+    """An exclusive lock on the sweep directory: claims and index updates happen one at a time.
+
+    A Ctrl-C that lands between taking the lock and entering the block (in contextlib's __enter__)
+    skips the release: the lock file then stays open and locked, and the next lock this process
+    takes, e.g. as the interrupted sweep writes its index, takes the same open file's lock again
+    instead of waiting on itself forever."""
+    path = directory / ".sweep.lock"
+    with files.writing(path):
         directory.mkdir(parents=True, exist_ok=True)
-        lock = open(directory / ".sweep.lock", "a")
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock = _LOCKS.get(str(path.absolute()))
+        if lock is None or not path.exists() or _inode(os.fstat(lock.fileno())) != _inode(path.stat()):
+            if lock is not None:  # the sweep's folder was removed and made again
+                _HOLDER.pop(lock, None)
+                lock.close()
+            lock = _LOCKS[str(path.absolute())] = open(path, "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    _HOLDER[lock] = token = object()
+    try:
         yield
+    finally:  # a block whose release was skipped (and ends later, when collected) is not the holder
+        if _HOLDER.get(lock) is token:
+            del _HOLDER[lock]
+            _LOCKS.pop(str(path.absolute()), None)
+            lock.close()  # releases the lock
+
+
+_LOCKS: dict[str, object] = {}  # the lock files this process holds open, by path
+_HOLDER: dict[object, object] = {}  # lock file -> the block that holds it now
+
+
+def _inode(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 @contextlib.contextmanager
