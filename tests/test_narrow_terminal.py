@@ -146,3 +146,26 @@ def test_the_sweep_bar_keeps_its_line_whole_and_puts_the_best_below():
     assert any(line.startswith("sweep sweep-lr-fashion-mnist ") and "1/20 trials" in line
                and "ETA" in line for line in lines), lines
     assert any("running 2  queued 16  failed 0  best optim.lr=0.003" in line for line in lines)
+
+
+def test_a_report_table_wraps_its_headers_between_words():
+    """A pruned TPE sweep's report at 80 columns: Rich narrows its widest columns together and cut
+    `model.hidden` into `model.hidd`/`en`; the columns give way between words instead."""
+    from mnistlab.report import rich_table
+
+    columns = [("optim.lr", "optim.lr"), ("model.hidden", "model.hidden"), ("optim.name", "optim.name"),
+               ("val_accuracy", "val_accuracy (%)"), ("runs", "runs"),
+               ("test_accuracy", "test acc (%)"), ("train_seconds", "train s")]
+    texts = [["0.00877", "[64]", "adamw", "87.90", "1/1", "86.76", "0.81"],
+             ["0.000127", "[64]", "adamw", "pruned at epoch 1 (79.15)", "0/1", "", ""]]
+    console, screen = terminal()
+    console.print(rich_table("sweep tpe6: val_accuracy, one run each", columns, texts))
+    lines = screen_lines(screen.getvalue())
+    assert fits(lines), lines
+    words = {w for line in lines for w in line.split()}
+    for word in ("model.hidden", "optim.name", "val_accuracy", "0.000127", "pruned", "(79.15)"):
+        assert word in words, lines
+    # narrower than its words allow, the table still fits and folds (nothing is lost)
+    narrow = Console(file=io.StringIO(), force_terminal=True, width=40, highlight=False)
+    narrow.print(rich_table("t", columns, texts))
+    assert all(cell_len(line) <= 40 for line in screen_lines(narrow.file.getvalue()))

@@ -52,13 +52,45 @@ def _text(key: str, v) -> str:
     return cell(v)
 
 
+def word_widths(texts: list[list[str]], width: int) -> list[int] | None:
+    """Column widths, one per list of texts (header and cells), that fit a table in width without
+    breaking a word: the widest columns give way first, none below its longest word. None when
+    even that does not fit (then Rich's own widths, which fold words)."""
+    natural = [max(cell_len(line) for t in col for line in t.splitlines() or [""]) for col in texts]
+    least = [max([cell_len(w) for t in col for w in t.split()] or [1]) for col in texts]
+    if _table_width(least) > width:
+        return None
+    widths = list(natural)
+    while _table_width(widths) > width:
+        i = max((i for i in range(len(widths)) if widths[i] > least[i]), key=widths.__getitem__)
+        widths[i] -= 1
+    return widths
+
+
+class _WordTable(Table):
+    """A Table that wraps its columns between words when it can (Rich's own narrowing cuts the
+    widest columns down together, mid-word: `model.hidd`/`en`)."""
+
+    def __init__(self, texts: list[list[str]], **kwargs):
+        super().__init__(**kwargs)
+        self._texts = texts
+
+    def __rich_console__(self, console, options):
+        widths = word_widths(self._texts, options.max_width)
+        for column, w in zip(self.columns, widths or [None] * len(self.columns)):
+            column.width = w
+        yield from super().__rich_console__(console, options)
+
+
 def rich_table(title: str, columns: list[tuple[str, str]], texts: list[list[str]],
                caption: str | None = None, first_best: bool = False) -> Table:
-    """A Rich table of plain texts (never markup); a cell too wide folds, it is never cut.
+    """A Rich table of plain texts (never markup); a cell too wide wraps between words, and folds
+    only a word wider than any column can be; it is never cut.
 
     first_best: the first row is the best one, shown in bold green."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, caption=caption, title_justify="left",
-                  caption_justify="left")
+    by_column = [[header] + [row[j] for row in texts] for j, (_, header) in enumerate(columns)]
+    table = _WordTable(by_column, title=title, box=box.SIMPLE_HEAD, caption=caption,
+                       title_justify="left", caption_justify="left")
     for key, header in columns:
         numeric = key in metrics.METRICS or key.endswith(("_mean", "_std"))
         table.add_column(header, justify="right" if numeric else "left", overflow="fold")
