@@ -303,7 +303,8 @@ class SweepLines:
         self.total, self.counts = total, counts
         before = counts["done_before"]
         other = f", {counts['elsewhere']} running in another sweep" if counts["elsewhere"] else ""
-        self.console.print(f"sweep {name}: {counts['total']} trials, {before} done before{other}, "
+        trials = f"{counts['total']} trial{'s' * (counts['total'] != 1)}"
+        self.console.print(f"sweep {name}: {trials}, {before} done before{other}, "
                            f"{total} to run; {executor} executor, {jobs} job{'s' if jobs > 1 else ''}"
                            f" x {threads} thread{'s' if threads > 1 else ''}")
 

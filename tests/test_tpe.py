@@ -171,3 +171,6 @@ def test_tpe_with_prune_halves_brackets_of_proposals(tmp_path, tiny_config):
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert "rung epoch" not in again.output and len(proposed(directory)) == 4
+    # a finished search says so, not "0 trial runs ... 0 of the 0 epochs (0%)"
+    assert "nothing to run: every configuration is completed or pruned" in again.output
+    assert "0 trial runs" not in again.output and "of the 0" not in again.output

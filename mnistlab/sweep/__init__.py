@@ -127,10 +127,15 @@ def sweep_command(sweep: Sweep, out: Console, executor: str = "local", jobs: int
     if counts is None:
         return
     if plan is not None:
-        out.print(f"{counts['ran']} trial runs in {counts['seconds']:.1f}s: {counts['completed']} "
-                  f"completed, {counts['paused']} paused at a rung, {counts['failed']} failed, "
-                  f"{counts['interrupted']} interrupted", markup=False)
-        out.print(epochs_line(counts), markup=False)
+        if counts["ran"]:
+            out.print(f"{counts['ran']} trial runs in {counts['seconds']:.1f}s: {counts['completed']} "
+                      f"completed, {counts['paused']} paused at a rung, {counts['failed']} failed, "
+                      f"{counts['interrupted']} interrupted", markup=False)
+        else:
+            out.print("nothing to run: every configuration is completed or pruned at a rung "
+                      "(--no-prune trains the pruned ones to the end)", markup=False)
+        if counts["configurations"]:
+            out.print(epochs_line(counts), markup=False)
         missed = counts["failed"] + counts["interrupted"] + counts["undecided"]
     elif counts["ran"]:
         # the job slots' time that the trials of this command did not spend in their own runs:
