@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from pathlib import Path
@@ -607,4 +608,10 @@ def _root(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # Python's last garbage collection at exit walks every object that importing torch made
+        # (0.3 s on a 2-core EPYC, after every command); frozen, they are left to the OS. Exit
+        # handlers and the closing of files still run.
+        gc.freeze()

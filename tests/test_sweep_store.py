@@ -50,6 +50,12 @@ class FakeExecutor:
     def cancel(self, job_ids):
         self.cancelled += job_ids
 
+    def prepare(self):
+        pass
+
+    def wait(self, seconds):
+        time.sleep(seconds)
+
     def close(self):
         pass
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -151,3 +152,59 @@ def test_the_server_runs_any_command_and_reports_exit_codes_and_signals(tmp_path
     finally:
         server.close()
     assert server.proc is None or server.proc.wait(30) == 0
+
+
+def test_prepare_starts_the_warm_process_ahead_and_close_ends_it_unused(tmp_path):
+    from mnistlab.sweep.executors.local import LocalExecutor
+
+    executor = LocalExecutor({}, 1)
+    executor.prepare()  # the sweep command does so before it checks the data
+    proc = executor.warm.proc
+    assert proc is not None and proc.poll() is None  # importing torch meanwhile
+    executor.prepare()
+    assert executor.warm.proc is proc  # one warm process, however often asked
+    executor.close()  # a check failed: no trial will come, and none is waited for
+    assert proc.poll() is not None and executor.warm.proc is None
+
+
+def test_wait_returns_when_a_warm_trial_ends_not_at_its_timeout(tmp_path):
+    from mnistlab.sweep.executors.base import TrialSpec
+    from mnistlab.sweep.executors.local import LocalExecutor
+
+    executor = LocalExecutor({}, 1)
+    try:
+        spec = TrialSpec("t", "t", ["/bin/sh", "-c", "exit 0"], tmp_path, tmp_path / "t.log", 1, {})
+        t0 = time.monotonic()
+        [job] = executor.submit([spec])
+        # a trial that ends at once ends a long wait: the server reports the trial's start and
+        # end as they happen, and wait returns on each report
+        while executor.states([job])[job] != "finished":
+            executor.wait(300)
+        assert time.monotonic() - t0 < 150
+    finally:
+        executor.close()
+
+
+def test_a_warm_trial_imports_nothing_its_server_has_not(tmp_path, tiny_config):
+    """What a trial imports after the fork, each trial pays again: the server imports it once."""
+    code = f"""
+import sys
+from mnistlab import forkserver
+forkserver.preload()
+argv = ["mnistlab", "train", {str(tiny_config)!r}, "--quiet", "train.epochs=1"]
+forkserver.warm_data(["python", "-m", *argv])
+before = set(sys.modules)
+sys.argv = argv
+from mnistlab.cli import main
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print(sorted(set(sys.modules) - before))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    new = eval(out.stdout.strip().splitlines()[-1])
+    # torch._dynamo is the stand-in that the torch platform puts in place, a module object only
+    assert set(new) <= {"torch._dynamo"}, new

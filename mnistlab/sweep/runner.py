@@ -422,6 +422,7 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
               "elsewhere": by_state[RUNNING] + by_state[QUEUED],
               "failed_before": 0 if retry_failed else by_state[FAILED], "to_run": len(todo)}
     if todo:
+        executor.prepare()  # a warm process imports torch meanwhile, on the other core
         check_data(todo)  # a data problem said once, before any trial starts
     jobs = executor.jobs
     threads = executor.trial_threads(max(len(todo), 1))
@@ -455,7 +456,7 @@ def run_sweep(sweep: Sweep, directory: Path, trials: list[Trial], executor: Exec
                     runner.submit(new)
             if not (runner.jobs or runner.watched):
                 break
-            time.sleep(POLL_SECONDS)
+            executor.wait(POLL_SECONDS)
             runner.poll()
             if fail_fast and runner.counts["failed"]:
                 runner.cancel()

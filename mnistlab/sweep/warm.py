@@ -75,6 +75,11 @@ class WarmServer:
             preexec_fn=death_signal_setup() if self.death_signal else None)
         os.set_blocking(self.proc.stdout.fileno(), False)
 
+    def prepare(self) -> None:
+        """Start the warm process now, so that it imports while the sweep command does its checks."""
+        if self.proc is None:
+            self._start()
+
     def start(self, job: str, argv: list[str], env: dict[str, str], log: str,
               threads: int) -> WarmTrial:
         if self.proc is None:
@@ -159,6 +164,11 @@ class WarmServer:
         """No more trials: the server waits for the running ones, then exits by itself; wait up
         to `wait` seconds for that."""
         if self.proc is None:
+            return
+        if not (self.asked or self.pids or self.exits):  # started ahead by prepare, never asked
+            self.proc.kill()  # (a check failed): it has no trial to wait for
+            self.proc.wait()
+            self.proc = None
             return
         with contextlib.suppress(OSError):
             self.proc.stdin.close()

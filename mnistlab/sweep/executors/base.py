@@ -53,6 +53,13 @@ class Executor(Protocol):
     def states(self, job_ids: list[str]) -> dict[str, str]:
         """id -> pending, running, finished or unknown (a job this executor cannot see)."""
 
+    def prepare(self) -> None:
+        """Trials will be submitted soon: start what they need now (the local warm process),
+        while the command checks the data."""
+
+    def wait(self, seconds: float) -> None:
+        """Return after `seconds`, or sooner when a job may have changed state."""
+
     def cancel(self, job_ids: list[str]) -> None:
         """SIGTERM semantics: each trial saves its state and records itself interrupted."""
 

@@ -77,6 +77,16 @@ class LocalExecutor:
                 out[job_id] = "pending" if job_id in queued else "unknown"
         return out
 
+    def prepare(self) -> None:
+        if self.warm is not None:
+            self.warm.prepare()
+
+    def wait(self, seconds: float) -> None:
+        if self.warm is not None and self.warm.proc is not None:
+            self.warm.read(seconds)  # wakes up as soon as a trial started or ended
+        else:
+            time.sleep(seconds)
+
     def returncode(self, job_id: str) -> int | None:
         proc = self.procs.get(job_id)
         return None if proc is None else proc.poll()

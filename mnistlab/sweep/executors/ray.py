@@ -152,6 +152,12 @@ class RayExecutor:
             ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
             self.done.update(running[ref] for ref in ready)
 
+    def prepare(self) -> None:
+        """Nothing to start ahead: each job starts its own warm process."""
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def states(self, job_ids: list[str]) -> dict[str, str]:
         self._check_head()
         self._start()

@@ -267,6 +267,12 @@ class SlurmExecutor:
                   "mem": f"{math.ceil(o['mem_gb'] * 1024)}M" if o.get("mem_gb") else None}
         return {k: v for k, v in params.items() if v is not None}
 
+    def prepare(self) -> None:
+        """Nothing to start ahead: each job starts its own warm process."""
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
     def states(self, job_ids: list[str]) -> dict[str, str]:
         """Each job's state; SweepError for jobs that can never start, after cancelling them."""
         out = self._states(job_ids)
