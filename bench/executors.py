@@ -3,6 +3,7 @@ real sweep's wall time that trains.
 
     python bench/executors.py                      # local, slurm and ray; 4 trials, 3 repeats
     python bench/executors.py --executors local,ray --trials 8 --no-sweep
+    python bench/executors.py --only-sweep --before f240f3e   # part 2 against an older revision
 
 Part 1: each repeat runs N tiny trials (20 gradient steps of the quadratic task) one at a time
 through the executor's own interface (submit, poll states, as the sweep runner does), with warm
@@ -17,7 +18,8 @@ local instance, whose start-up is shown apart.
 
 Part 2: `mnistlab sweep configs/sweep-dense.yaml data.name=fashion-mnist --jobs 1` (18 trials),
 cold and warm, and the same with --prune: the share of the sweep's wall time that its trials
-spend training, and the overhead per trial (per trial and rung with --prune).
+spend training, and the overhead per trial (per trial and rung with --prune). With --before, the
+warm sweeps of that revision (exported with git archive) run too, each beside this checkout's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mnistlab.sweep.executors import TrialSpec, create_executor  # noqa: E402
+from startup import compiled, env, export  # noqa: E402  (bench/startup.py)
 
 
 def specs(directory: Path, n: int) -> list[TrialSpec]:
@@ -59,7 +62,7 @@ def one_repeat(executor, directory: Path, n: int) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     ids = executor.submit(todo)
     while not all(s == "finished" for s in executor.states(ids).values()):
-        time.sleep(0.1)
+        executor.wait(0.1)  # as the sweep runner does: sooner when a trial ends
     wall = time.perf_counter() - t0
     own = training = 0.0
     for spec in todo:
@@ -71,19 +74,21 @@ def one_repeat(executor, directory: Path, n: int) -> tuple[float, float, float]:
     return (wall - training) / n, (wall - own) / n, training / n
 
 
-def sweep_share(folder: Path, warm: bool, prune: bool) -> tuple[float, float, float, int]:
-    """(wall s, training share, overhead per trial run, trial runs) of sweep-dense.yaml, --jobs 1."""
-    spec = yaml.safe_load((ROOT / "configs" / "sweep-dense.yaml").read_text())
-    spec["base"] = str(ROOT / "configs" / spec["base"])
+def sweep_share(folder: Path, warm: bool, prune: bool,
+                tree: Path = ROOT) -> tuple[float, float, float, int]:
+    """(wall s, training share, overhead per trial run, trial runs) of sweep-dense.yaml, --jobs 1,
+    with the mnistlab of a source tree (this checkout's by default)."""
+    spec = yaml.safe_load((tree / "configs" / "sweep-dense.yaml").read_text())
+    spec["base"] = str(tree / "configs" / spec["base"])
     spec["executor"] = {"local": {"warm": warm}}
     spec["overrides"] = spec.get("overrides", []) + ["data.name=fashion-mnist",
                                                      f"runs_dir={folder / 'runs'}"]
-    name = f"dense-{'warm' if warm else 'cold'}{'-prune' if prune else ''}"
+    name = f"dense-{'warm' if warm else 'cold'}{'-prune' if prune else ''}-{tree.name}"
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**spec, "name": name}))
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(path), "--jobs", "1",
-                           *(["--prune"] if prune else [])],
+                           *(["--prune"] if prune else [])], cwd=tree, env=env(tree),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
@@ -101,16 +106,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-sweep", action="store_true", help="leave out part 2")
+    parser.add_argument("--before", metavar="REVISION",
+                        help="part 2 also runs the warm sweeps of this git revision, side by side")
+    parser.add_argument("--only-sweep", action="store_true", help="leave out part 1")
     args = parser.parse_args()
+    compiled(ROOT)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), "unknown CPU")
     print(f"{cpu}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
-    print(f"{args.trials} trials one at a time, {args.repeats} repeats, median\n")
-    print("| executor | trials | overhead per trial (s) | beyond its own run (s) | "
-          "training per trial (s) | engine start (s) |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    if not args.only_sweep:
+        print(f"{args.trials} trials one at a time, {args.repeats} repeats, median\n")
+        print("| executor | trials | overhead per trial (s) | beyond its own run (s) | "
+              "training per trial (s) | engine start (s) |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.executors.split(","):
+        for name in [] if args.only_sweep else args.executors.split(","):
             for warm in (True, False):
                 t0 = time.perf_counter()
                 options = ({"trials_per_job": args.trials if warm else 1} if name == "slurm"
@@ -132,10 +142,13 @@ def main() -> None:
             print("\nsweep-dense.yaml on Fashion-MNIST, --jobs 1, local executor\n")
             print("| trials | sweep | wall (s) | training share | overhead per trial run (s) |")
             print("| --- | --- | ---: | ---: | ---: |")
+            before = export(args.before, Path(tmp) / "before") if args.before else None
+            cases = [(False, ROOT, "cold"), *([(True, before, f"warm, {args.before}")] if before else []),
+                     (True, ROOT, "warm")]
             for prune in (False, True):
-                for warm in (False, True):
-                    wall, share, overhead, runs = sweep_share(Path(tmp), warm, prune)
-                    print(f"| {'warm' if warm else 'cold'} | {'--prune, ' if prune else ''}{runs} "
+                for warm, tree, how in cases:
+                    wall, share, overhead, runs = sweep_share(Path(tmp), warm, prune, tree)
+                    print(f"| {how} | {'--prune, ' if prune else ''}{runs} "
                           f"trial runs | {wall:.1f} | {share:.0%} | {overhead:.2f} |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 

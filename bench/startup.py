@@ -40,8 +40,25 @@ def cpu() -> str:
     return f"{model}, {os.cpu_count()} cores, {' '.join(flags) or 'no amx_bf16/avx512_bf16'}"
 
 
+def export(revision: str, directory: Path) -> Path:
+    """The source tree of a git revision of this checkout, exported into directory."""
+    directory.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    return compiled(directory)
+
+
+def compiled(tree: Path) -> Path:
+    """The tree with its modules' bytecode written, as pip writes it for an installed package: no
+    run pays the compilation, even where PYTHONDONTWRITEBYTECODE keeps Python from writing it."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "mnistlab")], check=True)
+    return tree
+
+
 def env(tree: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    """The environment that runs a tree's mnistlab."""
+    return {**os.environ, "PYTHONPATH": str(tree)}
 
 
 def timed(argv: list[str], tree: Path) -> float:
@@ -97,12 +114,8 @@ def main() -> None:
     print(f"CPU: {cpu()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
-        before = Path(tmp) / "before"
-        before.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before],
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
-        trees = {f"before ({args.before})": before, "after (this checkout)": ROOT}
+        before = export(args.before, Path(tmp) / "before")
+        trees = {f"before ({args.before})": before, "after (this checkout)": compiled(ROOT)}
         measures = {"import torch": import_torch, "quadratic.yaml, whole command": quadratic,
                     "cnn.yaml, command to first step": first_step(args.data)}
         times = {(t, m): [] for t in trees for m in measures}
