@@ -52,7 +52,7 @@ def test_racing_drivers_and_a_killed_driver_run_each_trial_once(tmp_path, tiny_c
     first.wait()
     again = subprocess.Popen(command, **pipes)  # started again: attaches, submits what is missing
     outputs = [p.communicate(timeout=900)[0] for p in (second, again)]
-    assert [second.returncode, again.returncode] == [0, 0], outputs
+    assert [second.returncode, again.returncode] == [0, 0], "\n=====\n".join(outputs)
     trial_dirs = sorted(p.parent for p in directory.glob("*/summary.json"))
     assert len(trial_dirs) == 3
     for run_dir in trial_dirs:  # each trial completed once: no second writer, no second run

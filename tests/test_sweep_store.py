@@ -133,6 +133,26 @@ def test_states_come_from_lease_job_and_summary(tmp_path, tiny_config):
 
 
 
+def test_a_trial_another_command_completes_before_this_one_submits_counts_as_completed(
+        tmp_path, tiny_config):
+    """Between reading the trials' states and claiming them, a sweep command checks the data
+    (a second or two); another command of the same sweep may run a trial to its end meanwhile."""
+    path = big_sweep(tmp_path, tiny_config, 2)
+    sweep = read_sweep(path)
+    directory, trials = build_trials(sweep)
+
+    class Meanwhile(FakeExecutor):
+        def prepare(self):  # called after the first look at the states, before the claims
+            for t in trials:
+                complete(t.run_dir, t.hash)
+
+    executor = Meanwhile()
+    counts = run_sweep(sweep, directory, trials, executor)
+    assert executor.submitted == []
+    assert counts["completed"] == 2 and counts["not_run"] == 0 and counts["failed"] == 0
+    assert {e["status"] for e in read_index(directory)["trials"].values()} == {"completed"}
+
+
 def test_finished_jobs_without_a_result_are_failed_not_retried_forever(tmp_path, tiny_config):
     path = big_sweep(tmp_path, tiny_config, 2)
     sweep = read_sweep(path)

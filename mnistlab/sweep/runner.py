@@ -177,6 +177,9 @@ class Runner:
             for t in trials:
                 if now[t.hash].state in (RUNNING, QUEUED):
                     self.watched[t.hash] = t
+            # ended since this command last looked (another command ran it meanwhile, e.g. while
+            # this one checked the data): counted as such once the lock is released
+            settled = [t for t in trials if now[t.hash].state not in wanted | {RUNNING, QUEUED}]
             # the claim is written before the engine is asked: a driver killed right after
             # submitting leaves job.json files that name the submission, and the next command
             # finds its jobs by that name instead of submitting them again
@@ -203,6 +206,8 @@ class Runner:
                                         before=now[t.hash].summary, log_size=_size(t.run_dir / "trial.log"))
                 self.states[t.hash] = TrialState(QUEUED, t.run_dir, None, {"job_id": job_id})
                 self.progress.queued(t)
+        for t in settled:
+            self.ended(t, mine=False, st=now[t.hash])
 
     def poll(self) -> None:
         """Collect finished jobs, check that running ones show their lease, look at watched trials."""
