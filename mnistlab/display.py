@@ -302,10 +302,11 @@ class SweepLines:
               threads: int) -> None:
         self.total, self.counts = total, counts
         before = counts["done_before"]
+        # total counts the trials of other commands that this one follows to their end, too
         other = f", {counts['elsewhere']} running in another sweep" if counts["elsewhere"] else ""
         trials = f"{counts['total']} trial{'s' * (counts['total'] != 1)}"
         self.console.print(f"sweep {name}: {trials}, {before} done before{other}, "
-                           f"{total} to run; {executor} executor, {jobs} job{'s' if jobs > 1 else ''}"
+                           f"{total - counts['elsewhere']} to run; {executor} executor, {jobs} job{'s' if jobs > 1 else ''}"
                            f" x {threads} thread{'s' if threads > 1 else ''}")
 
     def queued(self, trial: Trial) -> None:

@@ -122,7 +122,8 @@ def test_a_trial_another_driver_started_is_no_overhead_of_the_one_that_follows_i
     os.kill(pid, signal.SIGSTOP)  # until the next driver has started: it must find the trial running
     follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert "1 running in another sweep" in follower.stdout.readline()
+        # nothing of its own to run: it follows the other driver's trial
+        assert "1 running in another sweep, 0 to run" in follower.stdout.readline()
     finally:
         os.kill(pid, signal.SIGCONT)
     out, err = follower.communicate(timeout=900)
