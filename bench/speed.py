@@ -260,8 +260,8 @@ def op_profile(data_dir: str, steps: int = 30) -> dict:
     conv_flops = []
     hooks = [m.register_forward_hook(lambda m, i, o: conv_flops.append(forward_flops(m, o)))
              for m in body.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        body(as_input(x[:batch], device, True))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=chosen.bf16):
+        body(as_input(x[:batch], device, True))  # as the step runs it (bf16 inputs where chosen)
     for h in hooks:
         h.remove()
     return {"step_ms": 1e3 * wall, "ops_ms": dict(ops[:8]), "conv_gflop_per_batch": sum(conv_flops) / 1e9}
