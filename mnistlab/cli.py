@@ -612,6 +612,6 @@ def main() -> None:
         app()
     finally:
         # Python's last garbage collection at exit walks every object that importing torch made
-        # (0.3 s on a 2-core EPYC, after every command); frozen, they are left to the OS. Exit
-        # handlers and the closing of files still run.
+        # (about 0.3 s after every command on a 2-core Xeon); frozen, they are left to the OS.
+        # Exit handlers and the closing of files still run.
         gc.freeze()

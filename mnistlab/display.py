@@ -306,8 +306,8 @@ class SweepLines:
         other = f", {counts['elsewhere']} running in another sweep" if counts["elsewhere"] else ""
         trials = f"{counts['total']} trial{'s' * (counts['total'] != 1)}"
         self.console.print(f"sweep {name}: {trials}, {before} done before{other}, "
-                           f"{total - counts['elsewhere']} to run; {executor} executor, {jobs} job{'s' if jobs > 1 else ''}"
-                           f" x {threads} thread{'s' if threads > 1 else ''}")
+                           f"{total - counts['elsewhere']} to run; {executor} executor, "
+                           f"{jobs} job{'s' if jobs > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}")
 
     def queued(self, trial: Trial) -> None:
         """Submitted: it waits for a free job slot (or the scheduler) before it starts."""

@@ -188,6 +188,7 @@ def test_wait_returns_when_a_warm_trial_ends_not_at_its_timeout(tmp_path):
 def test_a_warm_trial_imports_nothing_its_server_has_not(tmp_path, tiny_config):
     """What a trial imports after the fork, each trial pays again: the server imports it once."""
     code = f"""
+import json
 import sys
 from mnistlab import forkserver
 forkserver.preload()
@@ -200,11 +201,11 @@ try:
     main()
 except SystemExit as e:
     assert not e.code, e.code
-print(sorted(set(sys.modules) - before))
+print(json.dumps(sorted(set(sys.modules) - before)))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    new = eval(out.stdout.strip().splitlines()[-1])
+    new = json.loads(out.stdout.strip().splitlines()[-1])
     # torch._dynamo is the stand-in that the torch platform puts in place, a module object only
     assert set(new) <= {"torch._dynamo"}, new
